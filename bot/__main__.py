@@ -1,0 +1,64 @@
+"""Command line: ``nanovoice [run]`` starts the bot; ``nanovoice check`` diagnoses the setup.
+
+``python -m bot`` is the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from bot.config import Config, ConfigError, load_config
+
+log = logging.getLogger("bot")
+
+EXIT_CONFIG = 2
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nanovoice", description="Voice-cloning Discord bot on NanoGPT.")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "check"),
+                        help="run the bot (default) or check the configuration, Discord, NanoGPT and ffmpeg")
+    return parser.parse_args(argv)
+
+
+async def _run(config: Config) -> None:
+    from bot.app import NanoVoice
+
+    async with NanoVoice(config) as client:
+        await client.start(str(config.discord_token))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"nanovoice: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from bot.logs import setup_logging
+
+    setup_logging(config.log_level, config.secrets)
+    if args.command == "check":
+        from bot.doctor import run_check
+
+        return asyncio.run(run_check(config))
+    try:
+        asyncio.run(_run(config))
+    except KeyboardInterrupt:
+        log.info("stopped")
+    except Exception as exc:  # a login failure and the like: one line, no traceback for operators
+        import discord
+
+        if isinstance(exc, discord.LoginFailure):
+            log.error("Discord rejected DISCORD_TOKEN; check the bot token")
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The Bot: owner of every long-lived resource, command sync, and the one app-command error handler.
+
+Resources open in order in ``setup_hook`` (HTTP session → database → NanoGPT client → services →
+extensions) and close in reverse in ``close`` after discord.py has unloaded the cogs, so background
+tasks finish before the session and the database go away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot import interactions
+from bot.clock import Clock
+from bot.config import Config
+from bot.errors import UserFacingError
+from bot.limits import Limits
+from bot.nanogpt import NanoGPTClient, NanoGPTError
+from bot.storage import Database
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.voices",
+    "cogs.clone_jobs",
+    "cogs.speech",
+    "cogs.usage",
+    "cogs.admin",
+)
+
+COMMAND_HASH_KEY = "global_command_hash"
+
+
+def point_discord_at(config: Config) -> None:
+    """Send discord.py's REST and gateway traffic to the configured hosts (proxies, emulator).
+
+    These are process-wide class attributes in discord.py; the Bot is the one place that sets them.
+    """
+    discord.http.Route.BASE = config.discord_api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord_gateway_url)
+
+
+class NanoVoiceTree(app_commands.CommandTree):
+    """Maps every app-command failure to one friendly, ephemeral sentence."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await report_error(interaction, error)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """Tell the user what went wrong in one sentence; log unexpected errors with an id."""
+    original = getattr(error, "original", error)
+    now = discord.utils.utcnow().timestamp()
+    if isinstance(error, app_commands.CommandOnCooldown):
+        message = f"Slow down a little: you can use this again <t:{int(now + error.retry_after) + 1}:R>."
+    elif isinstance(error, app_commands.MissingPermissions):
+        message = "You need the Manage Server permission to do that."
+    elif isinstance(error, app_commands.NoPrivateMessage):
+        message = "This command only works in a server channel."
+    elif isinstance(error, app_commands.CheckFailure) and not isinstance(error, app_commands.CommandInvokeError):
+        message = str(error) or "You can't use this command here."
+    elif isinstance(original, UserFacingError):
+        message = str(original)
+    elif isinstance(original, NanoGPTError):
+        message = original.user_message
+    else:
+        error_id = secrets.token_hex(4)
+        command = interaction.command.qualified_name if interaction.command else "?"
+        log.error("unexpected error %s in /%s", error_id, command, exc_info=original)
+        message = f"Sorry, something went wrong on my side (error id `{error_id}`)."
+    try:
+        await interactions.send(interaction, message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not deliver an error message for interaction %s", interaction.id, exc_info=True)
+
+
+class NanoVoice(commands.Bot):
+    """The nanovoice bot. Construct with a :class:`Config`; ``start``/``close`` as any discord.py bot."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None, **options: Any) -> None:
+        point_discord_at(config)
+        options.setdefault("intents", discord.Intents(guilds=True))
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        super().__init__(command_prefix=commands.when_mentioned, tree_cls=NanoVoiceTree,
+                         help_command=None, **options)
+        self.config = config
+        self.clock = clock or Clock()
+        self.session: aiohttp.ClientSession | None = None
+        self.db: Database | None = None
+        self.nanogpt: NanoGPTClient | None = None
+        self.limits: Limits | None = None
+        self.synced: str = "not synced"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"}
+        )
+        self.db = await Database(self.config.database_path).connect()
+        self.nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)
+        self.limits = Limits(self.db, self.config, self.clock)
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands()
+
+    async def close(self) -> None:
+        await super().close()  # unloads extensions (cogs cancel their tasks) and closes the gateway
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # -- command sync --------------------------------------------------------------------------
+
+    def command_payload(self, guild: discord.abc.Snowflake | None = None) -> list[dict[str, Any]]:
+        commands_ = self.tree.get_commands(guild=guild)
+        return sorted((c.to_dict(self.tree) for c in commands_), key=lambda d: (d.get("type", 1), d["name"]))
+
+    def command_hash(self) -> str:
+        blob = json.dumps(self.command_payload(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    async def sync_commands(self) -> str:
+        """Sync per DEV_GUILD_ID and SYNC_COMMANDS; returns (and remembers) what was done."""
+        mode = self.config.sync_commands
+        if mode == "off":
+            self.synced = "sync off"
+        elif self.config.dev_guild_id is not None:
+            guild = discord.Object(self.config.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+            self.synced = f"synced to guild {self.config.dev_guild_id}"
+            if mode == "always":
+                await self.tree.sync()
+                self.synced += " and globally"
+        else:
+            digest = self.command_hash()
+            if mode == "always" or await self.db.get_meta(COMMAND_HASH_KEY) != digest:
+                await self.tree.sync()
+                await self.db.set_meta(COMMAND_HASH_KEY, digest)
+                self.synced = "synced globally"
+            else:
+                self.synced = "global commands unchanged"
+        log.info("application commands: %s", self.synced)
+        return self.synced
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s (%s) in %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))

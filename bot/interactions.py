@@ -1,0 +1,54 @@
+"""One way to answer an interaction, whatever state it is in.
+
+``send`` picks the initial response, a followup, or (once the 15-minute token is gone) a message in
+the channel, so no command is ever left at "thinking…". Cogs use it instead of choosing themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+
+log = logging.getLogger(__name__)
+
+NO_PINGS = discord.AllowedMentions.none()
+
+
+async def send(
+    interaction: discord.Interaction,
+    content: str | None = None,
+    *,
+    ephemeral: bool = True,
+    **kwargs: Any,
+) -> discord.Message | None:
+    """Answer ``interaction``; returns the message when Discord gives one back."""
+    kwargs.setdefault("allowed_mentions", NO_PINGS)
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+            return None
+        return await interaction.followup.send(content, ephemeral=ephemeral, wait=True, **kwargs)
+    except discord.NotFound:
+        # The interaction expired (10062/10015): fall back to the channel, mentioning only the user.
+        channel = interaction.channel
+        if channel is None or not hasattr(channel, "send"):
+            log.warning("interaction %s expired and its channel is unknown; answer dropped", interaction.id)
+            return None
+        kwargs.pop("ephemeral", None)
+        text = f"{interaction.user.mention} {content}" if content else interaction.user.mention
+        return await channel.send(
+            text, allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+            **{k: v for k, v in kwargs.items() if k != "allowed_mentions"},
+        )
+
+
+async def edit_original(interaction: discord.Interaction, **kwargs: Any) -> discord.Message | None:
+    """Edit the original response, tolerating an expired token (returns None then)."""
+    kwargs.setdefault("allowed_mentions", NO_PINGS)
+    try:
+        return await interaction.edit_original_response(**kwargs)
+    except discord.NotFound:
+        log.info("original response of interaction %s is gone; edit skipped", interaction.id)
+        return None
