@@ -22,9 +22,12 @@ from discord.ext import commands
 from bot import interactions
 from bot.clock import Clock
 from bot.config import Config
+from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
+from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
+from bot.speech import SpeechService
 from bot.storage import Database
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,8 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
 class NanoVoice(commands.Bot):
     """The nanovoice bot. Construct with a :class:`Config`; ``start``/``close`` as any discord.py bot."""
 
-    def __init__(self, config: Config, *, clock: Clock | None = None, **options: Any) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None, http_host: str = "0.0.0.0",
+                 **options: Any) -> None:
         point_discord_at(config)
         options.setdefault("intents", discord.Intents(guilds=True))
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
@@ -94,10 +98,14 @@ class NanoVoice(commands.Bot):
                          help_command=None, **options)
         self.config = config
         self.clock = clock or Clock()
+        self.http_host = http_host
         self.session: aiohttp.ClientSession | None = None
         self.db: Database | None = None
         self.nanogpt: NanoGPTClient | None = None
         self.limits: Limits | None = None
+        self.embeddings: EmbeddingHost | None = None
+        self.speech: SpeechService | None = None
+        self.clones: CloneService | None = None
         self.synced: str = "not synced"
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -109,12 +117,19 @@ class NanoVoice(commands.Bot):
         self.db = await Database(self.config.database_path).connect()
         self.nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)
         self.limits = Limits(self.db, self.config, self.clock)
+        self.embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session, http_host=self.http_host)
+        await self.embeddings.start()
+        self.speech = SpeechService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.embeddings)
+        self.clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
+                                   self.embeddings)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
 
     async def close(self) -> None:
         await super().close()  # unloads extensions (cogs cancel their tasks) and closes the gateway
+        if self.embeddings is not None:
+            await self.embeddings.close()
         if self.db is not None:
             await self.db.close()
             self.db = None

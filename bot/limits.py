@@ -1,0 +1,330 @@
+"""Spending limits: the daily clone limit, the guild's daily NanoGPT budget, the ledger, cooldowns.
+
+Every paid NanoGPT call goes through three steps:
+
+1. ``reserve_clone`` / ``reserve_tts`` checks the limits and writes a 'reserved' ledger row with the
+   estimated cost, in one write transaction (so concurrent requests can never overshoot a limit);
+2. ``settle`` records the cost NanoGPT reported ('charged'), or
+3. ``release`` frees the reservation when the call failed without a charge ('released', amount 0).
+
+Money is integer micro-units (micro-dollars for USD), never float. Days are UTC dates; limits reset
+at UTC midnight. Nothing here knows about Discord, except that messages use Discord's ``<t:…:R>``
+timestamp markup so each reader sees the reset time in their own time zone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from bot.clock import Clock
+from bot.config import Config
+from bot.errors import UserFacingError
+from bot.storage import Database
+
+log = logging.getLogger(__name__)
+
+MICROS_PER_UNIT = 1_000_000
+
+# What one clone run costs (NanoGPT docs: $1.00 MiniMax, $0.25 Qwen); reserved before submitting.
+CLONE_PRICE_MICROS: dict[str, int] = {"minimax": 1_000_000, "qwen": 250_000}
+
+# Documented TTS prices in micro-dollars per 1,000 characters, keyed by lower-cased model name.
+# Models not listed (MiniMax and Qwen TTS: prices undocumented) use TTS_DEFAULT_MICROS_PER_1K, a
+# deliberately high guess: the estimate only gates the budget, the settled cost is what NanoGPT reports.
+TTS_MICROS_PER_1K_CHARS: dict[str, int] = {
+    "kokoro-82m": 1_000,  # $0.001
+    "gpt-4o-mini-tts": 600,  # $0.0006
+    "tts-1": 15_000,  # $0.015
+    "tts-1-hd": 30_000,  # $0.030
+    "elevenlabs-turbo-v2.5": 60_000,  # $0.06
+}
+TTS_DEFAULT_MICROS_PER_1K = 100_000  # $0.10 per 1k characters
+
+
+def estimate_clone_micros(provider: str) -> int:
+    """The price of one clone run with ``provider`` ('minimax' or 'qwen')."""
+    try:
+        return CLONE_PRICE_MICROS[provider.lower()]
+    except KeyError:
+        raise ValueError(f"unknown clone provider {provider!r}") from None
+
+
+def estimate_tts_micros(model: str, chars: int) -> int:
+    """A conservative estimate of synthesising ``chars`` characters with ``model`` (at least 1 micro)."""
+    per_1k = TTS_MICROS_PER_1K_CHARS.get(model.strip().lower(), TTS_DEFAULT_MICROS_PER_1K)
+    return max(1, -(-per_1k * max(0, chars) // 1000))  # integer ceiling division: no float
+
+
+def cost_to_micros(cost: float | int | str | Decimal) -> int:
+    """Convert a cost as NanoGPT reports it (e.g. ``0.0050388``) to integer micro-units.
+
+    The value goes through its shortest decimal text (``str(float)``), never binary float arithmetic,
+    and is rounded half up to the micro-unit: 0.0050388 → 5039, 0.0000005 → 1, 1.0 → 1_000_000.
+    """
+    try:
+        amount = cost if isinstance(cost, Decimal) else Decimal(str(cost).strip())
+    except InvalidOperation:
+        raise ValueError(f"not a cost: {cost!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"not a cost: {cost!r}")
+    return int((amount * MICROS_PER_UNIT).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def format_usd(micros: int) -> str:
+    """Dollars for people: ``$1.00``, ``$0.25``, ``$0.0035``, ``$1,234.50``.
+
+    From a dollar up: two decimals. Below a dollar: up to four decimals (trailing zeros dropped, at
+    least two kept) so sub-cent TTS costs stay visible. Rounded half up; exact (Decimal, no float).
+    A positive amount too small to show becomes ``<$0.0001``.
+    """
+    sign = "-" if micros < 0 else ""
+    amount = Decimal(abs(int(micros))) / MICROS_PER_UNIT
+    if amount >= 1:
+        text = f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,.2f}"
+    else:
+        shown = amount.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+        if shown == 0 and amount > 0:
+            return f"{sign}<$0.0001"
+        text = f"{shown:.4f}"
+        while text.endswith("0") and len(text.split(".")[1]) > 2:
+            text = text[:-1]
+    return f"{sign}${text}"
+
+
+def format_money(micros: int, currency: str = "USD") -> str:
+    """``format_usd`` for USD; other payment sources (XNO) as ``0.5 XNO`` with up to 6 decimals."""
+    if currency.upper() == "USD":
+        return format_usd(micros)
+    amount = Decimal(int(micros)) / MICROS_PER_UNIT
+    text = f"{amount:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {currency.upper()}"
+
+
+def discord_relative(ts: float) -> str:
+    """Discord's relative timestamp markup (``<t:1764115200:R>``), rounded up to the second."""
+    return f"<t:{math.ceil(ts)}:R>"
+
+
+class LimitExceeded(UserFacingError):
+    """A daily limit or budget stops this paid call; ``str()`` is one sentence with the reset time.
+
+    ``reason`` is one of ``clones_disabled``, ``clone_limit``, ``guild_budget``; ``resets_at`` is the
+    unix time the limit resets (None when it never does, e.g. cloning turned off).
+    """
+
+    def __init__(self, message: str, *, reason: str, resets_at: float | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.resets_at = resets_at
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A ledger row holding an estimated cost until it is settled or released."""
+
+    id: int
+    kind: str  # 'clone' or 'tts'
+    amount_micros: int
+    day: str  # UTC date the reservation counts against
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What ``/usage`` shows. USD figures in micro-dollars; reserved (in-flight) costs count as spent."""
+
+    clones_today: int
+    clone_limit: int  # 0: cloning disabled
+    user_spend_today_micros: int
+    user_spend_total_micros: int
+    user_spend_total_xno_micros: int  # charges NanoGPT took in Nano (XNO) instead of USD; micro-XNO
+    guild_spend_today_micros: int | None  # None outside a guild (DMs)
+    guild_budget_micros: int | None  # effective budget; 0: unlimited; None outside a guild
+    resets_at: float  # next UTC midnight
+
+
+class Limits:
+    """Daily clone limit, guild budget and the spend ledger."""
+
+    def __init__(self, db: Database, config: Config, clock: Clock) -> None:
+        self.db = db
+        self.config = config
+        self.clock = clock
+
+    # -- checks and reservations ---------------------------------------------------------------
+
+    async def guild_budget_micros(self, guild_id: int) -> int:
+        """The guild's effective daily budget: its own setting, else ``GUILD_DAILY_BUDGET_USD`` (0: unlimited)."""
+        settings = await self.db.get_guild_settings(guild_id)
+        if settings.daily_budget_micros is not None:
+            return settings.daily_budget_micros
+        return self.config.guild_daily_budget_micros
+
+    async def reserve_clone(self, user_id: int, guild_id: int | None, estimate_micros: int, *,
+                            ref: str | None = None) -> Reservation:
+        """Check the user's daily clone limit and the guild budget, then reserve ``estimate_micros``."""
+        return await self._reserve("clone", user_id, guild_id, estimate_micros, ref)
+
+    async def reserve_tts(self, user_id: int, guild_id: int | None, estimate_micros: int, *,
+                          ref: str | None = None) -> Reservation:
+        """Check the guild budget, then reserve ``estimate_micros`` for a line of speech."""
+        return await self._reserve("tts", user_id, guild_id, estimate_micros, ref)
+
+    async def _reserve(self, kind: str, user_id: int, guild_id: int | None, estimate_micros: int,
+                       ref: str | None) -> Reservation:
+        if estimate_micros < 0:
+            raise ValueError("a cost estimate cannot be negative")
+        now = self.clock.now()
+        day = self.clock.utc_day(now)
+        resets_at = self.clock.next_utc_midnight(now)
+        limit = self.config.clone_daily_limit
+        if kind == "clone" and limit <= 0:
+            raise LimitExceeded("Voice cloning is turned off on this bot.", reason="clones_disabled", resets_at=None)
+
+        async with self.db.transaction() as tx:
+            if kind == "clone":
+                used = await self.db.ledger_count(user_id, "clone", day, tx=tx)
+                if used >= limit:
+                    log.info("user %s reached the daily clone limit (%d)", user_id, limit)
+                    raise LimitExceeded(_clone_limit_message(limit, resets_at), reason="clone_limit",
+                                        resets_at=resets_at)
+            if guild_id is not None:
+                budget = await self.guild_budget_micros(guild_id)  # same connection: inside the transaction
+                if budget > 0:
+                    spent = await self.db.ledger_guild_spend(guild_id, day, tx=tx)
+                    if spent + estimate_micros > budget:
+                        log.info("guild %s budget stops a %s: spent %d + %d > %d micros",
+                                 guild_id, kind, spent, estimate_micros, budget)
+                        raise LimitExceeded(_budget_message(kind, budget, spent, estimate_micros, resets_at),
+                                            reason="guild_budget", resets_at=resets_at)
+            entry_id = await self.db.ledger_reserve(
+                tx, user_id=user_id, guild_id=guild_id, kind=kind, ref=ref, amount_micros=estimate_micros,
+                day=day, now=now,
+            )
+        log.debug("reserved %s #%d: %d micros for user %s in guild %s", kind, entry_id, estimate_micros,
+                  user_id, guild_id)
+        return Reservation(entry_id, kind, estimate_micros, day)
+
+    async def settle(self, reservation: Reservation, actual_micros: int | None, *, currency: str = "USD",
+                     ref: str | None = None) -> None:
+        """Record the cost NanoGPT reported (None: keep the estimate) and mark the row charged.
+
+        ``actual_micros`` is in micro-units of ``currency`` (``cost_to_micros`` converts NanoGPT's
+        ``cost``). Charges in another currency than USD (XNO) no longer count toward the USD budget.
+        """
+        amount = reservation.amount_micros if actual_micros is None else int(actual_micros)
+        if amount < 0:
+            raise ValueError("a charge cannot be negative")
+        currency = (currency or "USD").upper()
+        if not await self.db.ledger_settle(reservation.id, amount, currency, ref, self.clock.now()):
+            log.warning("ledger row #%d was not settled: it was already released or does not exist", reservation.id)
+            return
+        log.debug("settled %s #%d: %d %s micros", reservation.kind, reservation.id, amount, currency)
+
+    async def release(self, reservation: Reservation) -> None:
+        """The call failed without a charge: the reservation no longer counts."""
+        if not await self.db.ledger_release(reservation.id, self.clock.now()):
+            log.warning("ledger row #%d was not released: it was already settled or released", reservation.id)
+            return
+        log.debug("released %s #%d", reservation.kind, reservation.id)
+
+    async def find_reservation(self, kind: str, ref: str) -> Reservation | None:
+        """The newest ledger entry of ``kind`` recorded with ``ref`` (e.g. to settle a job after a restart)."""
+        row = await self.db.ledger_find(kind, ref)
+        if row is None:
+            return None
+        return Reservation(row["id"], row["kind"], row["amount_micros"], row["day"])
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    async def usage(self, user_id: int, guild_id: int | None) -> Usage:
+        now = self.clock.now()
+        day = self.clock.utc_day(now)
+        guild_spend: int | None = None
+        guild_budget: int | None = None
+        if guild_id is not None:
+            guild_spend = await self.db.ledger_guild_spend(guild_id, day)
+            guild_budget = await self.guild_budget_micros(guild_id)
+        return Usage(
+            clones_today=await self.db.ledger_count(user_id, "clone", day),
+            clone_limit=self.config.clone_daily_limit,
+            user_spend_today_micros=await self.db.ledger_user_spend(user_id, day=day),
+            user_spend_total_micros=await self.db.ledger_user_spend(user_id),
+            user_spend_total_xno_micros=await self.db.ledger_user_spend(user_id, currency="XNO"),
+            guild_spend_today_micros=guild_spend,
+            guild_budget_micros=guild_budget,
+            resets_at=self.clock.next_utc_midnight(now),
+        )
+
+
+def _clone_limit_message(limit: int, resets_at: float) -> str:
+    used = f"all {limit} voice clones" if limit != 1 else "your 1 voice clone"
+    return f"You have used {used} for today; the limit resets {discord_relative(resets_at)}."
+
+
+def _budget_message(kind: str, budget: int, spent: int, estimate: int, resets_at: float) -> str:
+    when = discord_relative(resets_at)
+    if spent >= budget:
+        return f"This server has reached its {format_usd(budget)} daily NanoGPT budget; it resets {when}."
+    what = "this voice clone" if kind == "clone" else "this speech"
+    return (
+        f"This server has only {format_usd(budget - spent)} left of its {format_usd(budget)} daily NanoGPT "
+        f"budget, not enough for {what} ({format_usd(estimate)}); it resets {when}."
+    )
+
+
+class Cooldown:
+    """A per-key cooldown (e.g. ``SAY_COOLDOWN_SECONDS`` per user), in memory, on the injected clock."""
+
+    def __init__(self, seconds: float, clock: Clock) -> None:
+        self.seconds = float(seconds)
+        self.clock = clock
+        self._last: dict[object, float] = {}
+
+    def check(self, key: object) -> float | None:
+        """Seconds to wait if ``key`` is still cooling down; otherwise record this use and return None."""
+        if self.seconds <= 0:
+            return None
+        now = self.clock.now()
+        last = self._last.get(key)
+        if last is not None:
+            retry_after = last + self.seconds - now
+            if retry_after > 0:
+                return retry_after
+        self._last[key] = now
+        if len(self._last) > 1024:
+            self._prune(now)
+        return None
+
+    def reset(self, key: object) -> None:
+        """Forget ``key``'s last use (e.g. the request was refused before any work was done)."""
+        self._last.pop(key, None)
+
+    def message(self, retry_after: float) -> str:
+        return f"You're speaking too fast; try again {discord_relative(self.clock.now() + retry_after)}."
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, t in self._last.items() if t + self.seconds <= now]:
+            del self._last[key]
+
+
+__all__ = [
+    "CLONE_PRICE_MICROS",
+    "TTS_DEFAULT_MICROS_PER_1K",
+    "TTS_MICROS_PER_1K_CHARS",
+    "Cooldown",
+    "LimitExceeded",
+    "Limits",
+    "Reservation",
+    "Usage",
+    "cost_to_micros",
+    "discord_relative",
+    "estimate_clone_micros",
+    "estimate_tts_micros",
+    "format_money",
+    "format_usd",
+]
