@@ -8,9 +8,10 @@ check-then-write (a quota, a unique name) is atomic even with many coroutines in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -476,6 +477,256 @@ class Database:
         for table in self.USER_TABLES:
             total += int(await self.fetchval(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (user_id,)))
         return total
+
+    # -- clone jobs (service) --------------------------------------------------------------------
+
+    async def open_job_names(self, user_id: int) -> list[str]:
+        """Voice names of the user's clone jobs that are still running."""
+        rows = await self.fetchall(
+            f"SELECT voice_name FROM clone_jobs WHERE user_id = ? AND state IN ({placeholders(OPEN_JOB_STATES)})",
+            (user_id, *OPEN_JOB_STATES),
+        )
+        return [r[0] for r in rows]
+
+    async def create_clone_job(self, *, user_id: int, guild_id: int | None, channel_id: int | None,
+                               application_id: int | None, interaction_token: str | None,
+                               token_expires_at: float | None, voice_name: str, provider: str,
+                               transcript: str | None, clone_model: str | None, now: float,
+                               make_custom_voice_id: Callable[[], str] | None = None) -> tuple[int, str | None]:
+        """Insert a job in state 'submitting' (before the paid request); returns (job id, customVoiceId).
+
+        In one transaction: the name must be free among the user's voices and open jobs (else
+        :class:`DuplicateVoiceName`), and ``make_custom_voice_id`` is called until its id is unused.
+        """
+        key = name_key(voice_name)
+        async with self.transaction() as tx:
+            if await (await tx.execute(
+                "SELECT 1 FROM voices WHERE user_id = ? AND name_key = ?", (user_id, key)
+            )).fetchone():
+                raise DuplicateVoiceName(voice_name)
+            rows = await (await tx.execute(
+                f"SELECT voice_name FROM clone_jobs WHERE user_id = ? AND state IN ({placeholders(OPEN_JOB_STATES)})",
+                (user_id, *OPEN_JOB_STATES),
+            )).fetchall()
+            if any(name_key(r[0]) == key for r in rows):
+                raise DuplicateVoiceName(voice_name)
+            custom_voice_id = None
+            while make_custom_voice_id is not None:
+                custom_voice_id = make_custom_voice_id()
+                taken = await (await tx.execute(
+                    "SELECT 1 FROM clone_jobs WHERE custom_voice_id = ? UNION ALL "
+                    "SELECT 1 FROM voices WHERE provider_voice_id = ?", (custom_voice_id, custom_voice_id),
+                )).fetchone()
+                if not taken:
+                    break
+            cur = await tx.execute(
+                "INSERT INTO clone_jobs (provider, user_id, guild_id, channel_id, application_id, interaction_token, "
+                "token_expires_at, voice_name, custom_voice_id, transcript, clone_model, state, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitting', ?)",
+                (provider, user_id, guild_id, channel_id, application_id, interaction_token, token_expires_at,
+                 voice_name.strip(), custom_voice_id, transcript, clone_model, now),
+            )
+            return cur.lastrowid, custom_voice_id
+
+    async def finish_clone_job(self, job_id: int, state: str, *, error: str | None, now: float,
+                               notified: bool = False) -> bool:
+        """Move an open job to 'failed' or 'lost'; False when it was no longer open."""
+        return await self.execute(
+            f"UPDATE clone_jobs SET state = ?, error = ?, finished_at = ?, next_poll_at = NULL, "
+            f"notified_at = CASE WHEN ? THEN ? ELSE notified_at END "
+            f"WHERE id = ? AND state IN ({placeholders(OPEN_JOB_STATES)})",
+            (state, error, now, int(notified), now, job_id, *OPEN_JOB_STATES),
+        ) == 1
+
+    async def mark_submitting_jobs_lost(self, error: str, now: float, *, keep: Iterable[int] = ()) -> list[int]:
+        """After a restart: jobs still 'submitting' (no run id recorded) become 'lost'; returns their ids."""
+        keep = set(keep)
+        rows = await self.fetchall("SELECT id FROM clone_jobs WHERE state = 'submitting'")
+        lost = []
+        for row in rows:
+            if row[0] not in keep and await self.finish_clone_job(row[0], "lost", error=error, now=now):
+                lost.append(row[0])
+        return lost
+
+    async def unmark_job_notified(self, job_id: int) -> None:
+        """Give back a notification claim whose message could not be sent."""
+        await self.execute("UPDATE clone_jobs SET notified_at = NULL WHERE id = ?", (job_id,))
+
+    async def complete_clone_job(self, job_id: int, *, now: float, provider_voice_id: str | None = None,
+                                 embedding_url: str | None = None, embedding_expires_at: float | None = None,
+                                 embedding: tuple[str, str, str, bytes] | None = None,
+                                 max_name_length: int = 32) -> tuple[int, str] | None:
+        """In one transaction: store the embedding file (``(token, filename, content_type, data)``), save
+        the voice (as "<name> (2)" … when the name was taken meanwhile) and mark the job completed.
+
+        Returns ``(voice id, saved name)``, or None when the job was not open any more.
+        """
+        async with self.transaction() as tx:
+            job = _row_to(CloneJob, await (await tx.execute(
+                "SELECT * FROM clone_jobs WHERE id = ?", (job_id,)
+            )).fetchone())
+            if job is None or not job.is_open:
+                return None
+            file_id = None
+            if embedding is not None:
+                token, filename, content_type, data = embedding
+                cur = await tx.execute(
+                    "INSERT INTO stored_files (user_id, kind, token, filename, content_type, data, size, sha256, "
+                    "created_at) VALUES (?, 'qwen_embedding', ?, ?, ?, ?, ?, ?, ?)",
+                    (job.user_id, token, filename, content_type, data, len(data),
+                     hashlib.sha256(data).hexdigest(), now),
+                )
+                file_id = cur.lastrowid
+            name, number = job.voice_name, 1
+            while await (await tx.execute(
+                "SELECT 1 FROM voices WHERE user_id = ? AND name_key = ?", (job.user_id, name_key(name))
+            )).fetchone():
+                number += 1
+                suffix = f" ({number})"
+                name = job.voice_name[: max_name_length - len(suffix)].rstrip() + suffix
+            cur = await tx.execute(
+                "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, embedding_url, "
+                "embedding_expires_at, embedding_file_id, transcript, clone_model, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.user_id, job.guild_id, name, name_key(name), job.provider, provider_voice_id, embedding_url,
+                 embedding_expires_at, file_id, job.transcript, job.clone_model, now),
+            )
+            voice_id = cur.lastrowid
+            await tx.execute(
+                "UPDATE clone_jobs SET state = 'completed', voice_id = ?, finished_at = ?, next_poll_at = NULL, "
+                "error = NULL WHERE id = ?",
+                (voice_id, now, job_id),
+            )
+            return voice_id, name
+
+    # -- ledger --------------------------------------------------------------------------------
+    # Spend ledger queries for bot.limits. Rows in state 'reserved' or 'charged' count toward limits
+    # and spend; 'released' rows count for nothing. Reads take an optional ``tx`` (the connection
+    # yielded by :meth:`transaction`) so that a limit check and its reservation run in one transaction.
+
+    async def _ledger_val(self, tx: aiosqlite.Connection | None, sql: str, params: Sequence[Any]) -> int:
+        async with (tx or self.conn).execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def ledger_count(self, user_id: int, kind: str, day: str, *,
+                           tx: aiosqlite.Connection | None = None) -> int:
+        """How many counted (reserved or charged) ``kind`` rows ``user_id`` has on ``day``."""
+        return await self._ledger_val(
+            tx,
+            "SELECT COUNT(*) FROM ledger WHERE user_id = ? AND day = ? AND kind = ? "
+            "AND state IN ('reserved', 'charged')",
+            (user_id, day, kind),
+        )
+
+    async def ledger_guild_spend(self, guild_id: int, day: str, *, currency: str = "USD",
+                                 tx: aiosqlite.Connection | None = None) -> int:
+        """Micro-units of ``currency`` reserved or charged for ``guild_id`` on ``day``."""
+        return await self._ledger_val(
+            tx,
+            "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE guild_id = ? AND day = ? "
+            "AND currency = ? AND state IN ('reserved', 'charged')",
+            (guild_id, day, currency),
+        )
+
+    async def ledger_user_spend(self, user_id: int, *, day: str | None = None, currency: str = "USD") -> int:
+        """Micro-units of ``currency`` reserved or charged for ``user_id`` on ``day`` (None: ever)."""
+        if day is None:
+            return await self._ledger_val(
+                None,
+                "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE user_id = ? AND currency = ? "
+                "AND state IN ('reserved', 'charged')",
+                (user_id, currency),
+            )
+        return await self._ledger_val(
+            None,
+            "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE user_id = ? AND day = ? AND currency = ? "
+            "AND state IN ('reserved', 'charged')",
+            (user_id, day, currency),
+        )
+
+    async def ledger_reserve(self, tx: aiosqlite.Connection, *, user_id: int, guild_id: int | None, kind: str,
+                             ref: str | None, amount_micros: int, day: str, now: float) -> int:
+        """Insert a 'reserved' USD row inside ``tx``; returns its id."""
+        cur = await tx.execute(
+            "INSERT INTO ledger (user_id, guild_id, kind, ref, state, amount_micros, currency, day, created_at) "
+            "VALUES (?, ?, ?, ?, 'reserved', ?, 'USD', ?, ?)",
+            (user_id, guild_id, kind, ref, amount_micros, day, now),
+        )
+        return int(cur.lastrowid)
+
+    async def ledger_settle(self, entry_id: int, amount_micros: int, currency: str, ref: str | None,
+                            now: float) -> bool:
+        """Mark a reserved (or re-settle a charged) row as charged with its actual amount."""
+        return await self.execute(
+            "UPDATE ledger SET state = 'charged', amount_micros = ?, currency = ?, ref = COALESCE(?, ref), "
+            "settled_at = ? WHERE id = ? AND state IN ('reserved', 'charged')",
+            (amount_micros, currency, ref, now, entry_id),
+        ) == 1
+
+    async def ledger_release(self, entry_id: int, now: float) -> bool:
+        """Mark a reserved row as released (amount 0); a charged row is never released."""
+        return await self.execute(
+            "UPDATE ledger SET state = 'released', amount_micros = 0, settled_at = ? "
+            "WHERE id = ? AND state = 'reserved'",
+            (now, entry_id),
+        ) == 1
+
+    async def ledger_get(self, entry_id: int) -> aiosqlite.Row | None:
+        return await self.fetchone("SELECT * FROM ledger WHERE id = ?", (entry_id,))
+
+    async def ledger_find(self, kind: str, ref: str) -> aiosqlite.Row | None:
+        """The newest ledger row of ``kind`` with ``ref`` (a run id or job id), if any."""
+        return await self.fetchone(
+            "SELECT * FROM ledger WHERE kind = ? AND ref = ? ORDER BY id DESC LIMIT 1", (kind, ref)
+        )
+
+    # -- voice management and files --------------------------------------------------------------
+
+    async def mark_voice_embedding_expired(self, voice_id: int, now: float) -> bool:
+        """Record that the provider's copy of a Qwen embedding is gone (survives restarts)."""
+        return await self.execute(
+            "UPDATE voices SET embedding_expires_at = ? WHERE id = ? "
+            "AND (embedding_expires_at IS NULL OR embedding_expires_at > ?)",
+            (now, voice_id, now),
+        ) == 1
+
+    async def voice_clone_job(self, user_id: int, voice_id: int) -> CloneJob | None:
+        """The clone job that made ``voice_id``, only if both belong to ``user_id``."""
+        row = await self.fetchone(
+            "SELECT * FROM clone_jobs WHERE voice_id = ? AND user_id = ? ORDER BY id DESC LIMIT 1",
+            (voice_id, user_id),
+        )
+        return _row_to(CloneJob, row)
+
+    async def user_files(self, user_id: int) -> list[StoredFile]:
+        rows = await self.fetchall(
+            "SELECT id, user_id, kind, token, filename, content_type, size, sha256, created_at, discord_url, "
+            "discord_url_expires_at, discord_message_id FROM stored_files WHERE user_id = ? ORDER BY id",
+            (user_id,),
+        )
+        return [_row_to(StoredFile, r) for r in rows]
+
+    async def user_data_counts(self, user_id: int) -> dict[str, int]:
+        """Rows per table that /forget-me would delete (the ledger is anonymised, not counted)."""
+        counts: dict[str, int] = {}
+        for table in self.USER_TABLES:  # fixed names, not user input
+            if table != "ledger":
+                counts[table] = int(await self.fetchval(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?",
+                                                        (user_id,)))
+        return counts
+
+    # -- speech --------------------------------------------------------------------------------
+
+    async def speech_voice_names(self, user_id: int) -> list[tuple[str, str, bool]]:
+        """``(name, provider, is_default)`` of the user's voices, by name (for /say autocomplete)."""
+        rows = await self.fetchall(
+            "SELECT v.name, v.provider, (s.default_voice_id IS NOT NULL AND s.default_voice_id = v.id) "
+            "FROM voices v LEFT JOIN user_settings s ON s.user_id = v.user_id "
+            "WHERE v.user_id = ? ORDER BY v.name_key",
+            (user_id,),
+        )
+        return [(r[0], r[1], bool(r[2])) for r in rows]
 
 
 def placeholders(values: Iterable[Any]) -> str:

@@ -1,18 +1,143 @@
-"""/say and the "Speak this message" context menu."""
+"""/say, the "Speak this message" context menu and voice messages (thin: the work is in bot.speech)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import interactions
+from bot.audio import AudioError
+from bot.errors import UserFacingError
+from bot.speech import MentionNames, mentioned_user_ids, quote_text
+from bot.speech import Speech as SpokenAudio
+
 if TYPE_CHECKING:
     from bot.app import NanoVoice
+    from bot.speech import SpeechService
 
 log = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 2000  # Discord's content limit
+VOICE_MESSAGE_FILENAME = "voice-message.ogg"
+VOICE_MESSAGES_REFUSED = 50173  # "Cannot send voice messages in this channel"
+NO_PINGS = discord.AllowedMentions.none()
+
+
+class VoiceMessageFile(discord.File):
+    """A ``discord.File`` whose attachment entry carries a voice message's duration and waveform."""
+
+    def __init__(self, data: bytes, filename: str, *, duration: float, waveform: str) -> None:
+        super().__init__(io.BytesIO(data), filename=filename)
+        self.duration = duration
+        self.waveform = waveform
+
+    def to_dict(self, index: int) -> dict[str, Any]:
+        payload = super().to_dict(index)
+        payload["duration_secs"] = round(self.duration, 2)
+        payload["waveform"] = self.waveform
+        return payload
+
+
+def voice_message_parameters(ogg: bytes, duration: float, waveform: str) -> discord.http.MultipartParameters:
+    """Create Message parameters for a voice message (flag 8192, one ``audio/ogg`` part, no content)."""
+    file = VoiceMessageFile(ogg, VOICE_MESSAGE_FILENAME, duration=duration, waveform=waveform)
+    params = discord.http.handle_message_parameters(file=file, flags=discord.MessageFlags(voice=True),
+                                                    allowed_mentions=NO_PINGS)
+    for part in params.multipart or ():
+        if part.get("name") == "files[0]":
+            part["content_type"] = "audio/ogg"  # Discord ignores the voice metadata unless this is audio/*
+    return params
+
+
+class DiscordNames:
+    """Names for mentions from what discord.py already knows, plus (after the defer) members it can
+    fetch: without the members intent the member cache is nearly empty."""
+
+    FETCH_LIMIT = 5  # unknown users looked up per request
+    FETCH_TIMEOUT = 2.0
+
+    def __init__(self, bot: commands.Bot, interaction: discord.Interaction,
+                 message: discord.Message | None = None) -> None:
+        self.bot = bot
+        self.guild = interaction.guild
+        self.users: dict[int, str] = {interaction.user.id: interaction.user.display_name}
+        self.roles: dict[int, str] = {}
+        self.channels: dict[int, str] = {}
+        if message is not None:
+            self.users.update({u.id: u.display_name for u in message.mentions})
+            self.roles.update({r.id: r.name for r in message.role_mentions})
+            self.channels.update({c.id: c.name for c in message.channel_mentions if getattr(c, "name", None)})
+
+    def user(self, user_id: int) -> str | None:
+        if user_id in self.users:
+            return self.users[user_id]
+        found = (self.guild.get_member(user_id) if self.guild is not None else None) or self.bot.get_user(user_id)
+        return found.display_name if found is not None else None
+
+    def role(self, role_id: int) -> str | None:
+        found = self.guild.get_role(role_id) if self.guild is not None else None
+        return found.name if found is not None else self.roles.get(role_id)
+
+    def channel(self, channel_id: int) -> str | None:
+        found = self.guild.get_channel_or_thread(channel_id) if self.guild is not None else None
+        name = getattr(found or self.bot.get_channel(channel_id), "name", None)
+        return name or self.channels.get(channel_id)
+
+    def names(self) -> MentionNames:
+        return MentionNames(user=self.user, role=self.role, channel=self.channel)
+
+    async def fetch_unknown_users(self, text: str) -> bool:
+        """Look up (a few) mentioned users nobody has cached; True when any name was learned."""
+        unknown = [uid for uid in mentioned_user_ids(text) if self.user(uid) is None][: self.FETCH_LIMIT]
+        if not unknown:
+            return False
+
+        async def fetch(user_id: int) -> None:
+            try:
+                if self.guild is not None:
+                    try:
+                        member = await self.guild.fetch_member(user_id)
+                    except discord.NotFound:
+                        member = None
+                    if member is not None:
+                        self.users[user_id] = member.display_name
+                        return
+                self.users[user_id] = (await self.bot.fetch_user(user_id)).display_name
+            except discord.HTTPException:
+                log.debug("could not look up mentioned user %s", user_id)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(fetch(uid) for uid in unknown)), self.FETCH_TIMEOUT)
+        return any(uid in self.users for uid in unknown)
+
+
+def render_reply(speech: SpokenAudio, note: str | None = None) -> str:
+    """The spoken text as a block quote, then a small line naming the voice (≤ 2,000 characters)."""
+    footer = f"-# {discord.utils.escape_markdown(speech.voice.label)}"
+    if speech.speed != 1.0:
+        footer += f" · {speed_text(speech.speed)}× speed"
+    if note:
+        footer = f"{note}\n{footer}"
+    budget = MESSAGE_LIMIT - len(footer) - 1
+    return f"{quote_text(speech.text, budget)}\n{footer}"
+
+
+def speed_text(speed: float) -> str:
+    return f"{speed:.2f}".rstrip("0").rstrip(".")
+
+
+def format_size(size: int) -> str:
+    if size < 1024 * 1024:
+        return f"{max(1, round(size / 1024))} KB"
+    mib = size / (1024 * 1024)
+    return f"{mib:.1f} MB" if mib < 10 else f"{mib:.0f} MB"
 
 
 class Speech(commands.Cog):
@@ -21,11 +146,18 @@ class Speech(commands.Cog):
         self.speak_menu = app_commands.ContextMenu(name="Speak this message", callback=self.speak_this_message)
         self.speak_menu.guild_only = True
 
+    @property
+    def speech(self) -> SpeechService:
+        return self.bot.speech
+
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.speak_menu)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.speak_menu.name, type=self.speak_menu.type)
+        await self.speech.close()
+
+    # -- commands --------------------------------------------------------------------------------
 
     @app_commands.command(name="say", description="Speak text in one of your voices or a stock voice")
     @app_commands.guild_only()
@@ -43,10 +175,94 @@ class Speech(commands.Cog):
         speed: app_commands.Range[float, 0.5, 2.0] | None = None,
         voice_message: bool | None = None,
     ) -> None:
-        raise NotImplementedError
+        self.speech.check_cooldown(interaction.user.id)
+        try:
+            # Checks that touch neither network nor disk come before the (public) defer: ephemeral refusals.
+            names = DiscordNames(self.bot, interaction)
+            spoken = self.speech.prepare_text(text, names.names())
+            await interaction.response.defer(thinking=True)
+            if await names.fetch_unknown_users(text):
+                spoken = self.speech.prepare_text(text, names.names())
+            await self._speak(interaction, spoken, voice, speed, bool(voice_message))
+        except UserFacingError:
+            self.speech.cooldown.reset(interaction.user.id)  # refused: nothing was spoken
+            raise
+
+    @say.autocomplete("voice")
+    async def voice_autocomplete(self, interaction: discord.Interaction,
+                                 current: str) -> list[app_commands.Choice[str]]:
+        pairs = await self.speech.voice_choices(interaction.user.id, current)
+        return [app_commands.Choice(name=name, value=value) for name, value in pairs]
 
     async def speak_this_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        raise NotImplementedError
+        self.speech.check_cooldown(interaction.user.id)
+        try:
+            if not (message.content or "").strip():
+                raise UserFacingError("That message has no text I can read out.")
+            names = DiscordNames(self.bot, interaction, message)
+            spoken = self.speech.prepare_text(message.content, names.names(), what="message")
+            await interaction.response.defer(thinking=True)
+            if await names.fetch_unknown_users(message.content):
+                spoken = self.speech.prepare_text(message.content, names.names(), what="message")
+            await self._speak(interaction, spoken, None, None, False)
+        except UserFacingError:
+            self.speech.cooldown.reset(interaction.user.id)
+            raise
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    async def _speak(self, interaction: discord.Interaction, text: str, voice: str | None, speed: float | None,
+                     as_voice_message: bool) -> None:
+        speech = await self.speech.say(interaction.user.id, interaction.guild_id, text, voice, speed)
+        if as_voice_message:
+            await self._send_voice_message(interaction, speech)
+        else:
+            await self._send_file(interaction, speech)
+
+    async def _send_file(self, interaction: discord.Interaction, speech: SpokenAudio, note: str | None = None) -> None:
+        limit = interaction.filesize_limit
+        if len(speech.audio) > limit:
+            raise UserFacingError(
+                f"The speech came out at {format_size(len(speech.audio))}, over this server's "
+                f"{format_size(limit)} upload limit; try a shorter text."
+            )
+        file = discord.File(io.BytesIO(speech.audio), filename=speech.filename)
+        await interactions.send(interaction, render_reply(speech, note), ephemeral=False, file=file,
+                                allowed_mentions=NO_PINGS)
+
+    async def _send_voice_message(self, interaction: discord.Interaction, speech: SpokenAudio) -> None:
+        """Post a real voice message in the channel (Create Message), then remove the "thinking…"
+        reply; a plain attachment where Discord refuses voice messages (50173, 403)."""
+        perms = interaction.app_permissions
+        if not (perms.send_voice_messages and perms.attach_files and perms.send_messages):
+            note = "-# I may not send voice messages here, so here is the audio as a file."
+            await self._send_file(interaction, speech, note)
+            return
+        try:
+            encoded = await self.speech.voice_message(speech)
+        except AudioError:
+            log.warning("speech %s could not be encoded as a voice message; sending a file", speech.cache_key[:12])
+            await self._send_file(interaction, speech)
+            return
+        if len(encoded.ogg) > interaction.filesize_limit:
+            await self._send_file(interaction, speech)
+            return
+        params = voice_message_parameters(encoded.ogg, encoded.duration, encoded.waveform_b64)
+        try:
+            with params:
+                await self.bot.http.send_message(interaction.channel_id, params=params)
+        except discord.HTTPException as exc:
+            if exc.code == VOICE_MESSAGES_REFUSED or exc.status == 403:
+                log.info("voice message refused in channel %s (HTTP %s, code %s); sending a file",
+                         interaction.channel_id, exc.status, exc.code)
+                await self._send_file(interaction, speech,
+                                      "-# Voice messages aren't allowed here, so here is the audio as a file.")
+                return
+            raise
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            await interactions.edit_original(interaction, content="Sent as a voice message.")
 
 
 async def setup(bot: NanoVoice) -> None:

@@ -1,0 +1,687 @@
+"""Speech: voice resolution, text hygiene, the TTS cache and synthesis through NanoGPT.
+
+Nothing here knows Discord. ``cogs/speech.py`` parses the interaction and renders; this module
+
+* resolves the ``voice`` option (:meth:`SpeechService.resolve_voice`): one of the user's saved voices
+  (case-insensitive, only theirs), a stock voice ``<model>/<voice>``, else the user's default voice,
+  else ``DEFAULT_TTS_MODEL``/``DEFAULT_TTS_VOICE``; and offers autocomplete choices
+  (:meth:`SpeechService.voice_choices`) without ever calling NanoGPT;
+* cleans the text before synthesis (:func:`clean_text`): mentions become names, custom emoji their
+  names, links "link", runs of a repeated character are capped, whitespace collapsed;
+* synthesises (:meth:`SpeechService.synthesize`): cache lookup → guild budget reservation → NanoGPT
+  ``/tts`` (all three response forms, inside the client) → settle with the reported cost → cache.
+  Identical requests (same voice identity, model, speed and normalised text) are answered from the
+  ``tts_cache`` table without a NanoGPT call or a charge; concurrent identical requests wait for
+  one synthesis instead of paying twice;
+* encodes voice messages (:meth:`SpeechService.voice_message`), remembering the last few encodings;
+* tells the operator the balance when NanoGPT answers 402 (:meth:`SpeechService.report_low_balance`).
+
+Errors are :class:`~bot.errors.UserFacingError` (one sentence) or :class:`~bot.nanogpt.NanoGPTError`
+(its ``user_message``); the global handler in ``bot.app`` shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot import audio
+from bot.clock import Clock
+from bot.config import Config
+from bot.embeddings import EmbeddingHost
+from bot.errors import NotFound, UserFacingError
+from bot.limits import Cooldown, Limits, Reservation, cost_to_micros, estimate_tts_micros, format_usd
+from bot.nanogpt import (
+    InsufficientBalance,
+    InvalidRequest,
+    NanoGPTClient,
+    NanoGPTError,
+    SpeechResult,
+    extension_for,
+)
+from bot.storage import Database, Voice
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+# The TTS cache: total size of the audio kept in ``tts_cache`` (least recently used entries go first).
+TTS_CACHE_MAX_BYTES = 200 * MIB
+CACHE_KEY_VERSION = "v1"  # bump to invalidate every cached entry after a change in what a key means
+VOICE_MESSAGE_MEMORY = 32  # encoded voice messages remembered in memory (re-encoded from the cache otherwise)
+BALANCE_LOG_INTERVAL = 60.0  # at most one /check-balance per minute after 402s
+
+RUN_CAP = 3  # longest run of one repeated (non-digit) character kept
+AUTOCOMPLETE_LIMIT = 25  # Discord's maximum number of choices
+CHOICE_MAX = 100  # Discord's maximum length of a choice name and value
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
+
+# The documented NanoGPT TTS model enum (docs/nanogpt-api.md), in the spelling NanoGPT uses.
+TTS_MODELS: tuple[str, ...] = (
+    "Kokoro-82m",
+    "Elevenlabs-Turbo-V2.5",
+    "tts-1",
+    "tts-1-hd",
+    "gpt-4o-mini-tts",
+    "Minimax-Speech-02-HD",
+    "Minimax-Speech-2.6-HD",
+    "Minimax-Speech-2.6-Turbo",
+    "Minimax-Speech-2.8-HD",
+    "Minimax-Speech-2.8-Turbo",
+    "Qwen-3-TTS-1.7B",
+)
+_MODEL_BY_KEY = {m.casefold(): m for m in TTS_MODELS}
+
+_KOKORO_VOICES = (
+    "af_bella", "af_nova", "af_sarah", "am_adam", "am_onyx", "bf_emma", "bm_george",
+    "af_heart", "af_alloy", "af_aoede", "af_jessica", "af_kore", "af_nicole", "af_river", "af_sky",
+    "am_echo", "am_eric", "am_fenrir", "am_liam", "am_michael", "am_puck",
+    "bf_alice", "bf_isabella", "bf_lily", "bm_daniel", "bm_fable", "bm_lewis",
+)  # fmt: skip
+_OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse")
+_ELEVENLABS_VOICES = ("Rachel", "Adam", "Bella", "Brian", "Sarah")
+# Stock voices offered by autocomplete (any non-empty voice is accepted for a known model: the lists
+# upstream are longer than these). Kokoro first: it is the cheapest.
+STOCK_VOICES: dict[str, tuple[str, ...]] = {
+    "Kokoro-82m": _KOKORO_VOICES,
+    "tts-1": _OPENAI_VOICES,
+    "tts-1-hd": _OPENAI_VOICES,
+    "gpt-4o-mini-tts": _OPENAI_VOICES,
+    "Elevenlabs-Turbo-V2.5": _ELEVENLABS_VOICES,
+}
+STOCK_EXAMPLE = "Kokoro-82m/af_bella"
+
+PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen"}
+
+
+# -- text hygiene ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MentionNames:
+    """How to name what a mention points at (the cog fills these from the guild data it has).
+
+    Each callable returns a display name, or None when it is unknown.
+    """
+
+    user: Callable[[int], str | None] = lambda _id: None
+    role: Callable[[int], str | None] = lambda _id: None
+    channel: Callable[[int], str | None] = lambda _id: None
+
+
+_USER_MENTION = re.compile(r"<@!?(\d{15,21})>")
+_ROLE_MENTION = re.compile(r"<@&(\d{15,21})>")
+_CHANNEL_MENTION = re.compile(r"<#(\d{15,21})>")
+_COMMAND_MENTION = re.compile(r"</([\w -]{1,100}):\d{15,21}>")
+_TIMESTAMP = re.compile(r"<t:(-?\d{1,13})(?::[tTdDfFRsS])?>")
+_GUILD_NAV = re.compile(r"<id:(?:customize|browse|guide|linked-roles)(?::\d+)?>")
+_CUSTOM_EMOJI = re.compile(r"<a?:(\w{1,32}):\d{15,21}>")
+_EVERYONE = re.compile(r"@(everyone|here)\b")
+_MASKED_LINK = re.compile(r"\[([^\]\n]{1,256})\]\(\s*<?(?:https?://|www\.)[^)\s]*>?\s*\)", re.IGNORECASE)
+_URL = re.compile(r"<?(?:(?:https?|ftp)://|www\.)[^\s<>]+>?", re.IGNORECASE)
+_LINE_MARKUP = re.compile(r"^\s*(?:>>> |> |-# |#{1,3} )", re.MULTILINE)
+_INLINE_MARKUP = re.compile(r"```[a-zA-Z0-9_+-]*\n?|```|\*\*|__|~~|\|\||`")
+_RUN = re.compile(rf"([^\d\s])\1{{{RUN_CAP},}}")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str, names: MentionNames | None = None) -> str:
+    """Text as it should be spoken: mentions → ``@name``/``#channel``, ``@everyone``/``@here`` →
+    "everyone"/"here", custom emoji → their names, links → "link", markdown markers dropped, runs of
+    one repeated character capped at :data:`RUN_CAP` (digits are left alone), control and
+    zero-width characters removed, whitespace collapsed. May return an empty string."""
+    names = names or MentionNames()
+
+    def user(match: re.Match[str]) -> str:
+        name = names.user(int(match.group(1)))
+        return f"@{name}" if name else "someone"
+
+    def role(match: re.Match[str]) -> str:
+        name = names.role(int(match.group(1)))
+        return f"@{name}" if name else "a role"
+
+    def channel(match: re.Match[str]) -> str:
+        name = names.channel(int(match.group(1)))
+        return f"#{name}" if name else "a channel"
+
+    def timestamp(match: re.Match[str]) -> str:
+        try:
+            when = datetime.fromtimestamp(int(match.group(1)), UTC)
+        except (OverflowError, OSError, ValueError):
+            return "a date"
+        return f"{when.day} {when:%B %Y}"
+
+    text = _strip_invisible(text)
+    text = _ROLE_MENTION.sub(role, text)
+    text = _USER_MENTION.sub(user, text)
+    text = _CHANNEL_MENTION.sub(channel, text)
+    text = _COMMAND_MENTION.sub(lambda m: f"/{m.group(1)}", text)
+    text = _TIMESTAMP.sub(timestamp, text)
+    text = _GUILD_NAV.sub("a server page", text)
+    text = _CUSTOM_EMOJI.sub(lambda m: f" {m.group(1).replace('_', ' ')} ", text)
+    text = _EVERYONE.sub(lambda m: m.group(1), text)
+    text = _MASKED_LINK.sub(lambda m: m.group(1), text)
+    text = _URL.sub("link", text)
+    text = _LINE_MARKUP.sub("", text)
+    text = _INLINE_MARKUP.sub("", text)
+    text = _SPACE.sub(" ", text).strip()
+    text = _RUN.sub(lambda m: m.group(1) * RUN_CAP, text)
+    return text
+
+
+def mentioned_user_ids(text: str) -> list[int]:
+    """The user ids mentioned in ``text``, in order of first appearance."""
+    return list(dict.fromkeys(int(m) for m in _USER_MENTION.findall(text or "")))
+
+
+def _strip_invisible(text: str) -> str:
+    """Drop control/format characters (zero-width, bidi overrides) and pile-ups of combining marks."""
+    out: list[str] = []
+    marks = 0
+    for ch in unicodedata.normalize("NFC", text):
+        category = unicodedata.category(ch)
+        if ch in "\n\t\r":
+            out.append("\n" if ch == "\n" else " ")
+            marks = 0
+        elif category in ("Cc", "Cf", "Co", "Cs"):
+            continue
+        elif category.startswith("M") and category != "Mc":
+            marks += 1
+            if marks <= 2:  # accents stay; "zalgo" stacks go
+                out.append(ch)
+        else:
+            marks = 0
+            out.append(ch)
+    return "".join(out)
+
+
+def check_length(text: str, limit: int, *, what: str = "text") -> None:
+    """Refuse text longer than ``limit`` characters, stating both numbers."""
+    if len(text) > limit:
+        raise UserFacingError(f"That {what} is {len(text):,} characters; the limit is {limit:,}.")
+
+
+def prepare_text(text: str, limit: int, names: MentionNames | None = None, *, what: str = "text") -> str:
+    """Length check on the user's own text, then :func:`clean_text`; refuses what has nothing to say."""
+    check_length(text, limit, what=what)
+    cleaned = clean_text(text, names)
+    if not any(ch.isalnum() for ch in cleaned):
+        if what == "message":
+            raise UserFacingError("That message has nothing I can read out (no words after removing links, "
+                                  "mentions and formatting).")
+        raise UserFacingError("There is nothing to say out loud in that text; add some words.")
+    return cleaned
+
+
+def quote_text(text: str, max_chars: int) -> str:
+    """``text`` as a Discord block quote of at most ``max_chars`` characters (markdown shown literally)."""
+    def render(body: str) -> str:
+        return "> " + _escape_markdown(body)
+
+    quoted = render(text)
+    if len(quoted) <= max_chars:
+        return quoted
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix whose escaped form fits with the ellipsis
+        mid = (low + high + 1) // 2
+        if len(render(text[:mid].rstrip() + "…")) <= max_chars:
+            low = mid
+        else:
+            high = mid - 1
+    return render(text[:low].rstrip() + "…")
+
+
+_MARKDOWN = re.compile(r"([\\*_~`|>#\-\[\]()])")
+
+
+def _escape_markdown(text: str) -> str:
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+# -- voices ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedVoice:
+    """What to synthesise with. ``saved`` is the user's voice (None for stock voices)."""
+
+    label: str  # for people: "Alice" or "Kokoro-82m/af_bella"
+    model: str
+    voice: str | None  # stock voice name, or a MiniMax customVoiceId
+    identity: str  # stable identity for the cache key
+    saved: Voice | None = None
+
+    @property
+    def provider(self) -> str | None:
+        return self.saved.provider if self.saved is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """Synthesised (or cached) speech: exactly the bytes NanoGPT produced."""
+
+    audio: bytes
+    content_type: str
+    text: str  # what was spoken (cleaned)
+    voice: ResolvedVoice
+    speed: float
+    cache_key: str
+    cached: bool
+    cost_micros: int | None = None
+    currency: str | None = None
+
+    @property
+    def extension(self) -> str:
+        return extension_for(self.content_type)
+
+    @property
+    def filename(self) -> str:
+        return f"speech.{self.extension}"
+
+
+def canonical_model(name: str) -> str | None:
+    """A documented TTS model in NanoGPT's spelling (case-insensitive), else None."""
+    return _MODEL_BY_KEY.get(name.strip().casefold())
+
+
+def parse_stock_voice(value: str) -> tuple[str, str]:
+    """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise."""
+    model_part, _, voice_part = value.strip().partition("/")
+    model = canonical_model(model_part)
+    if model is None:
+        raise UserFacingError(
+            f"“{_short(model_part)}” is not a NanoGPT speech model; write a stock voice as model/voice with one "
+            f"of {', '.join(TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
+        )
+    voice = voice_part.strip()
+    if not voice:
+        raise UserFacingError(f"Add a voice after the model, e.g. {STOCK_EXAMPLE}.")
+    if len(voice) > 64 or any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in voice):
+        raise UserFacingError(f"“{_short(voice)}” is not a voice name; stock voices look like {STOCK_EXAMPLE}.")
+    return model, voice
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _stock(model: str, voice: str) -> ResolvedVoice:
+    label = f"{model}/{voice}"
+    return ResolvedVoice(label=label, model=model, voice=voice, identity=f"stock:{label}")
+
+
+def _speed_key(speed: float) -> str:
+    return f"{speed:.2f}"
+
+
+def cache_key(voice: ResolvedVoice, speed: float, text: str) -> str:
+    """sha256 of (voice identity, model, speed, normalised text): equal requests, equal keys."""
+    blob = json.dumps([CACHE_KEY_VERSION, voice.identity, voice.model, _speed_key(speed), text],
+                      ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _match_score(query: str, candidate: str) -> float | None:
+    """How well ``query`` matches ``candidate`` (higher is better), None when it does not."""
+    q, c = query.casefold().strip(), candidate.casefold()
+    if not q:
+        return 0.0
+    if c == q:
+        return 10.0
+    if c.startswith(q):
+        return 8.0 + len(q) / len(c)
+    words = re.split(r"[\s/_.\-]+", c)
+    if any(w.startswith(q) for w in words):
+        return 7.0 + len(q) / len(c)
+    if q in c:
+        return 6.0 + len(q) / len(c)
+    it = iter(c)
+    if all(ch in it for ch in q):  # subsequence: "afbel" → "af_bella"
+        return 4.0 + len(q) / len(c)
+    ratio = difflib.SequenceMatcher(None, q, c).ratio()
+    best_word = max((difflib.SequenceMatcher(None, q, w).ratio() for w in words), default=0.0)
+    ratio = max(ratio, best_word)
+    return ratio * 3.0 if ratio >= 0.7 else None
+
+
+# -- the service -----------------------------------------------------------------------------------
+
+
+class SpeechService:
+    """Voice resolution, text hygiene, the TTS cache and synthesis. One per bot."""
+
+    def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
+                 embeddings: EmbeddingHost) -> None:
+        self.db = db
+        self.nanogpt = nanogpt
+        self.limits = limits
+        self.clock = clock
+        self.config = config
+        self.embeddings = embeddings
+        self.cooldown = Cooldown(config.say_cooldown_seconds, clock)
+        self.cache_max_bytes = TTS_CACHE_MAX_BYTES
+        self._inflight: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._voice_messages: OrderedDict[str, audio.VoiceMessageAudio] = OrderedDict()
+        self._last_balance_check = -BALANCE_LOG_INTERVAL
+        self._tasks: set[asyncio.Task] = set()
+        self.stock_choices: list[str] = [f"{m}/{v}" for m, voices in STOCK_VOICES.items() for v in voices]
+        default = f"{config.default_tts_model}/{config.default_tts_voice}"
+        if default in self.stock_choices:
+            self.stock_choices.remove(default)
+        self.stock_choices.insert(0, default)
+
+    # -- text ----------------------------------------------------------------------------------
+
+    def prepare_text(self, text: str, names: MentionNames | None = None, *, what: str = "text") -> str:
+        """:func:`prepare_text` with ``SAY_MAX_CHARS``."""
+        return prepare_text(text or "", self.config.say_max_chars, names, what=what)
+
+    def check_cooldown(self, user_id: int) -> None:
+        """Raise the cooldown sentence (with when it resets) if ``user_id`` spoke too recently."""
+        retry_after = self.cooldown.check(user_id)
+        if retry_after is not None:
+            raise UserFacingError(self.cooldown.message(retry_after))
+
+    # -- voices --------------------------------------------------------------------------------
+
+    def default_stock_voice(self) -> ResolvedVoice:
+        model = canonical_model(self.config.default_tts_model) or self.config.default_tts_model
+        return _stock(model, self.config.default_tts_voice)
+
+    def voice_from_saved(self, voice: Voice) -> ResolvedVoice:
+        """How one of the user's saved voices is synthesised."""
+        if voice.provider == "minimax":
+            if not voice.provider_voice_id:
+                raise UserFacingError(f"The voice “{voice.name}” is incomplete; clone it again.")
+            return ResolvedVoice(label=voice.name, model=self.config.minimax_tts_model, voice=voice.provider_voice_id,
+                                 identity=f"minimax:{voice.provider_voice_id}", saved=voice)
+        if voice.provider == "qwen":
+            source = f"file{voice.embedding_file_id}" if voice.embedding_file_id is not None else f"voice{voice.id}"
+            transcript = hashlib.sha256((voice.transcript or "").encode("utf-8")).hexdigest()[:16]
+            return ResolvedVoice(label=voice.name, model=self.config.qwen_tts_model, voice=None,
+                                 identity=f"qwen:{voice.user_id}:{source}:{transcript}", saved=voice)
+        raise UserFacingError(f"The voice “{voice.name}” uses an unknown provider; clone it again.")
+
+    async def resolve_voice(self, user_id: int, value: str | None) -> ResolvedVoice:
+        """The ``voice`` option: the user's saved voice of that name (case-insensitive; only theirs),
+        else a stock voice ``model/voice``; without a value the user's default voice, else the
+        configured stock voice."""
+        value = (value or "").strip()
+        if not value:
+            saved = await self.db.get_default_voice(user_id)
+            return self.voice_from_saved(saved) if saved is not None else self.default_stock_voice()
+        saved = await self.db.get_voice_by_name(user_id, value)
+        if saved is not None:
+            return self.voice_from_saved(saved)
+        if "/" in value:
+            return _stock(*parse_stock_voice(value))
+        raise NotFound(
+            f"You have no voice named “{_short(value)}”; pick one of your voices (/voice list) or a stock voice "
+            f"such as {STOCK_EXAMPLE}."
+        )
+
+    async def voice_choices(self, user_id: int, current: str) -> list[tuple[str, str]]:
+        """Autocomplete for ``voice``: ``(name, value)`` pairs, the user's own voices first, then stock
+        voices, fuzzy-matched, at most 25. Reads SQLite only (never NanoGPT)."""
+        current = (current or "")[:CHOICE_MAX]
+        own = await self.db.speech_voice_names(user_id)
+        mine: list[tuple[float, int, str, str]] = []
+        for index, (name, provider, is_default) in enumerate(own):
+            score = _match_score(current, name)
+            if score is None:
+                continue
+            marker = ", default" if is_default else ""
+            label = f"{name} (your {PROVIDER_LABELS.get(provider, provider)} voice{marker})"
+            bonus = 0.5 if is_default and not current else 0.0
+            mine.append((score + bonus, -index, label[:CHOICE_MAX], name[:CHOICE_MAX]))
+        mine.sort(reverse=True)
+        stock: list[tuple[float, int, str]] = []
+        for index, value in enumerate(self.stock_choices):
+            model, _, voice = value.partition("/")
+            score = _match_score(current, value)
+            voice_score = _match_score(current, voice)
+            best = max((s for s in (score, voice_score) if s is not None), default=None)
+            if best is None:
+                continue
+            stock.append((best, -index, value))
+        stock.sort(reverse=True)
+        choices = [(label, value) for _, _, label, value in mine]
+        choices += [(value, value) for _, _, value in stock]
+        if current and "/" in current and not any(v.casefold() == current.strip().casefold() for _, v in choices):
+            # A stock voice we don't list (the upstream lists are longer): offer it as typed if it parses.
+            try:
+                model, voice = parse_stock_voice(current)
+            except UserFacingError:
+                pass
+            else:
+                typed = f"{model}/{voice}"[:CHOICE_MAX]
+                choices.insert(len(mine), (typed, typed))
+        return choices[:AUTOCOMPLETE_LIMIT]
+
+    # -- synthesis -----------------------------------------------------------------------------
+
+    async def say(self, user_id: int, guild_id: int | None, text: str, voice: str | None = None,
+                  speed: float | None = None) -> Speech:
+        """Resolve ``voice`` and :meth:`synthesize` already-prepared ``text``."""
+        resolved = await self.resolve_voice(user_id, voice)
+        return await self.synthesize(user_id, guild_id, text, resolved, speed)
+
+    async def synthesize(self, user_id: int, guild_id: int | None, text: str, voice: ResolvedVoice,
+                         speed: float | None = None) -> Speech:
+        """Speech for cleaned ``text``: from the cache, else a paid NanoGPT call inside a budget
+        reservation (settled with the reported cost, released when nothing was charged)."""
+        if not text:
+            raise UserFacingError("There is nothing to say out loud in that text; add some words.")
+        effective_speed = 1.0 if speed is None else float(speed)
+        if not MIN_SPEED <= effective_speed <= MAX_SPEED:
+            raise UserFacingError(f"Speed must be between {MIN_SPEED} and {MAX_SPEED}.")
+        key = cache_key(voice, effective_speed, text)
+        hit = await self._from_cache(key, text, voice, effective_speed)
+        if hit is not None:
+            return hit
+        lock = self._inflight.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._inflight[key] = lock
+        async with lock:  # a concurrent identical request waits for this one and then hits the cache
+            hit = await self._from_cache(key, text, voice, effective_speed)
+            if hit is not None:
+                return hit
+            result = await self._paid_tts(user_id, guild_id, text, voice, effective_speed, key)
+            try:
+                await self.db.cache_put(key, user_id, result.content_type, result.audio, self.clock.now(),
+                                        self.cache_max_bytes)
+            except Exception:
+                log.exception("could not store speech in the cache")
+        if voice.saved is not None:
+            try:
+                await self.db.touch_voice(voice.saved.id, self.clock.now())
+            except Exception:
+                log.exception("could not record the use of voice %s", voice.saved.id)
+        return Speech(result.audio, result.content_type, text, voice, effective_speed, key, cached=False,
+                      cost_micros=result.cost_micros, currency=result.payment_source)
+
+    async def _from_cache(self, key: str, text: str, voice: ResolvedVoice, speed: float) -> Speech | None:
+        entry = await self.db.cache_get(key, self.clock.now())
+        if entry is None:
+            return None
+        log.debug("speech cache hit %s", key[:12])
+        return Speech(entry.data, entry.content_type, text, voice, speed, key, cached=True)
+
+    async def _paid_tts(self, user_id: int, guild_id: int | None, text: str, voice: ResolvedVoice, speed: float,
+                        key: str) -> SpeechResult:
+        estimate = estimate_tts_micros(voice.model, len(text))
+        reservation = await self.limits.reserve_tts(user_id, guild_id, estimate, ref=f"say:{key[:16]}")
+        retried = False
+        while True:
+            kwargs = await self._tts_arguments(voice, speed)
+            try:
+                result = await self.nanogpt.tts(text, model=voice.model, **kwargs)
+            except NanoGPTError as exc:
+                if (not retried and not exc.maybe_charged and voice.provider == "qwen"
+                        and _embedding_rejected(exc)
+                        and await self.embeddings.report_dead_url(voice.saved,
+                                                                  kwargs.get("speaker_voice_embedding_file_url"))):
+                    retried = True
+                    log.info("retrying speech for Qwen voice %s with its stored embedding", voice.saved.id)
+                    continue
+                await self._failed(reservation, exc)
+                raise self._explain(exc, voice) from exc
+            except BaseException:
+                await self._release_quietly(reservation)
+                raise
+            break
+        try:
+            actual = cost_to_micros(result.cost) if result.cost is not None else None
+            await self.limits.settle(reservation, actual, currency=result.payment_source or "USD")
+        except Exception:
+            log.exception("could not settle the speech reservation #%d", reservation.id)
+        log.info("synthesised %d characters with %s (%s, %s bytes, cost %s %s)", len(text), voice.model,
+                 voice.identity.split(":", 1)[0], len(result.audio), result.cost, result.payment_source or "")
+        return result
+
+    async def _tts_arguments(self, voice: ResolvedVoice, speed: float) -> dict[str, object]:
+        kwargs: dict[str, object] = {}
+        if speed != 1.0:
+            kwargs["speed"] = speed
+        if voice.provider == "qwen":
+            kwargs["speaker_voice_embedding_file_url"] = await self.embedding_url(voice.saved)
+            if voice.saved.transcript:
+                kwargs["reference_text"] = voice.saved.transcript
+        elif voice.voice is not None:
+            kwargs["voice"] = voice.voice
+        return kwargs
+
+    async def embedding_url(self, voice: Voice) -> str:
+        """The ``speaker_voice_embedding_file_url`` for a Qwen voice (the one place that asks)."""
+        return await self.embeddings.url_for(voice)
+
+    async def _failed(self, reservation: Reservation, exc: NanoGPTError) -> None:
+        if exc.maybe_charged:
+            log.warning("speech request may have been charged (%s); keeping the estimate on the ledger", exc)
+            try:
+                await self.limits.settle(reservation, None)
+            except Exception:
+                log.exception("could not settle the speech reservation #%d", reservation.id)
+        else:
+            await self._release_quietly(reservation)
+        if isinstance(exc, InsufficientBalance):
+            self.report_low_balance()
+
+    async def _release_quietly(self, reservation: Reservation) -> None:
+        try:
+            await self.limits.release(reservation)
+        except Exception:
+            log.exception("could not release the speech reservation #%d", reservation.id)
+
+    @staticmethod
+    def _explain(exc: NanoGPTError, voice: ResolvedVoice) -> Exception:
+        """A clearer sentence for the failures that are about the voice itself."""
+        if voice.provider == "minimax" and isinstance(exc, InvalidRequest) and _voice_missing(exc):
+            return UserFacingError(
+                f"MiniMax no longer has the voice “{voice.label}” (voices unused for 7 days are deleted); "
+                "clone it again."
+            )
+        if voice.provider == "qwen" and _embedding_rejected(exc):
+            return UserFacingError(
+                f"NanoGPT could not load the voice “{voice.label}” (its speaker embedding is gone); clone it again."
+            )
+        if voice.saved is None and isinstance(exc, InvalidRequest) and _voice_missing(exc):
+            return UserFacingError(f"NanoGPT has no voice “{voice.voice}” for {voice.model}; pick a listed one.")
+        return exc
+
+    # -- voice messages ------------------------------------------------------------------------
+
+    async def voice_message(self, speech: Speech) -> audio.VoiceMessageAudio:
+        """OGG/Opus, duration and waveform of ``speech`` (remembered for the last few cache keys)."""
+        encoded = self._voice_messages.get(speech.cache_key)
+        if encoded is not None:
+            self._voice_messages.move_to_end(speech.cache_key)
+            return encoded
+        encoded = await audio.encode_voice_message(speech.audio)
+        self._voice_messages[speech.cache_key] = encoded
+        while len(self._voice_messages) > VOICE_MESSAGE_MEMORY:
+            self._voice_messages.popitem(last=False)
+        return encoded
+
+    def forget_voice_messages(self) -> None:
+        """Drop the in-memory voice-message encodings (e.g. after /forget-me)."""
+        self._voice_messages.clear()
+
+    # -- the operator --------------------------------------------------------------------------
+
+    def report_low_balance(self) -> asyncio.Task | None:
+        """After a 402: log the balance from ``/check-balance`` for the operator, in the background and
+        at most once a minute. Returns the task (None when skipped)."""
+        now = self.clock.now()
+        if now - self._last_balance_check < BALANCE_LOG_INTERVAL:
+            return None
+        self._last_balance_check = now
+        task = asyncio.create_task(self.log_balance(), name="nanovoice-balance-check")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def log_balance(self) -> None:
+        """One WARNING with the NanoGPT balance: "NanoGPT balance too low: $0.0123 left"."""
+        try:
+            balance = await self.nanogpt.check_balance()
+        except Exception as exc:
+            log.warning("NanoGPT balance too low (the balance could not be read: %s)", exc)
+            return
+        usd = format_usd(cost_to_micros(balance.usd)) if balance.usd >= 0 else f"${balance.usd}"
+        extra = f" (and {balance.nano.normalize():f} XNO)" if balance.nano else ""
+        log.warning("NanoGPT balance too low: %s left%s", usd, extra)
+
+    async def close(self) -> None:
+        """Wait briefly for background balance checks."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2)
+
+
+def _error_text(exc: NanoGPTError) -> str:
+    return f"{exc.code or ''} {exc.error_type or ''} {exc.message}".casefold()
+
+
+def _voice_missing(exc: NanoGPTError) -> bool:
+    """NanoGPT says the voice does not exist [I: the real wording is undocumented]."""
+    text = _error_text(exc)
+    return "voice_not_found" in text or ("voice" in text and ("not found" in text or "does not exist" in text))
+
+
+def _embedding_rejected(exc: NanoGPTError) -> bool:
+    """NanoGPT could not fetch the speaker embedding URL [I: the real wording is undocumented]."""
+    if not isinstance(exc, InvalidRequest):
+        return False
+    text = _error_text(exc)
+    return "embedding" in text or "speaker_voice" in text
+
+
+__all__ = [
+    "STOCK_VOICES",
+    "TTS_CACHE_MAX_BYTES",
+    "TTS_MODELS",
+    "MentionNames",
+    "ResolvedVoice",
+    "Speech",
+    "SpeechService",
+    "cache_key",
+    "canonical_model",
+    "check_length",
+    "clean_text",
+    "mentioned_user_ids",
+    "parse_stock_voice",
+    "prepare_text",
+    "quote_text",
+]
