@@ -110,13 +110,15 @@ def _restore_discord_endpoints() -> Iterator[None]:
 
 @pytest.fixture
 async def discord_emulator() -> AsyncIterator[DiscordEmulator]:
-    """A started :class:`tests.fakes.discord.DiscordEmulator`; no unknown route may be hit."""
+    """A started :class:`tests.fakes.discord.DiscordEmulator`; at teardown no unknown route may have been hit
+    and the emulator must not have failed internally."""
     emu = DiscordEmulator()
     await emu.start()
     try:
         yield emu
     finally:
         await emu.close()
+    assert not emu.internal_errors, "the Discord emulator failed:\n" + "\n".join(emu.internal_errors)
     unknown = [f"{r.method} {r.path}" for r in emu.unknown_routes]
     assert not unknown, f"requests to routes the emulator does not know: {unknown}"
 

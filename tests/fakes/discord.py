@@ -35,6 +35,7 @@ import mimetypes
 import re
 import secrets
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -448,6 +449,7 @@ class DiscordEmulator:
 
         self.requests: list[RecordedRequest] = []
         self.unknown_routes: list[RecordedRequest] = []
+        self.internal_errors: list[str] = []  # exceptions inside the emulator's handlers (should stay empty)
         self.gateway_log: list[tuple[str, dict[str, Any]]] = []  # ("in"|"out", payload)
         self.identify_count = 0
         self.resume_count = 0
@@ -848,6 +850,12 @@ class DiscordEmulator:
             except DiscordAPIError as e:
                 rec.response = e.body()
                 response = self._json(e.body(), e.status, e.headers)
+            except web.HTTPException:
+                raise
+            except Exception as e:  # an emulator bug: answer 400 at once (a 5xx would make discord.py retry)
+                self.internal_errors.append(f"{rec.method} {rec.path}: {e!r}\n{traceback.format_exc()}")
+                rec.response = {"message": f"emulator internal error: {e!r}", "code": 0}
+                response = self._json(rec.response, 400)
         if request.path.startswith(API_PREFIX):
             response.headers.setdefault("Via", "1.1 google")
         rec.status = response.status
