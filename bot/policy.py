@@ -13,6 +13,7 @@ Nothing here knows Discord: the clone flow passes the member's role ids, the adm
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -23,6 +24,7 @@ from bot.storage import Database
 
 CLONES_DISABLED = "Voice cloning is turned off in this server."
 MAX_BUDGET_MICROS = 1_000_000 * 1_000_000  # $1,000,000 a day: anything above is a typo
+_THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 def clone_role_message(role_id: int) -> str:
@@ -79,12 +81,17 @@ def parse_budget(text: str) -> int:
     Raises :class:`UserFacingError` with one sentence on anything else (negative, not a number, more
     than six decimals, absurdly large). Never goes through float.
     """
-    raw = (text or "").strip().replace(",", "")
+    raw = (text or "").strip()
     if raw.startswith("$"):
         raw = raw[1:].strip()
     problem = UserFacingError(
         f"“{_shown(text)}” is not a dollar amount; write the daily budget like 2.50, or 0 for no limit."
     )
+    if "," in raw:
+        # Only as a thousands separator ("1,000.50"); "2,50" (a decimal comma) is refused, never read as 250.
+        if not _THOUSANDS.fullmatch(raw):
+            raise problem
+        raw = raw.replace(",", "")
     if not raw or not all(c.isdigit() or c == "." for c in raw):
         raise problem
     try:

@@ -489,6 +489,7 @@ class DiscordEmulator:
         r.add_get(f"{api}/channels/{{cid}}/messages", self._get_channel_messages)
         r.add_post(f"{api}/channels/{{cid}}/messages", self._create_message)
         r.add_route("*", f"{api}/channels/{{cid}}/messages/{{mid}}", self._channel_message)
+        r.add_get(f"{api}/users/@me/guilds", self._get_my_guilds)
         r.add_get(f"{api}/guilds/{{guild_id}}", self._get_guild)
         r.add_get(f"{api}/guilds/{{guild_id}}/channels", self._get_guild_channels)
         r.add_get(f"{api}/guilds/{{guild_id}}/members/{{user_id}}", self._get_member)
@@ -1487,6 +1488,20 @@ class DiscordEmulator:
         if "after" in request.query:
             msgs = [m for m in msgs if m.id > int(request.query["after"])]
         return self._json([m.to_dict() for m in msgs[:limit]])
+
+    async def _get_my_guilds(self, request: web.Request) -> web.Response:
+        """Get Current User Guilds: the guilds the bot is in, by id, with ``limit``/``after``."""
+        self._require_bot(request)
+        limit = int(request.query.get("limit", 200))
+        after = int(request.query.get("after", 0))
+        guilds = sorted((g for g in self.guilds.values() if self.bot_user.id in g.members and g.id > after),
+                        key=lambda g: g.id)[:limit]
+        return self._json([
+            {"id": str(g.id), "name": g.name, "icon": None, "banner": None,
+             "owner": g.owner_id == self.bot_user.id,
+             "permissions": str(self.member_permissions(self.bot_user, g.id)), "features": []}
+            for g in guilds
+        ])
 
     async def _get_guild(self, request: web.Request) -> web.Response:
         self._require_bot(request)

@@ -1,0 +1,145 @@
+"""`nanovoice check` pieces that need no Discord: NanoGPT, ffmpeg, database, and the Docker health check."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import sqlite3
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from aiohttp import web
+
+from bot.config import Config, Secret
+from bot.doctor import INVITE_PERMISSIONS, check_database, check_ffmpeg, check_nanogpt, health, invite_url
+from bot.storage import Database
+
+pytest_plugins = ["tests.fixtures_nanogpt"]
+
+
+def make_config(**changes) -> Config:
+    base = Config(discord_token=Secret("discord-token-secret"), nanogpt_api_key=Secret("sk-nano-test"))
+    return dataclasses.replace(base, **changes)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_invite_permissions_are_exactly_the_six_needed():
+    assert INVITE_PERMISSIONS == (1 << 10) + (1 << 11) + (1 << 14) + (1 << 15) + (1 << 16) + (1 << 46)
+    assert INVITE_PERMISSIONS == 70368744295424
+    assert invite_url(42) == ("https://discord.com/oauth2/authorize?client_id=42"
+                              "&scope=bot+applications.commands&permissions=70368744295424")
+
+
+async def test_nanogpt_balance(fake_nanogpt):
+    fake_nanogpt.balance_usd = Decimal("12.3456789")
+    config = make_config(nanogpt_base_url=fake_nanogpt.base_url, nanogpt_api_key=Secret(fake_nanogpt.api_key))
+    result = await check_nanogpt(config)
+    assert result.problems == 0
+    assert result.lines == [f"ok: NanoGPT key accepted; balance $12.35 and {fake_nanogpt.balance_nano} XNO"]
+    assert [r.path for r in fake_nanogpt.requests] == ["/check-balance"]
+
+
+async def test_nanogpt_wrong_key(fake_nanogpt):
+    config = make_config(nanogpt_base_url=fake_nanogpt.base_url, nanogpt_api_key=Secret("sk-nano-wrong-key"))
+    result = await check_nanogpt(config)
+    assert result.problems == 1
+    assert result.lines[0].startswith("problem: NanoGPT rejected NANOGPT_API_KEY (HTTP 401)")
+    assert "sk-nano-wrong-key" not in result.lines[0]
+
+
+async def test_nanogpt_empty_balance_is_a_problem(fake_nanogpt):
+    fake_nanogpt.balance_usd = Decimal(0)
+    fake_nanogpt.balance_nano = Decimal(0)
+    config = make_config(nanogpt_base_url=fake_nanogpt.base_url, nanogpt_api_key=Secret(fake_nanogpt.api_key))
+    result = await check_nanogpt(config)
+    assert result.lines == ["problem: NanoGPT key works but the balance is $0.00; top up at nano-gpt.com before "
+                            "anyone clones or speaks"]
+
+
+async def test_nanogpt_unreachable():
+    base = f"http://127.0.0.1:{closed_port()}/api"
+    result = await check_nanogpt(make_config(nanogpt_base_url=base))
+    assert result.problems == 1
+    assert result.lines[0].startswith(f"problem: NanoGPT at {base} is not answering (")
+
+
+async def test_ffmpeg():
+    result = await check_ffmpeg(make_config())
+    assert result.problems == 0, result.lines
+    assert result.lines[0].startswith("ok: ffmpeg version ") and "libmp3lame, libopus" in result.lines[0]
+
+
+async def test_database_created_migrated_and_written(tmp_path):
+    path = tmp_path / "deep" / "dir" / "db.sqlite3"
+    result = await check_database(make_config(database_path=path))
+    assert result.problems == 0
+    assert result.lines == [f"ok: database {path} (schema version {len(Database.migrations())}) is writable"]
+
+
+async def test_database_unwritable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = await check_database(make_config(database_path=blocker / "db.sqlite3"))
+    assert result.problems == 1
+    assert result.lines[0].startswith(f"problem: cannot open the database {blocker / 'db.sqlite3'}")
+
+
+# -- the Docker HEALTHCHECK ------------------------------------------------------------------------
+
+
+async def test_health_without_http_server_checks_the_database(tmp_path):
+    path = tmp_path / "nanovoice.sqlite3"
+    assert health({"DATABASE_PATH": str(path)}) == 1  # the bot has not created it yet
+    db = await Database(path).connect()
+    try:
+        assert health({"DATABASE_PATH": str(path)}) == 0  # readable while the bot holds it open (WAL)
+    finally:
+        await db.close()
+    assert health({"DATABASE_PATH": str(path)}) == 0
+    other = tmp_path / "empty.sqlite3"
+    sqlite3.connect(other).close()  # exists but never migrated
+    assert health({"DATABASE_PATH": str(other)}) == 1
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a database at all" * 100)
+    assert health({"DATABASE_PATH": str(garbage)}) == 1
+
+
+async def test_health_asks_healthz_when_the_http_server_runs(tmp_path):
+    status = {"code": 200}
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, status=status["code"])
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    env = {"PUBLIC_BASE_URL": "https://voices.example.com", "HTTP_PORT": str(port),
+           "DATABASE_PATH": str(tmp_path / "missing.sqlite3")}
+    try:
+        assert await asyncio.to_thread(health, env) == 0
+        status["code"] = 503
+        assert await asyncio.to_thread(health, env) == 1
+    finally:
+        await runner.cleanup()
+    assert health({**env, "HTTP_PORT": str(closed_port())}) == 1
+
+
+def test_health_module_entry_point(tmp_path):
+    path = tmp_path / "nanovoice.sqlite3"
+    sqlite3.connect(path).execute("PRAGMA user_version = 1").connection.close()
+    env = {"DATABASE_PATH": str(path), "PATH": "/usr/bin:/bin"}
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bot.doctor", "health"], cwd=root, env=env,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
