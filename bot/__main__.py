@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from bot.config import Config, ConfigError, load_config
@@ -28,6 +29,9 @@ async def _run(config: Config) -> None:
     from bot.app import NanoVoice
 
     async with NanoVoice(config) as client:
+        loop = asyncio.get_running_loop()
+        # SIGTERM (systemd, docker stop) closes the bot as cleanly as Ctrl+C: cogs, gateway, database.
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(client.close()))
         await client.start(str(config.discord_token))
 
 
