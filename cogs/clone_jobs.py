@@ -1,8 +1,16 @@
 """Clone jobs: the clone flow (validation, consent, paid submit), the background poller, and the
-"Clone this voice" message context menu."""
+"Clone this voice" message context menu.
+
+Thin on purpose: :class:`bot.jobs.CloneService` does the checks, the money, the polling and the
+bookkeeping; this cog turns interactions into service calls and service state into Discord messages
+(the confirmation card, the live status card, the completion notice).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import logging
 from typing import TYPE_CHECKING
 
@@ -10,26 +18,350 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import interactions
+from bot.errors import UserFacingError
+from bot.jobs import (
+    INTERACTION_TOKEN_LIFETIME,
+    PROVIDER_LABELS,
+    STATE_LABELS,
+    ClipSource,
+    CloneNotice,
+    CloneRequest,
+    InteractionRef,
+    PreparedClone,
+    format_elapsed,
+)
+from bot.limits import format_money, format_usd
+from bot.nanogpt import NanoGPTError
+from bot.storage import CloneJob
+
 if TYPE_CHECKING:
     from bot.app import NanoVoice
 
 log = logging.getLogger(__name__)
 
+CONSENT = "I have the consent of the person whose voice this is."
+AUDIO_EXTENSIONS = (".mp3", ".m4a", ".wav", ".ogg", ".oga", ".opus", ".flac", ".aac", ".webm", ".mp4")
+
+COLOUR_WAITING = discord.Colour.blurple()
+COLOUR_DONE = discord.Colour.green()
+COLOUR_PROBLEM = discord.Colour.red()
+COLOUR_CLOSED = discord.Colour.light_grey()
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def _quoted(name: str) -> str:
+    return f"“{discord.utils.escape_markdown(name)}”"
+
+
+def confirm_embed(prepared: PreparedClone) -> discord.Embed:
+    clip = prepared.audio
+    duration = f"{clip.duration:.1f} s"
+    if clip.trimmed:
+        duration = f"{clip.source_duration:.1f} s, trimmed to the first {clip.duration:.0f} s"
+    embed = discord.Embed(
+        title=f"Clone {_quoted(prepared.request.name)}?",
+        description=f"{CONSENT}\n\nPress **Confirm** to spend {format_usd(prepared.price_micros)} of this bot's "
+                    f"NanoGPT balance on this clone.",
+        colour=COLOUR_WAITING,
+    )
+    embed.add_field(name="Provider", value=prepared.provider_label)
+    embed.add_field(name="Price", value=format_usd(prepared.price_micros))
+    embed.add_field(name="Duration", value=duration)
+    return embed
+
+
+def closed_embed(prepared: PreparedClone, text: str, *, colour: discord.Colour = COLOUR_CLOSED) -> discord.Embed:
+    embed = discord.Embed(title=f"Clone {_quoted(prepared.request.name)}", description=text, colour=colour)
+    embed.add_field(name="Provider", value=prepared.provider_label)
+    return embed
+
+
+def status_embed(job: CloneJob, now: float) -> discord.Embed:
+    """The live status card: provider, state, elapsed time."""
+    started = job.submitted_at or job.created_at
+    end = job.finished_at if job.finished_at else now
+    colour = COLOUR_WAITING if job.is_open else (COLOUR_DONE if job.state == "completed" else COLOUR_PROBLEM)
+    embed = discord.Embed(title=f"Cloning {_quoted(job.voice_name)}", colour=colour)
+    if job.is_open:
+        embed.description = f"Started <t:{int(started)}:R>; this card updates as NanoGPT works."
+    embed.add_field(name="Provider", value=PROVIDER_LABELS.get(job.provider, job.provider))
+    embed.add_field(name="State", value=STATE_LABELS.get(job.state, job.state.title()))
+    embed.add_field(name="Elapsed", value=format_elapsed(end - started))
+    if job.cost_micros is not None:
+        embed.add_field(name="Cost", value=format_money(job.cost_micros, job.payment_source or "USD"))
+    return embed
+
+
+def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embed:
+    embed = status_embed(job, now)
+    if notice.outcome == "completed" and notice.voice_name:
+        embed.title = f"Voice {_quoted(notice.voice_name)} is ready"
+    embed.description = discord.utils.escape_markdown(notice.message)
+    return embed
+
+
+# -- views -----------------------------------------------------------------------------------------
+
+
+class ConfirmCloneView(discord.ui.View):
+    """Cost-and-consent confirmation; only the invoking user may press it."""
+
+    def __init__(self, cog: CloneJobs, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
+                 *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.cog = cog
+        self.origin = origin
+        self.prepared = prepared
+        self.where = where
+        self.answered = False  # a second press that raced the first one is turned away
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id == self.origin.user.id:
+            if not self.answered:
+                self.answered = True
+                return True
+            await interaction.response.send_message("This clone was already confirmed or cancelled.",
+                                                    ephemeral=True)
+            return False
+        await interaction.response.send_message(
+            f"Only {self.origin.user.mention} can confirm this clone.", ephemeral=True,
+            allowed_mentions=interactions.NO_PINGS,
+        )
+        return False
+
+    def _disable(self) -> None:
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(
+            embed=closed_embed(self.prepared, "Submitting to NanoGPT…", colour=COLOUR_WAITING), view=None,
+        )
+        try:
+            await self.cog.submit(self.origin, self.prepared, self.where)
+        except (UserFacingError, NanoGPTError) as exc:
+            message = exc.user_message if isinstance(exc, NanoGPTError) else str(exc)
+            await interactions.edit_original(
+                self.origin, embed=closed_embed(self.prepared, message, colour=COLOUR_PROBLEM), view=None,
+            )
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        self._disable()
+        await interaction.response.edit_message(
+            embed=closed_embed(self.prepared, "Cancelled; nothing was charged."), view=self,
+        )
+
+    async def on_timeout(self) -> None:
+        self._disable()
+        try:
+            await interactions.edit_original(
+                self.origin,
+                embed=closed_embed(self.prepared, "This confirmation expired; nothing was charged. "
+                                                  "Run /voice clone again to start over."),
+                view=self,
+            )
+        except discord.HTTPException:
+            log.warning("could not mark the clone confirmation of interaction %s as expired", self.origin.id,
+                        exc_info=True)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
+        from bot.app import report_error
+
+        await report_error(interaction, error)
+
+
+class CloneModal(discord.ui.Modal):
+    """Name, provider and transcript for "Clone this voice"."""
+
+    def __init__(self, cog: CloneJobs, attachment: discord.Attachment) -> None:
+        super().__init__(title="Clone this voice", timeout=600)
+        self.cog = cog
+        self.attachment = attachment
+        self.name_input = discord.ui.TextInput(custom_id="clone:name", min_length=1, max_length=32,
+                                               placeholder="What to call the voice")
+        self.provider_select = discord.ui.Select(
+            custom_id="clone:provider",
+            options=[
+                discord.SelectOption(label="MiniMax: $1.00, needs 10 s–5 min of audio", value="minimax"),
+                discord.SelectOption(label="Qwen3-TTS: $0.25, needs 3 s–5 min of audio", value="qwen"),
+            ],
+            min_values=1, max_values=1,
+        )
+        self.transcript_input = discord.ui.TextInput(
+            custom_id="clone:transcript", style=discord.TextStyle.paragraph, required=False, max_length=1000,
+            placeholder="What is said in the recording (helps Qwen)",
+        )
+        self.add_item(discord.ui.Label(text="Voice name", component=self.name_input))
+        self.add_item(discord.ui.Label(text="Provider", component=self.provider_select))
+        self.add_item(discord.ui.Label(text="Transcript (optional)", component=self.transcript_input))
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        values = self.provider_select.values
+        await self.cog.start_clone(
+            interaction, attachment=self.attachment, name=self.name_input.value,
+            provider=values[0] if values else "", transcript=self.transcript_input.value or None,
+            model=None, noise_reduction=False, normalize_volume=False,
+        )
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        from bot.app import report_error
+
+        await report_error(interaction, error)
+
+
+def find_audio(message: discord.Message) -> discord.Attachment | None:
+    """The message's voice message or first audio attachment."""
+    for attachment in message.attachments:
+        if attachment.is_voice_message() or (attachment.content_type or "").lower().startswith("audio/"):
+            return attachment
+    for attachment in message.attachments:  # no content type given: trust a known audio extension
+        if attachment.content_type is None and attachment.filename.lower().endswith(AUDIO_EXTENSIONS):
+            return attachment
+    return None
+
+
+def _reader(attachment: discord.Attachment):
+    async def read() -> bytes:
+        try:
+            return await attachment.read()
+        except discord.HTTPException as exc:
+            log.warning("downloading attachment %s failed: %s", attachment.id, exc)
+            raise UserFacingError("I couldn't download that recording from Discord; try again.") from exc
+
+    return read
+
+
+# -- the cog ---------------------------------------------------------------------------------------
+
 
 class CloneJobs(commands.Cog):
+    confirm_timeout: float = 300.0  # seconds the Confirm/Cancel buttons stay usable (tests shorten it)
+
     def __init__(self, bot: NanoVoice) -> None:
         self.bot = bot
         self.clone_menu = app_commands.ContextMenu(name="Clone this voice", callback=self.clone_this_voice)
         self.clone_menu.guild_only = True
+        self.poller: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.clone_menu)
+        self.poller = asyncio.create_task(self._run_poller(), name="clone-job-poller")
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.clone_menu.name, type=self.clone_menu.type)
+        if self.poller is not None:
+            self.poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.poller
+            self.poller = None
+
+    async def _run_poller(self) -> None:
+        await self.bot.wait_until_ready()
+        while True:
+            try:
+                await self.bot.clones.run_poller(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the clone job poller stopped unexpectedly; restarting it in 5 s")
+                await asyncio.sleep(5)
+
+    # -- the flow ------------------------------------------------------------------------------
+
+    async def start_clone(
+        self,
+        interaction: discord.Interaction,
+        *,
+        attachment: discord.Attachment,
+        name: str,
+        provider: str,
+        transcript: str | None,
+        model: str | None,
+        noise_reduction: bool,
+        normalize_volume: bool,
+    ) -> None:
+        """The /voice clone flow (also used by the context menu after its modal)."""
+        await interaction.response.defer(thinking=True)
+        where = InteractionRef(interaction.application_id, interaction.token,
+                               self.bot.clock.now() + INTERACTION_TOKEN_LIFETIME - 5)
+        request = CloneRequest(
+            user_id=interaction.user.id, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            name=name, provider=provider, role_ids=tuple(r.id for r in getattr(interaction.user, "roles", ())),
+            transcript=transcript, model=model, noise_reduction=noise_reduction, normalize_volume=normalize_volume,
+        )
+        clip = ClipSource(attachment.filename, attachment.size, interaction.filesize_limit, _reader(attachment))
+        prepared = await self.bot.clones.prepare(request, clip)
+        if not self.bot.config.clone_confirm:
+            await self.submit(interaction, prepared, where)
+            return
+        view = ConfirmCloneView(self, interaction, prepared, where, timeout=self.confirm_timeout)
+        await interactions.edit_original(interaction, content=None, embed=confirm_embed(prepared), view=view)
+
+    async def submit(self, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef) -> CloneJob:
+        async def show_card(job: CloneJob) -> None:
+            await interactions.edit_original(origin, content=None, embed=status_embed(job, self.bot.clock.now()),
+                                             view=None)
+
+        return await self.bot.clones.submit(prepared, where, on_recorded=show_card)
 
     async def clone_this_voice(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        raise NotImplementedError
+        attachment = find_audio(message)
+        if attachment is None:
+            raise UserFacingError("That message has no audio attachment or voice message to clone.")
+        await interaction.response.send_modal(CloneModal(self, attachment))
+
+    # -- JobEvents: how the poller reaches the user --------------------------------------------
+
+    def _webhook(self, job: CloneJob) -> discord.Webhook:
+        return discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
+
+    async def show_progress(self, job: CloneJob) -> None:
+        try:
+            await self._webhook(job).edit_message(
+                "@original", embed=status_embed(job, self.bot.clock.now()), allowed_mentions=interactions.NO_PINGS,
+            )
+        except discord.NotFound:
+            log.info("status card of clone job %s is gone", job.id)
+
+    async def deliver_notice(self, job: CloneJob, notice: CloneNotice) -> None:
+        """Edit the status card while its token lives, else post in the channel mentioning only the user."""
+
+        def files() -> list[discord.File]:
+            if notice.sample is None:
+                return []
+            return [discord.File(io.BytesIO(notice.sample), filename=notice.sample_filename)]
+
+        embed = notice_embed(job, notice, self.bot.clock.now())
+        if self.bot.clones.token_alive(job):
+            try:
+                await self._webhook(job).edit_message(
+                    "@original", content=None, embed=embed, attachments=files(), view=None,
+                    allowed_mentions=interactions.NO_PINGS,
+                )
+                return
+            except discord.NotFound:
+                log.info("status card of clone job %s is gone; telling the user in the channel", job.id)
+        if job.channel_id is None:
+            log.warning("clone job %s has no channel; its notice is dropped", job.id)
+            return
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            await channel.send(
+                f"<@{job.user_id}> {discord.utils.escape_markdown(notice.message)}", files=files(),
+                allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
+                                                         users=[discord.Object(job.user_id)]),
+            )
+        except (discord.Forbidden, discord.NotFound):
+            log.warning("cannot post the notice of clone job %s in channel %s", job.id, job.channel_id,
+                        exc_info=True)
 
 
 async def setup(bot: NanoVoice) -> None:

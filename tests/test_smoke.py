@@ -101,3 +101,16 @@ async def test_unexpected_error_gets_an_apology_with_an_id(world: World, monkeyp
     error_id = message.content.split("`")[1]
     assert any(error_id in line for line in world.unexpected_errors())
     assert "kaboom" not in message.content
+
+
+async def test_bot_process_stops_cleanly_on_sigterm(world: World):
+    import asyncio
+    import signal
+
+    await world.stop()
+    proc = await world.spawn()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(proc.wait(), 15)
+    output = proc.log_path.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output

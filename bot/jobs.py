@@ -1,0 +1,659 @@
+"""Clone jobs: checks before money is spent, the paid submit, status polling and completion.
+
+The clone-jobs cog drives this service and only renders; nothing here knows Discord.
+
+* :meth:`CloneService.prepare` runs every free check, cheapest first (name, open jobs, guild policy,
+  daily limit and budget, size, download, decode, normalise). A rejection is one
+  :class:`~bot.errors.UserFacingError` sentence and no request reaches NanoGPT.
+* :meth:`CloneService.submit` reserves the quota, writes the job row ('submitting') *before* the paid
+  request, sends it, records the run ('pending') and settles the reservation, then hands the job to
+  the poller. A process that dies between send and record leaves a 'submitting' row without run id:
+  the next start marks it 'lost' and tells the user; it is never resubmitted (it may have been charged).
+* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job at its due time from
+  an in-memory heap (the database is the source of truth at start-up), with bounded concurrency,
+  honouring ``X-Poll-After``/``Retry-After``, backing off on transient errors, and finishing jobs:
+  the voice is saved and the job completed in one transaction, a short sample is synthesised, and
+  the user is told exactly once through :class:`JobEvents` (implemented by the cog).
+
+Notification is claim → send → unclaim-on-failure (``mark_job_notified`` first). A crash in the
+instant between the claim commit and Discord accepting the message loses that one notice (the job
+and the voice are saved; ``/voice jobs`` shows them); the other order would risk a duplicate notice
+after every crash between send and claim instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import posixpath
+import random
+import re
+import secrets
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bot import audio
+from bot.clock import Clock
+from bot.config import Config
+from bot.embeddings import EmbeddingHost
+from bot.errors import UserFacingError
+from bot.limits import Limits, estimate_clone_micros
+from bot.nanogpt import ContentPolicyError, DownloadTooLarge, InvalidRequest, NanoGPTClient, NanoGPTError
+from bot.policy import ensure_clone_allowed
+from bot.speech import SpeechService
+from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("minimax", "qwen")
+PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen3-TTS"}
+STATE_LABELS = {
+    "submitting": "Submitting",
+    "pending": "Queued",
+    "processing": "Processing",
+    "completed": "Completed",
+    "failed": "Failed",
+    "lost": "Not confirmed",
+}
+NAME_MAX = 32
+TRANSCRIPT_MAX = 1000
+INTERACTION_TOKEN_LIFETIME = 15 * 60  # Discord interaction tokens live 15 minutes
+EMBEDDING_RETENTION = 7 * 24 * 3600  # NanoGPT keeps a Qwen embedding at least 7 days
+EMBEDDING_MAX_BYTES = 20 * 1024 * 1024
+SAMPLE_TEXT = "Hello! This is my new voice. How do I sound?"
+
+LOST_AFTER_RESTART = (
+    "The bot restarted while submitting your clone, so I can't tell whether NanoGPT received (and charged) it; "
+    "it was not resubmitted to avoid a double charge; ask the operator to check the NanoGPT dashboard."
+)
+LOST_AFTER_TIMEOUT = (
+    "NanoGPT stopped answering after your clone was sent, so I can't tell whether it was received (and charged); "
+    "it was not resubmitted to avoid a double charge; ask the operator to check the NanoGPT dashboard."
+)
+TIMED_OUT = "NanoGPT did not finish the clone within 30 minutes."
+FAILED_WITHOUT_REASON = "NanoGPT reported that the clone failed without giving a reason."
+
+# Zero-width and text-direction characters that are not in Unicode category Cf everywhere.
+_INVISIBLE = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+
+
+def validate_voice_name(raw: str) -> str:
+    """The cleaned voice name, or a :class:`UserFacingError` saying what to change."""
+    name = " ".join((raw or "").split()) if not _has_forbidden(raw or "") else None
+    if name is None:
+        raise UserFacingError(
+            "Voice names can't contain control, invisible or text-direction characters; "
+            "use letters, digits, spaces and punctuation."
+        )
+    if not 1 <= len(name) <= NAME_MAX:
+        raise UserFacingError(f"Voice names must be 1–{NAME_MAX} characters long.")
+    return name
+
+
+def _has_forbidden(text: str) -> bool:
+    for char in text:
+        if char in " \t":
+            continue
+        category = unicodedata.category(char)
+        # Cc: control (incl. newlines); Cf: format (zero-width, bidi overrides and isolates, BOM…);
+        # Zl/Zp: line/paragraph separators; Co/Cs/Cn: private use, surrogates, unassigned.
+        if category in {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"} or char in _INVISIBLE:
+            return True
+    return False
+
+
+def make_custom_voice_id() -> str:
+    """A fresh MiniMax ``customVoiceId``: ``^[A-Za-z][A-Za-z0-9]{7,}$`` with a digit, 70 random bits."""
+    return f"nv{secrets.randbelow(10)}{secrets.token_hex(8)}"
+
+
+def format_elapsed(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+# -- values passed between the cog and the service ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CloneRequest:
+    """What the user asked for (from /voice clone or the context menu's modal)."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    name: str
+    provider: str
+    role_ids: tuple[int, ...] = ()
+    transcript: str | None = None
+    model: str | None = None
+    noise_reduction: bool = False
+    normalize_volume: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSource:
+    """The uploaded recording, not yet downloaded: the size is checked before ``read`` is called."""
+
+    filename: str
+    size: int
+    upload_limit: int | None
+    read: Callable[[], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedClone:
+    """A request that passed every check, with its normalised audio; ready for consent and submit."""
+
+    request: CloneRequest
+    audio: audio.NormalizedAudio
+    price_micros: int
+
+    @property
+    def provider_label(self) -> str:
+        return PROVIDER_LABELS[self.request.provider]
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionRef:
+    """Where the live status card is: the interaction that deferred (its webhook token lives 15 min)."""
+
+    application_id: int | None
+    token: str | None
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CloneNotice:
+    """The single message that tells the user how a job ended."""
+
+    outcome: str  # 'completed' | 'failed' | 'lost'
+    message: str
+    voice_name: str | None = None
+    sample: bytes | None = field(default=None, repr=False)
+    sample_content_type: str | None = None
+
+    @property
+    def sample_filename(self) -> str:
+        ext = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/wav": "wav", "audio/x-wav": "wav",
+               "audio/ogg": "ogg", "audio/opus": "opus", "audio/aac": "aac", "audio/flac": "flac"}
+        return f"sample.{ext.get((self.sample_content_type or '').split(';')[0].strip().lower(), 'mp3')}"
+
+
+class JobEvents(Protocol):
+    """How the poller reaches the user (implemented by the clone-jobs cog)."""
+
+    async def show_progress(self, job: CloneJob) -> None:
+        """Refresh the live status card (called only while the interaction token lives)."""
+
+    async def deliver_notice(self, job: CloneJob, notice: CloneNotice) -> None:
+        """Tell the user how the job ended; raise to have it retried later."""
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+class CloneService:
+    """Checks, paid submit, polling and completion of voice clones."""
+
+    # Poller tuning; tests shorten the backoff. Times in seconds.
+    default_poll_after = 3.0
+    min_poll_after = 0.05
+    backoff_base = 1.0
+    backoff_cap = 60.0
+    concurrency = 16
+    job_deadline = 30 * 60
+    progress_interval = 10.0  # at most one elapsed-time refresh of a card per this many seconds
+    idle_recheck = 1.0  # the poller peeks at its heap at least this often (cheap; no database scan)
+    notice_attempts = 8
+
+    def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
+                 speech: SpeechService, embeddings: EmbeddingHost) -> None:
+        self.db = db
+        self.nanogpt = nanogpt
+        self.limits = limits
+        self.clock = clock
+        self.config = config
+        self.speech = speech
+        self.embeddings = embeddings
+        self.events: JobEvents | None = None
+        self._heap: list[tuple[float, int, int]] = []  # (loop time due, sequence, job id)
+        self._due: dict[int, float] = {}  # job id → its live heap entry's due time (others are stale)
+        self._seq = 0
+        self._inflight: set[int] = set()
+        self._submitting: set[int] = set()  # jobs this process is submitting right now
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
+        self._progress_shown: dict[int, tuple[str, float]] = {}
+        self._samples: dict[int, tuple[bytes, str] | None] = {}
+        self._notice_failures: dict[int, int] = {}
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    async def ensure_name_free(self, user_id: int, name: str) -> None:
+        if await self.db.voice_name_taken(user_id, name):
+            raise UserFacingError(
+                f"You already have a voice called “{name}”; pick another name or delete that one with /voice delete."
+            )
+        key = name_key(name)
+        if any(name_key(other) == key for other in await self.db.open_job_names(user_id)):
+            raise UserFacingError(f"A clone called “{name}” is already in progress; pick another name.")
+
+    async def check_quota(self, request: CloneRequest) -> None:
+        """Raise :class:`bot.limits.LimitExceeded` now if the limit or budget would refuse the clone.
+
+        A dry run of the reservation (reserved and released at once), so the user is not asked to
+        confirm a clone that cannot run; the real reservation happens right before the submit.
+        """
+        reservation = await self.limits.reserve_clone(
+            request.user_id, request.guild_id, estimate_clone_micros(request.provider), ref="check"
+        )
+        await self.limits.release(reservation)
+
+    async def prepare(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
+        """Every check that costs nothing, then download and normalise the clip."""
+        name = validate_voice_name(request.name)
+        provider = (request.provider or "").strip().lower()
+        if provider not in PROVIDERS:
+            raise UserFacingError("Choose minimax or qwen as the provider.")
+        transcript = " ".join((request.transcript or "").split()) or None
+        if transcript is not None and len(transcript) > TRANSCRIPT_MAX:
+            raise UserFacingError(f"The transcript can be at most {TRANSCRIPT_MAX} characters long.")
+        request = replace(request, name=name, provider=provider, transcript=transcript,
+                          model=request.model if provider == "minimax" else None)
+        await self.ensure_name_free(request.user_id, name)
+        await ensure_clone_allowed(self.db, request.guild_id, request.role_ids)
+        await self.check_quota(request)
+        # AudioError is a UserFacingError: one sentence. normalize_clone_audio sniffs the header first.
+        audio.check_size(clip.size, clip.upload_limit)
+        data = await clip.read()
+        normalized = await audio.normalize_clone_audio(data, provider, filename=clip.filename)
+        return PreparedClone(request, normalized, estimate_clone_micros(provider))
+
+    # -- submit ----------------------------------------------------------------------------------
+
+    async def submit(self, prepared: PreparedClone, where: InteractionRef, *,
+                     on_recorded: Callable[[CloneJob], Awaitable[object]] | None = None) -> CloneJob:
+        """Reserve, record, send the paid request, record the run; returns the 'pending' job.
+
+        ``on_recorded`` runs once the run is safely in the database (to render the status card) and
+        before the poller first looks at the job. Raises ``UserFacingError`` (limits, name taken
+        meanwhile, job lost) or ``NanoGPTError`` (the job is then failed and the quota released).
+        """
+        request = prepared.request
+        reservation = await self.limits.reserve_clone(request.user_id, request.guild_id, prepared.price_micros)
+        try:
+            job_id, custom_voice_id = await self.db.create_clone_job(
+                user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
+                application_id=where.application_id, interaction_token=where.token,
+                token_expires_at=where.expires_at, voice_name=request.name, provider=request.provider,
+                transcript=request.transcript, clone_model=request.model, now=self.clock.now(),
+                make_custom_voice_id=make_custom_voice_id if request.provider == "minimax" else None,
+            )
+        except DuplicateVoiceName:
+            await self.limits.release(reservation)
+            raise UserFacingError(
+                f"You already have a voice or a running clone called “{request.name}”; pick another name."
+            ) from None
+        except BaseException:
+            await self.limits.release(reservation)
+            raise
+        self._submitting.add(job_id)
+        try:
+            try:
+                ticket = await self._send(prepared, custom_voice_id)
+            except NanoGPTError as exc:
+                if getattr(exc, "maybe_charged", False):
+                    # Sent but unanswered: it may have been charged. Keep the reservation, never resubmit.
+                    log.warning("clone job %s: submit timed out after sending; marking it lost", job_id)
+                    await self.db.finish_clone_job(job_id, "lost", error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
+                                                   notified=True)
+                    raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
+                log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
+                await self.limits.release(reservation)
+                await self.db.finish_clone_job(job_id, "failed", error=exc.user_message, now=self.clock.now(),
+                                               notified=True)
+                raise
+            except BaseException:
+                # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
+                # resubmit; the poller (or the next start) tells the user honestly.
+                log.exception("clone job %s: submit interrupted; marking it lost", job_id)
+                await asyncio.shield(self.db.finish_clone_job(job_id, "lost", error=LOST_AFTER_RESTART,
+                                                              now=self.clock.now()))
+                with contextlib.suppress(RuntimeError):
+                    self._schedule(job_id, 0.0)
+                raise
+            now = self.clock.now()
+            await self.db.update_job(
+                job_id, run_id=ticket.run_id, cost_micros=ticket.cost_micros, payment_source=ticket.payment_source,
+                is_api_request=int(bool(ticket.is_api_request)), state="pending", submitted_at=now, next_poll_at=now,
+            )
+        finally:
+            self._submitting.discard(job_id)
+        try:
+            await self.limits.settle(reservation, ticket.cost_micros, currency=ticket.payment_source or "USD",
+                                     ref=ticket.run_id)
+        except Exception:
+            log.exception("clone job %s: could not settle ledger row #%d", job_id, reservation.id)
+        job = await self.db.get_job(job_id)
+        log.info("clone job %s submitted: %s run %s for user %s", job_id, job.provider, job.run_id, job.user_id)
+        try:
+            if on_recorded is not None:
+                await on_recorded(job)
+                self._progress_shown[job_id] = (job.state, asyncio.get_running_loop().time())
+        except Exception:  # the run is safe and will be polled; only its card may lag behind
+            log.warning("clone job %s: could not show the status card", job_id, exc_info=True)
+        finally:
+            self._schedule(job_id, 0.0)
+        return job
+
+    async def _send(self, prepared: PreparedClone, custom_voice_id: str | None):
+        request, clip = prepared.request, prepared.audio
+        if request.provider == "minimax":
+            return await self.nanogpt.submit_minimax_clone(
+                clip.mp3, clip.filename, custom_voice_id=custom_voice_id, model=request.model,
+                noise_reduction=request.noise_reduction, normalize_volume=request.normalize_volume,
+            )
+        return await self.nanogpt.submit_qwen_clone(clip.mp3, clip.filename, reference_text=request.transcript)
+
+    # -- the poller ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _schedule(self, job_id: int, delay: float) -> None:
+        due = asyncio.get_running_loop().time() + max(0.0, delay)
+        self._seq += 1
+        self._due[job_id] = due
+        heapq.heappush(self._heap, (due, self._seq, job_id))
+        self.wake()
+
+    async def recover(self) -> None:
+        """At start-up: the database is the truth. Lose unrecorded submits, resume open jobs, and
+        queue the notices that were never delivered."""
+        now = self.clock.now()
+        lost = await self.db.mark_submitting_jobs_lost(LOST_AFTER_RESTART, now, keep=self._submitting)
+        for job_id in lost:
+            log.warning("clone job %s was being submitted when the bot stopped; marked lost", job_id)
+        open_jobs = [j for j in await self.db.open_jobs() if j.state != "submitting"]
+        for job in open_jobs:
+            self._schedule(job.id, (job.next_poll_at or now) - now)
+        unnotified = await self.db.unnotified_finished_jobs()
+        for job in unnotified:
+            self._schedule(job.id, 0.0)
+        if open_jobs or unnotified:
+            log.info("clone poller resumed %d open job(s) and %d undelivered notice(s)", len(open_jobs),
+                     len(unnotified))
+
+    async def run_poller(self, events: JobEvents) -> None:
+        """Poll due jobs until cancelled. One job's error never stops the loop."""
+        self.events = events
+        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        await self.recover()
+        try:
+            while True:
+                self._wake.clear()
+                now = loop.time()
+                busy: list[int] = []
+                while self._heap and self._heap[0][0] <= now and len(self._inflight) < self.concurrency:
+                    due, _, job_id = heapq.heappop(self._heap)
+                    if self._due.get(job_id) != due:
+                        continue  # superseded by a later _schedule
+                    if job_id in self._inflight:
+                        busy.append(job_id)  # still finishing its previous turn; look again shortly
+                        continue
+                    del self._due[job_id]
+                    self._inflight.add(job_id)
+                    task = asyncio.create_task(self._turn(job_id), name=f"clone-job-{job_id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                for job_id in busy:
+                    self._schedule(job_id, 0.05)
+                if len(self._inflight) >= self.concurrency:
+                    timeout = self.idle_recheck  # a finishing turn sets the event
+                elif self._heap:
+                    timeout = min(self.idle_recheck, max(0.0, self._heap[0][0] - loop.time()))
+                else:
+                    timeout = self.idle_recheck
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives just as the event is set, and the poller would never stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._inflight.clear()
+            self._wake = None
+
+    async def _turn(self, job_id: int) -> None:
+        try:
+            job = await self.db.get_job(job_id)
+            if job is None or job.state == "submitting":
+                return  # deleted (/forget-me), or its submit is still running in this process
+            if job.is_open:
+                await self._poll(job)
+            elif job.notified_at is None:
+                await self._notify(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("clone job %s: unexpected error in the poller; retrying in %.0f s", job_id, self.backoff_cap)
+            self._schedule(job_id, self.backoff_cap)
+        finally:
+            self._inflight.discard(job_id)
+            self.wake()
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** max(0, failures - 1))
+        return delay * random.uniform(0.8, 1.2)
+
+    async def _poll(self, job: CloneJob) -> None:
+        now = self.clock.now()
+        started = job.submitted_at or job.created_at
+        if now - started > self.job_deadline:
+            await self._finish(job, "failed", TIMED_OUT)
+            return
+        try:
+            status = await self.nanogpt.clone_status(
+                job.provider, job.run_id, cost=_micros_to_units(job.cost_micros),
+                payment_source=job.payment_source, is_api_request=bool(job.is_api_request),
+            )
+        except (InvalidRequest, ContentPolicyError) as exc:  # a definitive 4xx about this run
+            log.warning("clone job %s: NanoGPT refused the status request: %s", job.id, exc)
+            await self._finish(job, "failed", exc.user_message)
+            return
+        except (NanoGPTError, aiohttp.ClientError, TimeoutError) as exc:
+            # Timeouts, 5xx, 429 (Retry-After), and 401/402 (an operator problem, not this run's): back
+            # off and retry until the job's deadline.
+            await self._retry_later(job, now, exc)
+            return
+        state = (status.status or "").lower()
+        if state == "completed":
+            await self._complete(job, status, now)
+        elif state in ("failed", "error"):
+            await self._finish(job, "failed", _one_line(status.error) or FAILED_WITHOUT_REASON)
+        else:
+            new_state = "processing" if state == "processing" else "pending"
+            delay = self.default_poll_after if status.poll_after is None else float(status.poll_after)
+            delay = max(self.min_poll_after, delay)
+            await self.db.update_job(job.id, state=new_state, poll_count=job.poll_count + 1, last_polled_at=now,
+                                     failures=0, next_poll_at=now + delay)
+            self._schedule(job.id, delay)
+            await self._show_progress(job.id, changed=new_state != job.state)
+
+    async def _retry_later(self, job: CloneJob, now: float, exc: BaseException) -> None:
+        failures = job.failures + 1
+        delay = self._backoff(failures)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            delay = max(delay, float(retry_after))
+        log.info("clone job %s: status check failed (%s: %s); retry %d in %.2f s", job.id, type(exc).__name__,
+                 exc, failures, delay)
+        await self.db.update_job(job.id, failures=failures, poll_count=job.poll_count + 1, last_polled_at=now,
+                                 next_poll_at=now + delay)
+        self._schedule(job.id, delay)
+
+    async def _complete(self, job: CloneJob, status, now: float) -> None:
+        embedding = None
+        embedding_url = None
+        if job.provider == "qwen":
+            embedding_url = status.speaker_embedding_url
+            if not embedding_url:
+                await self._retry_later(job, now, RuntimeError("completed without a speakerEmbeddingUrl"))
+                return
+            try:
+                data, content_type = await self.nanogpt.download(embedding_url, max_bytes=EMBEDDING_MAX_BYTES)
+            except DownloadTooLarge:
+                await self._finish(job, "failed", "The voice file NanoGPT produced is too large to store.")
+                return
+            except (NanoGPTError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                await self._retry_later(job, now, exc)  # the status is polled again; the URL may be fresh
+                return
+            if not data:
+                await self._retry_later(job, now, RuntimeError("empty speaker embedding"))
+                return
+            filename = re.sub(r"[^A-Za-z0-9._-]", "_", posixpath.basename(urlsplit(embedding_url).path))[:100]
+            if not filename.strip("._"):
+                filename = "speaker-embedding.safetensors"
+            embedding = (secrets.token_urlsafe(32), filename, content_type or "application/octet-stream", data)
+        result = await self.db.complete_clone_job(
+            job.id, now=now,
+            provider_voice_id=job.custom_voice_id if job.provider == "minimax" else None,
+            embedding_url=embedding_url,
+            embedding_expires_at=now + EMBEDDING_RETENTION if embedding_url else None,
+            embedding=embedding, max_name_length=NAME_MAX,
+        )
+        if result is None:
+            return
+        voice_id, saved_name = result
+        log.info("clone job %s completed: voice #%s “%s” for user %s", job.id, voice_id, saved_name, job.user_id)
+        await self._notify(await self.db.get_job(job.id))
+
+    async def _finish(self, job: CloneJob, state: str, error: str) -> None:
+        if await self.db.finish_clone_job(job.id, state, error=error, now=self.clock.now()):
+            log.info("clone job %s %s: %s", job.id, state, error)
+        job = await self.db.get_job(job.id)
+        if job is not None and job.notified_at is None:
+            await self._notify(job)
+
+    async def _show_progress(self, job_id: int, *, changed: bool) -> None:
+        if self.events is None:
+            return
+        loop_now = asyncio.get_running_loop().time()
+        shown = self._progress_shown.get(job_id)
+        if not changed and shown is not None and loop_now - shown[1] < self.progress_interval:
+            return
+        job = await self.db.get_job(job_id)
+        if job is None or not job.is_open or not self.token_alive(job):
+            return
+        self._progress_shown[job_id] = (job.state, loop_now)
+        try:
+            await self.events.show_progress(job)
+        except Exception:
+            log.warning("clone job %s: could not refresh the status card", job_id, exc_info=True)
+
+    def token_alive(self, job: CloneJob, margin: float = 10.0) -> bool:
+        """Whether the job's interaction token can still edit its status card."""
+        return bool(job.interaction_token and job.application_id and job.token_expires_at
+                    and self.clock.now() < job.token_expires_at - margin)
+
+    # -- notices ---------------------------------------------------------------------------------
+
+    async def _notify(self, job: CloneJob) -> None:
+        if self.events is None:
+            return
+        notice = await self.build_notice(job)
+        if not await self.db.mark_job_notified(job.id, self.clock.now()):
+            return  # someone else told the user already
+        try:
+            await self.events.deliver_notice(job, notice)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.db.unmark_job_notified(job.id))
+            raise
+        except Exception:
+            await self.db.unmark_job_notified(job.id)
+            failures = self._notice_failures.get(job.id, 0) + 1
+            self._notice_failures[job.id] = failures
+            if failures >= self.notice_attempts:
+                log.exception("clone job %s: giving up on its notice after %d attempts", job.id, failures)
+                await self.db.mark_job_notified(job.id, self.clock.now())
+            else:
+                log.warning("clone job %s: notice not delivered (attempt %d); retrying", job.id, failures,
+                            exc_info=True)
+                self._schedule(job.id, self._backoff(failures))
+            return
+        self._samples.pop(job.id, None)
+        self._notice_failures.pop(job.id, None)
+        self._progress_shown.pop(job.id, None)
+
+    async def build_notice(self, job: CloneJob) -> CloneNotice:
+        if job.state == "lost":
+            return CloneNotice("lost", job.error or LOST_AFTER_RESTART)
+        if job.state != "completed":
+            reason = job.error or FAILED_WITHOUT_REASON
+            return CloneNotice("failed", f"Cloning “{job.voice_name}” failed: {reason}")
+        voice = await self.db.get_voice(job.user_id, job.voice_id) if job.voice_id is not None else None
+        name = voice.name if voice is not None else job.voice_name
+        message = f"Your voice “{name}” is ready: use it with /say voice:{name}."
+        if name_key(name) != name_key(job.voice_name):
+            message += f" You already had a voice called “{job.voice_name}”, so this one is saved as “{name}”."
+        sample = None
+        if voice is not None:
+            if job.id not in self._samples:
+                self._samples[job.id] = await self._make_sample(job, voice)
+            sample = self._samples[job.id]
+        if sample is None:
+            return CloneNotice("completed", message, voice_name=name)
+        return CloneNotice("completed", message, voice_name=name, sample=sample[0], sample_content_type=sample[1])
+
+    async def _make_sample(self, job: CloneJob, voice: Voice) -> tuple[bytes, str] | None:
+        """A short line in the new voice through the speech service (budget, ledger and cache like any
+        speech; for MiniMax also the real use that keeps the voice alive). A failure only means a
+        notice without a sample."""
+        try:
+            speech = await self.speech.synthesize(job.user_id, job.guild_id, SAMPLE_TEXT,
+                                                  self.speech.voice_from_saved(voice))
+        except Exception as exc:
+            log.warning("clone job %s: no sample: %s", job.id, exc)
+            return None
+        return speech.audio, speech.content_type
+
+
+def _micros_to_units(micros: int | None) -> Decimal | None:
+    """Turn stored micro-units back into the ``cost`` NanoGPT reported (exactly)."""
+    return None if micros is None else Decimal(micros) / 1_000_000
+
+
+def _one_line(text: str | None, limit: int = 300) -> str | None:
+    if not text:
+        return None
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+__all__ = [
+    "PROVIDERS",
+    "ClipSource",
+    "CloneNotice",
+    "CloneRequest",
+    "CloneService",
+    "InteractionRef",
+    "JobEvents",
+    "PreparedClone",
+    "make_custom_voice_id",
+    "validate_voice_name",
+]

@@ -1,0 +1,342 @@
+"""The clone flow over the wire: the real bot (in process, or as a real ``python -m bot`` subprocess)
+against the Discord emulator and the fake NanoGPT. Assertions are on what a user sees in Discord and
+on what reached NanoGPT."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from bot.jobs import LOST_AFTER_RESTART
+from cogs.clone_jobs import CONSENT
+from tests.fakes.nanogpt import Step
+from tests.fixtures_bot import World
+
+pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_audio", "tests.fixtures_bot"]
+
+VOICE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9]{7,}$")
+QUICK = [Step("pending", poll_after=0.1), Step("processing", poll_after=0.1), Step("processing", poll_after=0.1),
+         Step("completed")]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def embed(msg) -> dict:
+    return msg.embeds[0] if msg is not None and msg.embeds else {}
+
+
+def fields(msg) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in embed(msg).get("fields", [])}
+
+
+def buttons(msg) -> dict[str, dict]:
+    found = {}
+    for row in msg.components:
+        for c in row.get("components", []):
+            if c.get("type") == 2:
+                found[c["label"]] = c
+    return found
+
+
+async def card(world: World, inter, predicate, timeout: float = 10.0):  # noqa: ASYNC109
+    """The interaction's original response once ``predicate(message)`` holds."""
+    await world.emu.wait_until(lambda: inter.original is not None and not inter.original.loading
+                               and predicate(inter.original), timeout, "the clone card to change")
+    return inter.original
+
+
+def is_ready(msg) -> bool:
+    return embed(msg).get("title", "").startswith("Voice ")
+
+
+async def run_clone(world: World, user, data: bytes, filename: str, content_type: str | None, *, name: str,
+                    provider: str, attachment_size_limit: int | None = None, **options):
+    attachment = world.emu.add_attachment(data, filename, content_type)
+    return await world.emu.slash(user, "voice", subcommand="clone",
+                                 options={"audio": attachment, "name": name, "provider": provider, **options},
+                                 attachment_size_limit=attachment_size_limit, validate=False)
+
+
+async def one_sentence(inter) -> str:
+    message = await inter.wait_final(10)
+    assert not message.embeds or message.content, message
+    text = message.content
+    assert text.endswith(".") and "\n" not in text, text
+    return text
+
+
+# -- happy paths ------------------------------------------------------------------------------------------
+
+
+async def test_minimax_clone_through_consent_polling_and_a_sample(world: World, audio_corpus):
+    world.nano.clone_script = QUICK
+    alice, bob = world.user("alice"), world.user("bob")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "clip.mp3", "audio/mpeg", name="Alice Voice",
+                            provider="minimax")
+    confirm = await card(world, inter, lambda m: "Confirm" in buttons(m))
+    assert CONSENT in embed(confirm)["description"]
+    assert fields(confirm) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.0 s"}
+    assert buttons(confirm)["Confirm"]["style"] == 3 and not confirm.ephemeral
+    assert world.nano.requests == []  # nothing is spent before consent
+
+    intruder = await world.emu.click(bob, confirm, buttons(confirm)["Confirm"]["custom_id"])
+    answer = await intruder.wait_response()
+    assert answer["data"]["content"] == f"Only <@{alice.id}> can confirm this clone."
+    assert answer["data"]["flags"] & 64 and world.nano.submits == []
+
+    started = time.monotonic()
+    await world.emu.click(alice, confirm, buttons(confirm)["Confirm"]["custom_id"])
+    done = await card(world, inter, is_ready)
+    print(f"\nMiniMax: Confirm → completion notice in {time.monotonic() - started:.2f} s")
+    assert embed(done)["title"] == "Voice “Alice Voice” is ready" and fields(done)["State"] == "Completed"
+    (sample,) = done.files
+    assert sample.filename == "sample.mp3" and sample.data[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
+    assert done.pinged_user_ids == [] and done.components == []
+
+    (submit,) = world.nano.submits
+    voice_id = submit.fields["customVoiceId"]
+    assert VOICE_ID.match(voice_id) and any(ch.isdigit() for ch in voice_id)
+    voice = await world.db.get_voice_by_name(alice.id, "alice voice")
+    assert voice.provider_voice_id == voice_id and voice.provider == "minimax"
+    assert world.nano.tts_requests[0]["voice"] == voice_id  # the sample: a real use of the new voice
+    (job,) = await world.db.user_jobs(alice.id)
+    assert job.state == "completed" and job.notified_at is not None
+
+
+async def test_qwen_clone_of_a_voice_message_through_the_context_menu(world: World, audio_corpus):
+    world.nano.clone_script = QUICK
+    alice = world.user("alice")
+    ogg = audio_corpus("voice_ogg", 6)
+    att = world.emu.add_attachment(ogg, "voice-message.ogg", "audio/ogg", duration_secs=6.0,
+                                   waveform=bytes(range(0, 240, 4)))
+    message = await world.emu.create_user_message(None, alice, attachments=[att], flags=8192)
+
+    menu = await world.emu.message_context(alice, "Clone this voice", message)
+    await menu.wait_response()
+    modal = world.emu.last_modal(menu.token)
+    assert modal is not None and modal["title"] == "Clone this voice"
+    submitted = await world.emu.submit_modal(alice, modal["custom_id"], {
+        "clone:name": "Whisper", "clone:provider": ["qwen"], "clone:transcript": "hello from my voice message"})
+    confirm = await card(world, submitted, lambda m: "Confirm" in buttons(m))
+    assert fields(confirm)["Provider"] == "Qwen3-TTS" and fields(confirm)["Price"] == "$0.25"
+    await world.emu.click(alice, confirm, buttons(confirm)["Confirm"]["custom_id"])
+    done = await card(world, submitted, is_ready)
+    assert done.files[0].filename.startswith("sample.")
+
+    (submit,) = world.nano.submits
+    assert submit.provider == "qwen" and submit.fields["referenceText"] == "hello from my voice message"
+    assert submit.files[0].data[:3] in (b"ID3", b"\xff\xfb")  # the OGG/Opus was transcoded to MP3
+    voice = await world.db.get_voice_by_name(alice.id, "whisper")
+    stored = await world.db.get_file_data(voice.embedding_file_id)
+    assert stored == world.nano.storage[voice.embedding_url.rsplit("/storage/", 1)[1]][0]
+    assert voice.transcript == "hello from my voice message"
+    assert world.nano.tts_requests[0]["reference_text"] == "hello from my voice message"
+
+
+async def test_context_menu_on_a_message_without_audio_says_so(world: World, audio_corpus):
+    alice = world.user("alice")
+    image = world.emu.add_attachment(audio_corpus("png"), "cat.png", "image/png")
+    message = await world.emu.create_user_message(None, alice, "look", attachments=[image])
+    menu = await world.emu.message_context(alice, "Clone this voice", message)
+    answer = await menu.wait_response()
+    assert answer["data"]["content"] == "That message has no audio attachment or voice message to clone."
+    assert answer["data"]["flags"] & 64 and world.nano.requests == []
+
+
+# -- rejections: one sentence, zero requests to NanoGPT -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "seconds", "name", "provider", "expected"), [
+    ("mp3", 5, "Short", "minimax", "MiniMax needs at least 10 seconds"),
+    ("mp3", 302, "Long", "minimax", "at most 5 minutes"),
+    ("garbage", 12, "Noise", "minimax", "not audio I can read"),
+    ("png", 12, "Picture", "minimax", "PNG image, not audio"),
+    ("empty", 12, "Nothing", "qwen", "empty"),
+    ("truncated_mp3", 12, "Cut", "minimax", "1.2 seconds long"),
+    ("video_no_audio", 4, "Silent", "qwen", "no audio track"),
+    ("mp3", 12, "x" * 33, "minimax", "1–32 characters"),
+    ("mp3", 12, "evil\u202egnp.exe", "minimax", "text-direction"),
+    ("mp3", 12, "bell\x07", "minimax", "control"),
+])
+async def test_bad_input_is_one_sentence_and_costs_nothing(world: World, audio_corpus, kind, seconds, name,
+                                                           provider, expected):
+    inter = await run_clone(world, world.user(), audio_corpus(kind, seconds), audio_corpus.filename(kind, seconds),
+                            None, name=name, provider=provider)
+    text = await one_sentence(inter)
+    assert expected in text, text
+    assert world.nano.requests == []
+
+
+async def test_too_big_for_the_upload_limit_is_refused_before_download(world: World, audio_corpus):
+    data = audio_corpus("wav", 40)  # ~1.9 MB
+    mark = world.emu.mark()
+    inter = await run_clone(world, world.user(), data, "big.wav", "audio/wav", name="Big", provider="qwen",
+                            attachment_size_limit=1024 * 1024)
+    text = await one_sentence(inter)
+    assert "limit is 1" in text, text
+    assert world.emu.find_requests("GET", r"attachments", since=mark) == []  # never downloaded
+    assert world.nano.requests == []
+
+
+async def test_a_duplicate_name_is_refused(world: World, audio_corpus):
+    alice = world.user("alice")
+    async with world.db.transaction() as tx:
+        await tx.execute("INSERT INTO voices (user_id, name, name_key, provider, created_at) "
+                         "VALUES (?, 'Narrator', 'narrator', 'qwen', 0)", (alice.id,))
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="NARRATOR ",
+                            provider="qwen")
+    assert "already have a voice called “NARRATOR”" in await one_sentence(inter)
+    assert world.nano.requests == []
+
+
+# -- consent: cancel and expiry ------------------------------------------------------------------------------
+
+
+async def test_cancel_and_expiry_cost_nothing(world: World, audio_corpus):
+    world.bot.get_cog("CloneJobs").confirm_timeout = 0.5
+    alice = world.user("alice")
+    first = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="One",
+                            provider="minimax")
+    confirm = await card(world, first, lambda m: "Confirm" in buttons(m))
+    await world.emu.click(alice, confirm, buttons(confirm)["Cancel"]["custom_id"])
+    cancelled = await card(world, first, lambda m: "Cancelled" in embed(m).get("description", ""))
+    assert all(b.get("disabled") for b in buttons(cancelled).values())
+
+    second = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Two",
+                             provider="minimax")
+    expired = await card(world, second, lambda m: "expired" in embed(m).get("description", ""), timeout=5)
+    assert buttons(expired) and all(b.get("disabled") for b in buttons(expired).values())
+    with pytest.raises(ValueError, match="disabled"):
+        await world.emu.click(alice, expired, buttons(expired)["Confirm"]["custom_id"])
+
+    assert world.nano.requests == []
+    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE state != 'released'")
+    assert held == 0 and await world.db.user_jobs(alice.id) == []
+
+
+# -- limits ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.env(CLONE_CONFIRM="false", CLONE_DAILY_LIMIT="3")
+async def test_ten_simultaneous_clones_against_a_limit_of_three(world: World, audio_corpus):
+    world.nano.clone_script = QUICK
+    alice = world.user("alice")
+    data = audio_corpus("mp3", 4)
+    inters = await asyncio.gather(*(run_clone(world, alice, data, "a.mp3", "audio/mpeg", name=f"Voice {i}",
+                                              provider="qwen") for i in range(10)))
+    finals = await asyncio.gather(*(i.wait_final(20) for i in inters))
+    refused = [m.content for m in finals if m.content]
+    assert len(world.nano.submits) == 3 and len(refused) == 7
+    assert all(text.startswith("You have used all 3 voice clones for today") for text in refused)
+    for inter, final in zip(inters, finals, strict=True):
+        if not final.content:
+            await card(world, inter, is_ready)
+    assert len(await world.db.list_voices(alice.id)) == 3
+
+
+# -- NanoGPT's answers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_status_faults_then_success_and_a_failed_job_with_its_reason(world: World, audio_corpus):
+    world.bot.clones.backoff_base = 0.05
+    world.nano.clone_script = [Step("processing", poll_after=0.05), Step(http_status=500), Step(http_status=502),
+                               Step(http_status=500), Step(http_status=429, retry_after=1),
+                               Step(http_status=429, retry_after=1),
+                               Step("processing", delay=0.5, poll_after=0.05), Step("completed")]
+    alice = world.user("alice")
+    sturdy = await run_clone(world, alice, audio_corpus("mp3", 4), "a.mp3", "audio/mpeg", name="Sturdy",
+                             provider="qwen")
+    await card(world, sturdy, is_ready, timeout=20)
+    assert len(world.nano.submits) == 1
+
+    world.nano.clone_script = [Step("processing", poll_after=0.05),
+                               Step("failed", error="Reference audio contains no speech")]
+    doomed = await run_clone(world, alice, audio_corpus("mp3", 4), "a.mp3", "audio/mpeg", name="Doomed",
+                             provider="qwen")
+    failed = await card(world, doomed, lambda m: fields(m).get("State") == "Failed")
+    assert "Reference audio contains no speech" in embed(failed)["description"]
+    assert await world.db.get_voice_by_name(alice.id, "doomed") is None
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_notice_goes_to_the_channel_once_the_token_has_expired(world: World, audio_corpus):
+    world.nano.clone_script = [Step("processing", poll_after=0.3), Step("completed")]
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 4), "a.mp3", "audio/mpeg", name="Later",
+                            provider="qwen")
+    await card(world, inter, lambda m: fields(m).get("State") in ("Queued", "Processing"))
+    world.clock.advance(16 * 60)  # the interaction token is dead by the time the job completes
+    world.emu.clock_offset = 16 * 60
+
+    def notice():
+        return [m for m in world.emu.channel_messages() if m.source == "channel" and f"<@{alice.id}>" in m.content]
+
+    await world.emu.wait_until(lambda: notice(), 10, "the channel notice")
+    (message,) = notice()
+    assert message.pinged_user_ids == [alice.id] and "“Later” is ready" in message.content
+    assert message.files and message.files[0].filename.startswith("sample.")
+
+
+# -- crashes: a real process, SIGKILL -------------------------------------------------------------------------
+
+
+def ready_edits(world: World, token: str) -> list:
+    return world.emu.find_requests("PATCH", rf"/webhooks/\d+/{re.escape(token)}/messages/@original",
+                                   predicate=lambda r: embed_title(r).startswith("Voice "))
+
+
+def embed_title(request) -> str:
+    payload = request.payload or {}
+    return ((payload.get("embeds") or [{}])[0] or {}).get("title", "")
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_sigkill_mid_job_then_restart_completes_once(world: World, audio_corpus):
+    await world.stop()
+    world.nano.complete_after(2.5, poll_after=0.2)
+    proc = await world.spawn()
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Survivor",
+                            provider="minimax")
+    await world.nano.wait_for(r"/voice-clone/minimax/status", timeout=20)
+    await world.kill(proc)  # SIGKILL while NanoGPT is still processing
+
+    await world.start()  # the next start resumes the job
+    done = await card(world, inter, is_ready, timeout=15)
+    assert embed(done)["title"] == "Voice “Survivor” is ready"
+    await asyncio.sleep(0.5)
+    assert len(ready_edits(world, inter.token)) == 1
+    assert len(world.nano.submits) == 1 and len(await world.db.list_voices(alice.id)) == 1
+    (job,) = await world.db.user_jobs(alice.id)
+    assert job.state == "completed" and job.notified_at is not None
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_sigkill_between_sending_and_recording_the_submit_loses_the_job_honestly(world: World, audio_corpus):
+    await world.stop()
+    world.nano.fail_next("/voice-clone/minimax", None, delay=3.0)  # NanoGPT holds its answer
+    proc = await world.spawn()
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Limbo",
+                            provider="minimax")
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    await world.kill(proc)  # the request was sent; its answer never recorded
+
+    await world.start()
+    told = await card(world, inter, lambda m: LOST_AFTER_RESTART in embed(m).get("description", ""))
+    assert fields(told)["State"] == "Not confirmed"
+    (job,) = await world.db.user_jobs(alice.id)
+    assert job.state == "lost" and job.run_id is None and job.notified_at is not None
+    await world.restart()
+    await asyncio.sleep(0.5)
+    lost_edits = world.emu.find_requests(
+        "PATCH", rf"/webhooks/\d+/{re.escape(inter.token)}/messages/@original",
+        predicate=lambda r: LOST_AFTER_RESTART in str(r.payload))
+    assert len(lost_edits) == 1 and len(world.nano.submits) == 1  # told once; never resubmitted
+    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE kind = 'clone' AND state = 'reserved'")
+    assert held == 1  # it may have been charged: the reservation stays
