@@ -46,7 +46,14 @@ from bot.config import Config
 from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
 from bot.limits import Limits, estimate_clone_micros
-from bot.nanogpt import ContentPolicyError, DownloadTooLarge, InvalidRequest, NanoGPTClient, NanoGPTError
+from bot.nanogpt import (
+    ContentPolicyError,
+    DownloadTooLarge,
+    InsufficientBalance,
+    InvalidRequest,
+    NanoGPTClient,
+    NanoGPTError,
+)
 from bot.policy import ensure_clone_allowed
 from bot.speech import SpeechService
 from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
@@ -251,13 +258,10 @@ class CloneService:
     async def check_quota(self, request: CloneRequest) -> None:
         """Raise :class:`bot.limits.LimitExceeded` now if the limit or budget would refuse the clone.
 
-        A dry run of the reservation (reserved and released at once), so the user is not asked to
-        confirm a clone that cannot run; the real reservation happens right before the submit.
+        Asked early so the user is not asked to confirm a clone that cannot run; the real, atomic
+        reservation happens right before the submit.
         """
-        reservation = await self.limits.reserve_clone(
-            request.user_id, request.guild_id, estimate_clone_micros(request.provider), ref="check"
-        )
-        await self.limits.release(reservation)
+        await self.limits.check_clone(request.user_id, request.guild_id, estimate_clone_micros(request.provider))
 
     async def prepare(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
         """Every check that costs nothing, then download and normalise the clip."""
@@ -319,6 +323,8 @@ class CloneService:
                                                    notified=True)
                     raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
                 log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
+                if isinstance(exc, InsufficientBalance):
+                    self.speech.report_low_balance()  # tell the operator how low the balance is
                 await self.limits.release(reservation)
                 await self.db.finish_clone_job(job_id, "failed", error=exc.user_message, now=self.clock.now(),
                                                notified=True)
@@ -345,6 +351,11 @@ class CloneService:
         except Exception:
             log.exception("clone job %s: could not settle ledger row #%d", job_id, reservation.id)
         job = await self.db.get_job(job_id)
+        if job is None:  # /forget-me ran while the request was in flight: keep nothing of theirs
+            log.info("clone job %s was deleted by /forget-me during its submit; run %s is not followed",
+                     job_id, ticket.run_id)
+            raise UserFacingError("Your data was deleted while this clone was being submitted, "
+                                  "so the new voice will not be saved.")
         log.info("clone job %s submitted: %s run %s for user %s", job_id, job.provider, job.run_id, job.user_id)
         try:
             if on_recorded is not None:

@@ -18,6 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
 
 from bot.clock import Clock
 from bot.config import Config
@@ -174,33 +175,44 @@ class Limits:
         """Check the guild budget, then reserve ``estimate_micros`` for a line of speech."""
         return await self._reserve("tts", user_id, guild_id, estimate_micros, ref)
 
-    async def _reserve(self, kind: str, user_id: int, guild_id: int | None, estimate_micros: int,
-                       ref: str | None) -> Reservation:
+    async def check_clone(self, user_id: int, guild_id: int | None, estimate_micros: int) -> None:
+        """Raise :class:`LimitExceeded` now if a clone would be refused; reserves nothing.
+
+        For asking early (before a confirmation); the real, atomic check is :meth:`reserve_clone`."""
+        now = self.clock.now()
+        await self._check("clone", user_id, guild_id, estimate_micros, self.clock.utc_day(now),
+                          self.clock.next_utc_midnight(now), tx=None)
+
+    async def _check(self, kind: str, user_id: int, guild_id: int | None, estimate_micros: int, day: str,
+                     resets_at: float, *, tx: Any) -> None:
         if estimate_micros < 0:
             raise ValueError("a cost estimate cannot be negative")
-        now = self.clock.now()
-        day = self.clock.utc_day(now)
-        resets_at = self.clock.next_utc_midnight(now)
         limit = self.config.clone_daily_limit
         if kind == "clone" and limit <= 0:
             raise LimitExceeded("Voice cloning is turned off on this bot.", reason="clones_disabled", resets_at=None)
+        if kind == "clone":
+            used = await self.db.ledger_count(user_id, "clone", day, tx=tx)
+            if used >= limit:
+                log.info("user %s reached the daily clone limit (%d)", user_id, limit)
+                raise LimitExceeded(_clone_limit_message(limit, resets_at), reason="clone_limit",
+                                    resets_at=resets_at)
+        if guild_id is not None:
+            budget = await self.guild_budget_micros(guild_id)  # same connection: inside the transaction
+            if budget > 0:
+                spent = await self.db.ledger_guild_spend(guild_id, day, tx=tx)
+                if spent + estimate_micros > budget:
+                    log.info("guild %s budget stops a %s: spent %d + %d > %d micros",
+                             guild_id, kind, spent, estimate_micros, budget)
+                    raise LimitExceeded(_budget_message(kind, budget, spent, estimate_micros, resets_at),
+                                        reason="guild_budget", resets_at=resets_at)
 
+    async def _reserve(self, kind: str, user_id: int, guild_id: int | None, estimate_micros: int,
+                       ref: str | None) -> Reservation:
+        now = self.clock.now()
+        day = self.clock.utc_day(now)
+        resets_at = self.clock.next_utc_midnight(now)
         async with self.db.transaction() as tx:
-            if kind == "clone":
-                used = await self.db.ledger_count(user_id, "clone", day, tx=tx)
-                if used >= limit:
-                    log.info("user %s reached the daily clone limit (%d)", user_id, limit)
-                    raise LimitExceeded(_clone_limit_message(limit, resets_at), reason="clone_limit",
-                                        resets_at=resets_at)
-            if guild_id is not None:
-                budget = await self.guild_budget_micros(guild_id)  # same connection: inside the transaction
-                if budget > 0:
-                    spent = await self.db.ledger_guild_spend(guild_id, day, tx=tx)
-                    if spent + estimate_micros > budget:
-                        log.info("guild %s budget stops a %s: spent %d + %d > %d micros",
-                                 guild_id, kind, spent, estimate_micros, budget)
-                        raise LimitExceeded(_budget_message(kind, budget, spent, estimate_micros, resets_at),
-                                            reason="guild_budget", resets_at=resets_at)
+            await self._check(kind, user_id, guild_id, estimate_micros, day, resets_at, tx=tx)
             entry_id = await self.db.ledger_reserve(
                 tx, user_id=user_id, guild_id=guild_id, kind=kind, ref=ref, amount_micros=estimate_micros,
                 day=day, now=now,

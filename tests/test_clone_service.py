@@ -172,9 +172,9 @@ async def test_minimax_clone_is_recorded_polled_saved_and_sampled(env):
     (tts,) = env.fake.tts_requests
     assert tts["voice"] == voice_id and tts["model"] == env.config.minimax_tts_model
     ledger = await env.ledger()
-    assert ledger[0] == {"kind": "clone", "state": "released", "amount_micros": 0}  # the check before consent
-    assert ledger[1] == {"kind": "clone", "state": "charged", "amount_micros": 1_000_000}
-    assert ledger[2]["kind"] == "tts" and ledger[2]["state"] == "charged"  # the sample, like any speech
+    assert len(ledger) == 2  # the check before consent reserves nothing
+    assert ledger[0] == {"kind": "clone", "state": "charged", "amount_micros": 1_000_000}
+    assert ledger[1]["kind"] == "tts" and ledger[1]["state"] == "charged"  # the sample, like any speech
 
 
 async def test_qwen_clone_stores_the_embedding_and_sends_the_transcript(env):
@@ -241,7 +241,7 @@ async def test_submit_refused_releases_the_quota(env):
     assert "Invalid audio format" in info.value.user_message
     (job,) = await env.db.user_jobs(1)
     assert job.state == "failed" and job.notified_at is not None
-    assert [r["state"] for r in await env.ledger()] == ["released", "released"]
+    assert [r["state"] for r in await env.ledger()] == ["released"]
 
 
 async def test_submit_answer_lost_marks_the_job_lost_and_keeps_the_reservation(env):
@@ -251,7 +251,7 @@ async def test_submit_answer_lost_marks_the_job_lost_and_keeps_the_reservation(e
     assert str(info.value) == LOST_AFTER_TIMEOUT
     (job,) = await env.db.user_jobs(1)
     assert job.state == "lost" and job.run_id is None
-    assert [r["state"] for r in await env.ledger()] == ["released", "reserved"]
+    assert [r["state"] for r in await env.ledger()] == ["reserved"]
     await asyncio.sleep(0.3)
     assert len(env.fake.submits) == 1 and env.events.notices == []  # the user saw it on the spot
 

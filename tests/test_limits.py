@@ -409,3 +409,17 @@ def test_running_clock_moves_with_real_time_plus_offset():
     clock.set(NOON)
     assert NOON <= clock.now() < NOON + 1
     assert not clock.frozen
+
+
+async def test_check_clone_asks_early_and_reserves_nothing(db, clock):
+    limits = make_limits(db, clock, clone_daily_limit=1, guild_daily_budget_micros=2 * MINIMAX)
+    await limits.check_clone(USER, GUILD, MINIMAX)
+    assert await ledger_rows(db) == []
+    await limits.reserve_clone(USER, GUILD, MINIMAX)
+    with pytest.raises(LimitExceeded) as caught:
+        await limits.check_clone(USER, GUILD, MINIMAX)
+    assert caught.value.reason == "clone_limit"
+    with pytest.raises(LimitExceeded) as caught:  # another user: the guild budget has $1.00 left of $2.00
+        await limits.check_clone(OTHER_USER, GUILD, MINIMAX + 1)
+    assert caught.value.reason == "guild_budget"
+    assert len(await ledger_rows(db)) == 1
