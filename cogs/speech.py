@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot import interactions
 from bot.audio import AudioError
 from bot.errors import UserFacingError
-from bot.speech import MentionNames, mentioned_user_ids, quote_text
+from bot.speech import MentionNames, ResolvedVoice, mentioned_user_ids, quote_text
 from bot.speech import Speech as SpokenAudio
 
 if TYPE_CHECKING:
@@ -177,13 +177,15 @@ class Speech(commands.Cog):
     ) -> None:
         self.speech.check_cooldown(interaction.user.id)
         try:
-            # Checks that touch neither network nor disk come before the (public) defer: ephemeral refusals.
+            # Checks that need no network (text, the voice's name: one SQLite read) come before the public
+            # defer, so those refusals stay private to the user.
             names = DiscordNames(self.bot, interaction)
             spoken = self.speech.prepare_text(text, names.names())
+            resolved = await self.speech.resolve_voice(interaction.user.id, voice)  # one SQLite read
             await interaction.response.defer(thinking=True)
             if await names.fetch_unknown_users(text):
                 spoken = self.speech.prepare_text(text, names.names())
-            await self._speak(interaction, spoken, voice, speed, bool(voice_message))
+            await self._speak(interaction, spoken, resolved, speed, bool(voice_message))
         except UserFacingError:
             self.speech.cooldown.reset(interaction.user.id)  # refused: nothing was spoken
             raise
@@ -201,19 +203,20 @@ class Speech(commands.Cog):
                 raise UserFacingError("That message has no text I can read out.")
             names = DiscordNames(self.bot, interaction, message)
             spoken = self.speech.prepare_text(message.content, names.names(), what="message")
+            resolved = await self.speech.resolve_voice(interaction.user.id, None)
             await interaction.response.defer(thinking=True)
             if await names.fetch_unknown_users(message.content):
                 spoken = self.speech.prepare_text(message.content, names.names(), what="message")
-            await self._speak(interaction, spoken, None, None, False)
+            await self._speak(interaction, spoken, resolved, None, False)
         except UserFacingError:
             self.speech.cooldown.reset(interaction.user.id)
             raise
 
     # -- rendering -------------------------------------------------------------------------------
 
-    async def _speak(self, interaction: discord.Interaction, text: str, voice: str | None, speed: float | None,
+    async def _speak(self, interaction: discord.Interaction, text: str, voice: ResolvedVoice, speed: float | None,
                      as_voice_message: bool) -> None:
-        speech = await self.speech.say(interaction.user.id, interaction.guild_id, text, voice, speed)
+        speech = await self.speech.synthesize(interaction.user.id, interaction.guild_id, text, voice, speed)
         if as_voice_message:
             await self._send_voice_message(interaction, speech)
         else:

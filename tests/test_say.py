@@ -229,6 +229,7 @@ async def test_another_users_voice_is_invisible(live):
     await live.add_minimax_voice(alice.id, "Secret Alice")
     reply = await live.answer(await live.say(bob, "hi", voice="secret alice"))
     assert reply.content.startswith("You have no voice named “secret alice”")
+    assert reply.ephemeral  # refused before the public defer: only bob sees it
     assert live.fake.tts_requests == []
     for typed in ("", "sec", "alice", "Secret Alice"):
         choices = await live.emu.autocomplete(bob, "say", options={"text": "x"}, focused="voice")
