@@ -265,6 +265,11 @@ class CloneService:
 
     async def prepare(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
         """Every check that costs nothing, then download and normalise the clip."""
+        return await self.prepare_audio(await self.check(request, clip), clip)
+
+    async def check(self, request: CloneRequest, clip: ClipSource) -> CloneRequest:
+        """The checks that need no download (name, policy, limits, size): fast enough to run before a
+        Discord defer. Returns the request with its fields normalised."""
         name = validate_voice_name(request.name)
         provider = (request.provider or "").strip().lower()
         if provider not in PROVIDERS:
@@ -277,11 +282,15 @@ class CloneService:
         await self.ensure_name_free(request.user_id, name)
         await ensure_clone_allowed(self.db, request.guild_id, request.role_ids)
         await self.check_quota(request)
-        # AudioError is a UserFacingError: one sentence. normalize_clone_audio sniffs the header first.
+        # AudioError is a UserFacingError: one sentence.
         audio.check_size(clip.size, clip.upload_limit)
-        data = await clip.read()
-        normalized = await audio.normalize_clone_audio(data, provider, filename=clip.filename)
-        return PreparedClone(request, normalized, estimate_clone_micros(provider))
+        return request
+
+    async def prepare_audio(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
+        """Download and normalise the clip of a request that passed :meth:`check`."""
+        data = await clip.read()  # normalize_clone_audio sniffs the header first
+        normalized = await audio.normalize_clone_audio(data, request.provider, filename=clip.filename)
+        return PreparedClone(request, normalized, estimate_clone_micros(request.provider))
 
     # -- submit ----------------------------------------------------------------------------------
 

@@ -289,7 +289,6 @@ class CloneJobs(commands.Cog):
         normalize_volume: bool,
     ) -> None:
         """The /voice clone flow (also used by the context menu after its modal)."""
-        await interaction.response.defer(thinking=True)
         where = InteractionRef(interaction.application_id, interaction.token,
                                self.bot.clock.now() + INTERACTION_TOKEN_LIFETIME - 5)
         request = CloneRequest(
@@ -298,7 +297,10 @@ class CloneJobs(commands.Cog):
             transcript=transcript, model=model, noise_reduction=noise_reduction, normalize_volume=normalize_volume,
         )
         clip = ClipSource(attachment.filename, attachment.size, interaction.filesize_limit, _reader(attachment))
-        prepared = await self.bot.clones.prepare(request, clip)
+        # Name, policy, limits and size need no download: refuse those privately, before the public defer.
+        request = await self.bot.clones.check(request, clip)
+        await interaction.response.defer(thinking=True)
+        prepared = await self.bot.clones.prepare_audio(request, clip)
         if not self.bot.config.clone_confirm:
             await self.submit(interaction, prepared, where)
             return

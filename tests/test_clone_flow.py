@@ -190,6 +190,8 @@ async def test_a_duplicate_name_is_refused(world: World, audio_corpus):
     inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="NARRATOR ",
                             provider="qwen")
     assert "already have a voice called “NARRATOR”" in await one_sentence(inter)
+    assert inter.original.ephemeral  # refused before the public defer: only alice sees it
+    assert not any(r.path.startswith("/cdn/") for r in world.emu.requests)  # the clip was never downloaded
     assert world.nano.requests == []
 
 
