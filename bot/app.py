@@ -41,6 +41,7 @@ EXTENSIONS: tuple[str, ...] = (
 )
 
 COMMAND_HASH_KEY = "global_command_hash"
+EXPIRED_INTERACTION_CODES = {10062, 10015}  # Unknown interaction, Unknown webhook
 
 
 def point_discord_at(config: Config) -> None:
@@ -63,7 +64,13 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
     """Tell the user what went wrong in one sentence; log unexpected errors with an id."""
     original = getattr(error, "original", error)
     now = discord.utils.utcnow().timestamp()
-    if isinstance(error, app_commands.CommandOnCooldown):
+    if isinstance(original, discord.NotFound) and original.code in EXPIRED_INTERACTION_CODES:
+        # Discord gave up on the interaction (we were too slow, or it was already answered elsewhere):
+        # nothing went wrong in the bot; the channel fallback tells the user to try again.
+        log.warning("interaction %s expired before /%s could answer (Discord code %s)", interaction.id,
+                    interaction.command.qualified_name if interaction.command else "?", original.code)
+        message = "I couldn't answer in time; please try again."
+    elif isinstance(error, app_commands.CommandOnCooldown):
         message = f"Slow down a little: you can use this again <t:{int(now + error.retry_after) + 1}:R>."
     elif isinstance(error, app_commands.MissingPermissions):
         message = "You need the Manage Server permission to do that."

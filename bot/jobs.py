@@ -118,7 +118,9 @@ def _has_forbidden(text: str) -> bool:
 
 
 def make_custom_voice_id() -> str:
-    """A fresh MiniMax ``customVoiceId``: ``^[A-Za-z][A-Za-z0-9]{7,}$`` with a digit, 70 random bits."""
+    """A fresh MiniMax ``customVoiceId``: ``^[A-Za-z][A-Za-z0-9]{7,}$`` with a digit, 70 random bits.
+
+    Its shape is ``bot.speech.BOT_VOICE_ID``, which /say refuses as a stock voice."""
     return f"nv{secrets.randbelow(10)}{secrets.token_hex(8)}"
 
 

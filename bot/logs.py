@@ -45,4 +45,6 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(redactor)
     logging.getLogger("discord.http").setLevel(logging.WARNING)
+    # aiosqlite's DEBUG lines print every SQL parameter, embedding URL tokens included.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
     logging.getLogger("discord.gateway").setLevel(max(logging.INFO, logging.getLogger().level))

@@ -126,7 +126,7 @@ _COMMAND_MENTION = re.compile(r"</([\w -]{1,100}):\d{15,21}>")
 _TIMESTAMP = re.compile(r"<t:(-?\d{1,13})(?::[tTdDfFRsS])?>")
 _GUILD_NAV = re.compile(r"<id:(?:customize|browse|guide|linked-roles)(?::\d+)?>")
 _CUSTOM_EMOJI = re.compile(r"<a?:(\w{1,32}):\d{15,21}>")
-_EVERYONE = re.compile(r"@(everyone|here)\b")
+_EVERYONE = re.compile(r"@+(everyone|here)\b")  # "@@everyone" too: no raw mention survives
 _MASKED_LINK = re.compile(r"\[([^\]\n]{1,256})\]\(\s*<?(?:https?://|www\.)[^)\s]*>?\s*\)", re.IGNORECASE)
 _URL = re.compile(r"<?(?:(?:https?|ftp)://|www\.)[^\s<>]+>?", re.IGNORECASE)
 _LINE_MARKUP = re.compile(r"^\s*(?:>>> |> |-# |#{1,3} )", re.MULTILINE)
@@ -215,6 +215,11 @@ def prepare_text(text: str, limit: int, names: MentionNames | None = None, *, wh
     """Length check on the user's own text, then :func:`clean_text`; refuses what has nothing to say."""
     check_length(text, limit, what=what)
     cleaned = clean_text(text, names)
+    if len(cleaned) > limit:  # mentions, dates and emoji spelled out can make it longer than typed
+        raise UserFacingError(
+            f"That {what} grows to {len(cleaned):,} characters once mentions, dates and emoji are spelled out; "
+            f"the limit is {limit:,}."
+        )
     if not any(ch.isalnum() for ch in cleaned):
         if what == "message":
             raise UserFacingError("That message has nothing I can read out (no words after removing links, "
@@ -294,6 +299,11 @@ def canonical_model(name: str) -> str | None:
     return _MODEL_BY_KEY.get(name.strip().casefold())
 
 
+# The shape of the MiniMax voice ids the bot generates for clones (bot.jobs.make_custom_voice_id). A
+# clone's id is never accepted as a "stock" voice: only its owner reaches it, by the voice's name.
+BOT_VOICE_ID = re.compile(r"^nv\d[0-9a-f]{16}$", re.IGNORECASE)
+
+
 def parse_stock_voice(value: str) -> tuple[str, str]:
     """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise."""
     model_part, _, voice_part = value.strip().partition("/")
@@ -308,6 +318,8 @@ def parse_stock_voice(value: str) -> tuple[str, str]:
         raise UserFacingError(f"Add a voice after the model, e.g. {STOCK_EXAMPLE}.")
     if len(voice) > 64 or any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in voice):
         raise UserFacingError(f"“{_short(voice)}” is not a voice name; stock voices look like {STOCK_EXAMPLE}.")
+    if BOT_VOICE_ID.match(voice):
+        raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name (/voice list).")
     return model, voice
 
 
@@ -425,7 +437,11 @@ class SpeechService:
         if saved is not None:
             return self.voice_from_saved(saved)
         if "/" in value:
-            return _stock(*parse_stock_voice(value))
+            model, voice = parse_stock_voice(value)
+            if await self.db.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
+                raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name "
+                               "(/voice list).")
+            return _stock(model, voice)
         raise NotFound(
             f"You have no voice named “{_short(value)}”; pick one of your voices (/voice list) or a stock voice "
             f"such as {STOCK_EXAMPLE}."

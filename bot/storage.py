@@ -288,6 +288,15 @@ class Database:
     async def set_voice_embedding_url(self, voice_id: int, url: str | None) -> None:
         await self.execute("UPDATE voices SET embedding_url = ? WHERE id = ?", (url, voice_id))
 
+    async def is_cloned_voice_id(self, provider_voice_id: str) -> bool:
+        """Whether any user's cloned voice (or clone job) carries this provider voice id."""
+        row = await self.fetchone(
+            "SELECT 1 FROM voices WHERE provider_voice_id = ? COLLATE NOCASE "
+            "UNION ALL SELECT 1 FROM clone_jobs WHERE custom_voice_id = ? COLLATE NOCASE LIMIT 1",
+            (provider_voice_id, provider_voice_id),
+        )
+        return row is not None
+
     # -- user settings -------------------------------------------------------------------------
 
     async def get_default_voice(self, user_id: int) -> Voice | None:

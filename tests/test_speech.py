@@ -368,3 +368,14 @@ async def test_voice_message_encoding_is_remembered(env):
     assert 1 <= len(waveform) <= 256
     assert await env.svc.voice_message(speech) is encoded
     assert (await encode_voice_message(speech.audio)).duration == pytest.approx(encoded.duration)
+
+
+def test_every_generated_clone_id_is_refused_as_a_stock_voice():
+    from bot.jobs import make_custom_voice_id
+    from bot.speech import BOT_VOICE_ID, parse_stock_voice
+
+    for _ in range(200):
+        voice_id = make_custom_voice_id()
+        assert BOT_VOICE_ID.match(voice_id)
+        with pytest.raises(UserFacingError, match="not a stock voice"):
+            parse_stock_voice(f"Minimax-Speech-02-HD/{voice_id}")

@@ -1,0 +1,40 @@
+"""The benchmark runs: ``python -m bench.bench --quick --only say1`` produces figures and its JSON.
+
+Only that it measures, not what: the timing targets belong to the benchmark, not to a unit test.
+The benchmark starts the real bot (``python -m bot run``) against the local fakes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_say_benchmark_produces_figures(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench", "--quick", "--only", "say1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "/say overhead median, concurrency 1" in proc.stdout  # the printed table
+
+    result = json.loads(out.read_text())
+    assert result["mode"] == "quick"
+    assert result["scenarios"] == ["say1"]
+    assert result["not_measured"] == {}
+    assert result["problems"] == []
+    figures = {f["name"]: f for f in result["figures"]}
+    for name in ("/say overhead median, concurrency 1", "/say overhead p99, concurrency 1",
+                 "start-up to ready (on_ready)", "resident memory, idle after start"):
+        value = figures[name]["value"]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, figures[name])
+    say1 = result["details"]["say1"]
+    assert say1["overhead"]["n"] == 5
+    assert say1["failures"] == 0
+    assert result["machine"]["cpus"] >= 1

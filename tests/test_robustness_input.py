@@ -1,0 +1,445 @@
+"""Bad input: property-based fuzzing of uploads and /say text, hostile voice names, oversized attachments.
+
+Pure parts (``bot.audio`` on arbitrary bytes, ``bot.speech`` text hygiene) are fuzzed with Hypothesis;
+the wire parts run the real bot against the Discord emulator and the fake NanoGPT with a fixed list of
+nasty inputs. Every bad input gets one clear sentence and costs nothing: no request reaches NanoGPT,
+and an attachment that is refused for its size is never even downloaded from Discord's CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import re
+import unicodedata
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from bot import audio
+from bot.errors import UserFacingError
+from bot.speech import RUN_CAP, MentionNames, clean_text, prepare_text
+from tests.fakes.discord import EmuInteraction, EmuMessage
+from tests.fakes.nanogpt import make_tone
+from tests.fixtures_bot import World
+
+SAY_MAX_CHARS = 1000  # the default
+MIB = 1024 * 1024
+RAW_MENTION = re.compile(r"<@!?\d+>|<@&\d+>|<#\d+>|@everyone\b|@here\b")
+LEAKS = ("Traceback", "ffmpeg", "errno", "pipe:", "/tmp", "error id", "Exception")
+
+
+def assert_sentence(text: str) -> None:
+    """One clear sentence for a person: no internals, a full stop at the end."""
+    assert text and text == text.strip() and "\n" not in text, repr(text)
+    assert text.endswith("."), repr(text)
+    assert len(text) < 400, repr(text)
+    for leak in LEAKS:
+        assert leak not in text, repr(text)
+
+
+def invisible(text: str) -> list[str]:
+    return [f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Cf") and c not in "\n"]
+
+
+# -- Hypothesis: uploads through bot.audio ------------------------------------------------------------------
+
+MAGICS = [b"ID3\x04\x00\x00\x00\x00\x00\x00", b"\xff\xfb\x90\x64", b"RIFF\xff\xff\xff\x7fWAVEfmt ", b"OggS\x00\x02",
+          b"fLaC\x00\x00\x00\x22", b"\x00\x00\x00\x20ftypM4A ", b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm",
+          b"\xff\xf1\x50\x80", b"FORM\x00\x00\x10\x00AIFF", b"#!AMR\n", b"caff\x00\x01"]
+
+
+@functools.cache
+def real_mp3() -> bytes:
+    return make_tone(4.0, "mp3")  # 4 s: long enough for Qwen, too short for MiniMax
+
+
+def _expand(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# Up to 64 KB: small shrinkable byte strings, big seeded random blobs, and blobs behind a real magic number
+# (so they get past the header sniff and reach ffmpeg).
+upload_bytes = st.one_of(
+    st.binary(max_size=2048),
+    st.builds(_expand, st.integers(0, 2**32), st.integers(1, 64 * 1024)),
+    st.builds(lambda magic, body: magic + body, st.sampled_from(MAGICS),
+              st.builds(_expand, st.integers(0, 2**32), st.integers(0, 32 * 1024))),
+)
+
+
+@st.composite
+def mutated_mp3(draw) -> bytes:
+    """Structured damage to a real MP3: truncation, flipped header bytes, spliced junk, zeroed runs,
+    foreign magic numbers in front, lying ID3 tags."""
+    data = bytearray(real_mp3())
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["truncate", "flip", "splice", "zero", "prefix", "id3", "duplicate"]))
+        size = len(data)
+        if op == "truncate" and size:
+            del data[draw(st.integers(0, size)):]
+        elif op == "flip" and size:
+            at = draw(st.integers(0, min(size, 4096) - 1))
+            data[at] = draw(st.integers(0, 255))
+        elif op == "splice":
+            at = draw(st.integers(0, size))
+            data[at:at] = draw(st.binary(min_size=1, max_size=512))
+        elif op == "zero" and size:
+            at = draw(st.integers(0, size - 1))
+            data[at:at + draw(st.integers(1, 4096))] = bytes(min(4096, size - at))
+        elif op == "prefix":
+            data[0:0] = draw(st.sampled_from(MAGICS))
+        elif op == "id3":  # an ID3v2 header claiming any (synchsafe) size, even past the end
+            claimed = draw(st.integers(0, 2**28 - 1))
+            synchsafe = bytes((claimed >> shift) & 0x7F for shift in (21, 14, 7, 0))
+            data[0:0] = b"ID3\x04\x00" + bytes([draw(st.sampled_from([0, 0x10]))]) + synchsafe
+        elif op == "duplicate" and size:
+            data += data[: draw(st.integers(1, size))]
+    return bytes(data)
+
+
+def check_normalise(data: bytes, provider: str) -> None:
+    try:
+        result = asyncio.run(audio.normalize_clone_audio(data, provider, filename="fuzz.mp3", timeout=20))
+    except audio.AudioError as exc:
+        assert isinstance(exc, UserFacingError)
+        assert_sentence(str(exc))
+        return
+    # Accepted: then it really is a usable clip for that provider.
+    low = 3.0 if provider == "qwen" else 10.0
+    assert low - 0.6 <= result.duration <= 300.5, result.duration
+    assert result.mp3[:3] == b"ID3" or result.mp3[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"), result.mp3[:4]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=upload_bytes, provider=st.sampled_from(["qwen", "minimax"]))
+def test_fuzzed_uploads_only_ever_raise_audio_errors(data: bytes, provider: str) -> None:
+    try:
+        audio.precheck(data, "fuzz.mp3")
+    except audio.AudioError as exc:
+        assert_sentence(str(exc))
+    check_normalise(data, provider)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=mutated_mp3(), provider=st.sampled_from(["qwen", "minimax"]))
+def test_damaged_mp3s_only_ever_raise_audio_errors(data: bytes, provider: str) -> None:
+    check_normalise(data, provider)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.one_of(upload_bytes, mutated_mp3()))
+def test_voice_message_encoding_of_garbage_only_raises_audio_errors(data: bytes) -> None:
+    """Speech from NanoGPT is re-encoded for voice messages; a garbled answer must not escape as a crash."""
+    try:
+        encoded = asyncio.run(audio.encode_voice_message(data))
+    except audio.AudioError as exc:
+        assert_sentence(str(exc))
+        return
+    assert encoded.ogg.startswith(b"OggS") and encoded.duration > 0
+
+
+# -- Hypothesis: /say text hygiene ------------------------------------------------------------------------
+
+ID = "123456789012345678"
+FRAGMENTS = [
+    "@", "@everyone", "@here", "everyone", "<@", "<@!", "<@&", "<#", ">", "<", ID, f"<@{ID}>", f"<@!{ID}>",
+    f"<@&{ID}>", f"<#{ID}>", f"<:party_time:{ID}>", f"<a:dance:{ID}>", f"</say:{ID}>", "<t:0>", "<t:99999999999999:R>",
+    "<id:customize>", "\u200b", "\u200d", "\ufeff", "\u202e", "\u2066", "\x00", "\x07", "\n", "\r\n", "\t", "**", "__",
+    "~~", "||", "`", "```py\n", "> ", ">>> ", "# ", "-# ", "https://evil.example/a?b=c", "www.x.yz",
+    "[click](https://evil.example)", "😀", "👍🏽", "a", "aaaaaa", "!!!!!!", "é", "\u0301", "مرحبا", "שלום", " ",
+    "'; DROP TABLE voices; --", "%", "_", "\\", "0", "1111111",
+]
+say_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=40).map("".join)
+NAMES = MentionNames(user=lambda uid: "Bob" if uid == int(ID) else None,
+                     role=lambda rid: "Moderators" if rid == int(ID) else None,
+                     channel=lambda cid: "general" if cid == int(ID) else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=say_text, resolve=st.booleans())
+@example(text="@@everyone @@here", resolve=False)  # one pass of the @everyone rule leaves a new one behind
+def test_cleaned_text_has_no_mentions_invisibles_or_long_runs(text: str, resolve: bool) -> None:
+    names = NAMES if resolve else None
+    cleaned = clean_text(text, names)
+    assert not RAW_MENTION.search(cleaned), (text, cleaned)
+    assert not invisible(cleaned) and "\n" not in cleaned, (text, cleaned)
+    assert cleaned == cleaned.strip() and "  " not in cleaned, (text, cleaned)
+    runs = re.findall(rf"([^\d\s])\1{{{RUN_CAP},}}", cleaned)
+    assert not runs, (text, cleaned)
+
+
+LONG_NAMES = MentionNames(user=lambda uid: "Ulysses Everdeen The Third Of Yo",
+                         role=lambda rid: ("Very Important Moderators Of This Server " * 3)[:100],
+                         channel=lambda cid: ("announcements-and-news-" * 5)[:100])
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=say_text, limit=st.sampled_from([20, 100, 1000]), long_names=st.booleans())
+@example(text="<t:0>" * 4, limit=20, long_names=False)  # dates are spoken longer than they are typed
+@example(text=f"<@&{ID}>" * 4, limit=100, long_names=True)  # and so are (long) role names
+def test_prepared_text_is_refused_in_one_sentence_or_fits_the_limit(text: str, limit: int, long_names: bool) -> None:
+    try:
+        spoken = prepare_text(text, limit, LONG_NAMES if long_names else NAMES)
+    except UserFacingError as exc:
+        assert_sentence(str(exc))
+        return
+    assert any(ch.isalnum() for ch in spoken)
+    assert len(spoken) <= limit, f"{len(text)} characters typed became {len(spoken)} spoken, over {limit}"
+
+
+# -- /say over the wire with a fixed list of nasty texts ------------------------------------------------
+
+
+def nasty_texts(bob_id: int, role_id: int, channel_id: int) -> list[str]:
+    rng = random.Random(20240611)  # a fixed seed: the same "random" texts on every run
+    generated = ["".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(5, 30))) for _ in range(6)]
+    return [
+        "\u200b\u200c\u200d\ufeff\u2060",  # only zero-width characters
+        "hello \u202eworld\u202c and \u2066isolated\u2069",  # RTL override and isolates
+        "😀" * 2000,  # far over the limit
+        "😀" * 999 + "a",
+        f"@everyone @here hi <@{bob_id}> <@!{bob_id}> <@&{role_id}> <#{channel_id}> and @@everyone @@here",
+        "**bold** __under__ ~~gone~~ ||secret|| `code` ```py\nprint('x')\n``` > quote\n# Title\n-# small",
+        "nul\x00bytes\x00inside\x07 and a bell",
+        "a " * 500,  # exactly the limit
+        "b" * 1001,  # one over
+        "[click me](https://evil.example/steal) https://x.y/z www.foo.bar",
+        "h" + "\u0301" * 60 + "i zalgo",
+        "line\n" * 150,
+        f"</say:{ID}> at <t:99999999999999:R> on <t:0:F> in <id:customize>",
+        "   \t  \n  ",
+        "'; DROP TABLE tts_cache; -- \" OR 1=1",
+        "مرحبا بالعالم שלום עולם",
+        f"<a:dance:{ID}> <:party_time:{ID}> @everyone",
+        *generated,
+    ]
+
+
+async def say(world: World, user, text: str) -> EmuInteraction:
+    return await world.emu.slash(user, "say", options={"text": text})
+
+
+def assert_no_pings_anywhere(world: World) -> None:
+    """No message the bot ever wrote (any version of it, deleted or not) notified anyone."""
+    messages = [*world.emu.messages.values(), *world.emu.deleted_messages.values()]
+    for message in messages:
+        if message.author_id != world.emu.bot_user_id:
+            continue
+        for version in (*message.history, message.data):
+            assert version.get("mentions", []) == [], (message, version.get("content"))
+            assert version.get("mention_roles", []) == [], (message, version.get("content"))
+            assert not version.get("mention_everyone"), (message, version.get("content"))
+        assert message.allowed_mentions == {"parse": []}, (message, message.allowed_mentions)
+
+
+async def test_nasty_say_texts_get_speech_or_one_sentence_and_nanogpt_gets_clean_text(world: World):
+    alice, bob = world.user("alice"), world.user("bob")
+    role = world.emu.add_role("Moderators")
+    await world.emu.dispatch("GUILD_ROLE_CREATE", {"guild_id": str(world.emu.guild_id), "role": role},
+                             guild_id=world.emu.guild_id)
+    failures = []
+    for text in nasty_texts(bob.id, int(role["id"]), world.emu.channel_id):
+        before = len(world.nano.tts_requests)
+        inter = await say(world, alice, text)
+        final = await inter.wait_final(10)
+        sent = world.nano.tts_requests[before:]
+        if final.files:
+            assert [f.filename for f in final.files] == ["speech.mp3"], final
+            assert final.content.startswith("> "), final
+            assert len(final.content) <= 2000
+            assert len(sent) <= 1  # at most one paid call (a repeated text is served from the cache)
+        else:
+            assert_sentence(final.content)
+            assert sent == [], (text, final.content)
+        for body in sent:
+            spoken = body["text"]
+            problems = []
+            if RAW_MENTION.search(spoken):
+                problems.append(f"raw mention {RAW_MENTION.search(spoken).group()!r}")
+            if invisible(spoken):
+                problems.append(f"invisible characters {invisible(spoken)}")
+            if len(spoken) > SAY_MAX_CHARS:
+                problems.append(f"{len(spoken)} characters")
+            if problems:
+                failures.append(f"{text[:60]!r} → NanoGPT got {spoken[:80]!r}: {', '.join(problems)}")
+    assert not failures, "\n".join(failures)
+    assert_no_pings_anywhere(world)
+
+
+async def test_limit_is_stated_for_over_long_text(world: World):
+    final = await (await say(world, world.user("alice"), "😀" * 2000)).wait_final(10)
+    assert final.content == "That text is 2,000 characters; the limit is 1,000."
+    assert world.nano.requests == []
+
+
+async def test_text_that_grows_when_cleaned_never_reaches_nanogpt_over_the_limit(world: World):
+    """Mentions and timestamps are spoken as names and dates, which can be longer than what was typed:
+    the spoken text must still respect SAY_MAX_CHARS (the cost cap)."""
+    alice = world.user("alice")
+    role = world.emu.add_role(("Very Important Moderators Of This Server " * 3)[:100])
+    await world.emu.dispatch("GUILD_ROLE_CREATE", {"guild_id": str(world.emu.guild_id), "role": role},
+                             guild_id=world.emu.guild_id)
+    mention = f"<@&{role['id']}>"
+    for text in ("<t:0>" * 200, mention * (SAY_MAX_CHARS // len(mention))):
+        assert len(text) <= SAY_MAX_CHARS
+        final = await (await say(world, alice, text)).wait_final(10)
+        if not final.files:
+            assert_sentence(final.content)
+    too_long = [len(r["text"]) for r in world.nano.tts_requests if len(r["text"]) > SAY_MAX_CHARS]
+    assert not too_long, f"NanoGPT was sent {too_long} characters with SAY_MAX_CHARS={SAY_MAX_CHARS}"
+
+
+# -- voice names ----------------------------------------------------------------------------------------
+
+BAD_NAMES = {
+    "zero-width space": "Zero\u200bWidth",
+    "zero-width joiner": "Zero\u200dJoiner",
+    "byte order mark": "\ufeffBOM",
+    "right-to-left override": "evil\u202egnp.exe",
+    "left-to-right isolate": "iso\u2066late\u2069",
+    "newline": "two\nlines",
+    "null byte": "nul\x00l",
+    "escape": "esc\x1b[31mred",
+    "line separator": "line\u2028sep",
+    "hangul filler": "\u3164",
+    "only spaces": "   ",
+    "too long": "x" * 33,
+}
+
+
+def cdn_downloads(world: World, since: int) -> list:
+    return world.emu.find_requests("GET", r"^/cdn/", since=since)
+
+
+async def test_hostile_clone_names_are_refused_before_download_and_money(world: World, audio_corpus):
+    alice = world.user("alice")
+    data = audio_corpus("mp3", 12)
+    mark = world.emu.mark()
+    for label, name in BAD_NAMES.items():
+        attachment = world.emu.add_attachment(data, "clip.mp3", "audio/mpeg")
+        inter = await world.emu.slash(alice, "voice", subcommand="clone", validate=False,
+                                      options={"audio": attachment, "name": name, "provider": "minimax"})
+        final = await inter.wait_final(10)
+        assert_sentence(final.content)
+        assert not final.components and not final.embeds, label
+    assert world.nano.requests == []
+    assert cdn_downloads(world, mark) == []  # the name is checked before the recording is fetched
+    assert await world.db.user_jobs(alice.id) == []
+
+
+async def test_hostile_names_through_the_context_menu_modal(world: World, audio_corpus):
+    alice = world.user("alice")
+    attachment = world.emu.add_attachment(audio_corpus("mp3", 12), "clip.mp3", "audio/mpeg")
+    message = await world.emu.create_user_message(None, alice, attachments=[attachment])
+    mark = world.emu.mark()
+    for name in ("evil\u202egnp", "zero\u200bwidth", "nul\x00l"):
+        menu = await world.emu.message_context(alice, "Clone this voice", message)
+        await menu.wait_response()
+        modal = world.emu.last_modal(menu.token)
+        submitted = await world.emu.submit_modal(alice, modal["custom_id"],
+                                                 {"clone:name": name, "clone:provider": ["qwen"]})
+        assert_sentence((await submitted.wait_final(10)).content)
+    assert world.nano.requests == [] and cdn_downloads(world, mark) == []
+
+
+async def add_voice(world: World, user_id: int, name: str, voice_id: str) -> int:
+    async with world.db.transaction() as tx:
+        cur = await tx.execute(
+            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
+            "VALUES (?, ?, ?, ?, 'minimax', ?, ?)",
+            (user_id, world.emu.guild_id, name, name.casefold(), voice_id, world.clock.now()))
+        return cur.lastrowid
+
+
+async def voice_command(world: World, user, sub: str, **options) -> EmuMessage:
+    inter = await world.emu.slash(user, "voice", subcommand=sub, options=options, validate=False)
+    return await inter.wait_final(10)
+
+
+async def test_hostile_new_names_in_rename_are_refused(world: World):
+    alice = world.user("alice")
+    await add_voice(world, alice.id, "Mine", "nv1alice0001")
+    for label, name in BAD_NAMES.items():
+        final = await voice_command(world, alice, "rename", name="Mine", new_name=name)
+        assert_sentence(final.content)
+        assert final.content.startswith(("Voice names", "Your voice is already")), (label, final.content)
+    assert [v.name for v in await world.db.list_voices(alice.id)] == ["Mine"]
+    assert world.nano.requests == []
+
+
+SQL_NAMES = ["'; DROP TABLE voices; --", "Robert'); DELETE FROM voices;--", "\" OR \"1\"=\"1", "%", "_", "a%",
+             "Mine' OR '1'='1", "x\\", "[]*?"]
+
+
+async def test_sql_metacharacters_are_just_characters(world: World, audio_corpus):
+    alice, bob = world.user("alice"), world.user("bob")
+    # A clone with such a name reaches the consent card with the name as typed, and costs nothing until confirmed.
+    attachment = world.emu.add_attachment(audio_corpus("mp3", 4), "clip.mp3", "audio/mpeg")
+    inter = await world.emu.slash(alice, "voice", subcommand="clone",
+                                  options={"audio": attachment, "name": SQL_NAMES[0], "provider": "qwen"})
+    card = await inter.wait_final(10)
+    assert card.embeds and SQL_NAMES[0] in card.embeds[0]["title"], card
+    assert world.nano.requests == []
+    await add_voice(world, alice.id, "Mine", "nv1alice0001")
+    await add_voice(world, bob.id, "Abc", "nv1bob00001")
+    await add_voice(world, bob.id, "Mine", "nv1bob00002")
+    # Wildcards and quotes never find anything they don't spell exactly.
+    for name in ("%", "_", "M%", "Min_", "' OR '1'='1", "Mine' --", "Abc"):
+        final = await voice_command(world, alice, "info", name=name)
+        assert final.content.startswith("You have no voice called"), (name, final.content)
+    # Renaming to each of them works and stores the text as typed.
+    current = "Mine"
+    for name in SQL_NAMES:
+        final = await voice_command(world, alice, "rename", name=current, new_name=name)
+        assert final.content.startswith("Renamed"), (name, final.content)
+        assert [v.name for v in await world.db.list_voices(alice.id)] == [name]
+        info = await voice_command(world, alice, "info", name=name)
+        assert info.embeds, (name, info.content)
+        current = name
+    # Nothing else moved: bob's voices are untouched, every table is still there.
+    assert sorted(v.name for v in await world.db.list_voices(bob.id)) == ["Abc", "Mine"]
+    assert await world.db.fetchval("SELECT COUNT(*) FROM voices") == 3
+    assert_no_pings_anywhere(world)
+
+
+# -- oversized attachments --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "upload_limit", "shown_limit"), [
+    (21 * MIB, 100 * MIB, "20"),  # over the 20 MB NanoGPT cap, in a boosted server
+    (9 * MIB, 8 * MIB, "8"),  # over this interaction's upload limit
+    (20 * MIB + 1, 500 * MIB, "20"),  # one byte over
+])
+async def test_oversized_recordings_are_refused_without_download_or_money(world: World, size: int,
+                                                                          upload_limit: int, shown_limit: str):
+    alice = world.user("alice")
+    attachment = world.emu.add_attachment(b"\xff\xfb\x90\x64" + bytes(size - 4), "huge.mp3", "audio/mpeg")
+    mark = world.emu.mark()
+    inter = await world.emu.slash(alice, "voice", subcommand="clone", attachment_size_limit=upload_limit,
+                                  options={"audio": attachment, "name": "Huge", "provider": "qwen"})
+    final = await inter.wait_final(10)
+    assert_sentence(final.content)
+    assert f"the limit is {shown_limit}" in final.content, final.content
+    assert cdn_downloads(world, mark) == []
+    assert world.nano.requests == []
+    assert await world.db.user_jobs(alice.id) == []
+
+
+async def test_oversized_voice_message_through_the_context_menu(world: World):
+    alice = world.user("alice")
+    attachment = world.emu.add_attachment(b"OggS" + bytes(21 * MIB), "voice-message.ogg", "audio/ogg",
+                                          duration_secs=600.0, waveform=bytes(range(0, 200, 4)))
+    message = await world.emu.create_user_message(None, alice, attachments=[attachment], flags=8192)
+    mark = world.emu.mark()
+    menu = await world.emu.message_context(alice, "Clone this voice", message, attachment_size_limit=100 * MIB)
+    await menu.wait_response()
+    modal = world.emu.last_modal(menu.token)
+    submitted = await world.emu.submit_modal(alice, modal["custom_id"],
+                                             {"clone:name": "Big", "clone:provider": ["qwen"]})
+    final = await submitted.wait_final(10)
+    assert_sentence(final.content)
+    assert "limit" in final.content
+    assert cdn_downloads(world, mark) == [] and world.nano.requests == []
