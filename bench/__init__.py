@@ -1,0 +1,1 @@
+"""nanovoice benchmarks: ``python -m bench.bench`` (see ``bench/README.md``)."""
