@@ -41,6 +41,7 @@ EXTENSIONS: tuple[str, ...] = (
 )
 
 COMMAND_HASH_KEY = "global_command_hash"
+HTTP_CONNECTIONS = 512  # NanoGPT calls (and downloads) in flight at once
 EXPIRED_INTERACTION_CODES = {10062, 10015}  # Unknown interaction, Unknown webhook
 
 
@@ -63,6 +64,11 @@ class NanoVoiceTree(app_commands.CommandTree):
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
     """Tell the user what went wrong in one sentence; log unexpected errors with an id."""
     original = getattr(error, "original", error)
+    if interaction.client.is_closed():
+        # Shutting down: the session and the gateway are gone, so this is no bug and nobody can be told.
+        log.info("/%s was interrupted by shutdown: %s", interaction.command.qualified_name if interaction.command
+                 else "?", original.__class__.__name__)
+        return
     now = discord.utils.utcnow().timestamp()
     if isinstance(original, discord.NotFound) and original.code in EXPIRED_INTERACTION_CODES:
         # Discord gave up on the interaction (we were too slow, or it was already answered elsewhere):
@@ -118,8 +124,10 @@ class NanoVoice(commands.Bot):
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
+        # aiohttp's default pool caps at 100 connections: /say calls beyond that would queue silently.
         self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"}
+            connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS),
+            timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"},
         )
         self.db = await Database(self.config.database_path).connect()
         self.nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)

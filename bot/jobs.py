@@ -224,6 +224,7 @@ class CloneService:
     progress_interval = 10.0  # at most one elapsed-time refresh of a card per this many seconds
     idle_recheck = 1.0  # the poller peeks at its heap at least this often (cheap; no database scan)
     notice_attempts = 8
+    notice_concurrency = 8  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
                  speech: SpeechService, embeddings: EmbeddingHost) -> None:
@@ -233,6 +234,7 @@ class CloneService:
         self.clock = clock
         self.config = config
         self.speech = speech
+        self._notice_slots = asyncio.Semaphore(self.notice_concurrency)
         self.embeddings = embeddings
         self.events: JobEvents | None = None
         self._heap: list[tuple[float, int, int]] = []  # (loop time due, sequence, job id)
@@ -563,14 +565,32 @@ class CloneService:
             return
         voice_id, saved_name = result
         log.info("clone job %s completed: voice #%s “%s” for user %s", job.id, voice_id, saved_name, job.user_id)
-        await self._notify(await self.db.get_job(job.id))
+        self._hand_off_notice(job.id)
 
     async def _finish(self, job: CloneJob, state: str, error: str) -> None:
         if await self.db.finish_clone_job(job.id, state, error=error, now=self.clock.now()):
             log.info("clone job %s %s: %s", job.id, state, error)
-        job = await self.db.get_job(job.id)
-        if job is not None and job.notified_at is None:
-            await self._notify(job)
+        self._hand_off_notice(job.id)
+
+    def _hand_off_notice(self, job_id: int) -> None:
+        """Deliver a finished job's notice (sample synthesis included) outside the polling slots, so a
+        burst of completions never delays the polls that would find the next ones."""
+        task = asyncio.create_task(self._notify_later(job_id), name=f"clone-notice-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notify_later(self, job_id: int) -> None:
+        async with self._notice_slots:
+            try:
+                job = await self.db.get_job(job_id)
+                if job is not None and job.notified_at is None:
+                    await self._notify(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the job is finished and saved; only its notice waits for another turn
+                log.exception("clone job %s: unexpected error while notifying; retrying in %.0f s", job_id,
+                              self.backoff_cap)
+                self._schedule(job_id, self.backoff_cap)
 
     async def _show_progress(self, job_id: int, *, changed: bool) -> None:
         if self.events is None:

@@ -510,10 +510,12 @@ class SpeechService:
         if lock is None:
             lock = asyncio.Lock()
             self._inflight[key] = lock
+        waited = lock.locked()
         async with lock:  # a concurrent identical request waits for this one and then hits the cache
-            hit = await self._from_cache(key, text, voice, effective_speed)
-            if hit is not None:
-                return hit
+            if waited:
+                hit = await self._from_cache(key, text, voice, effective_speed)
+                if hit is not None:
+                    return hit
             result = await self._paid_tts(user_id, guild_id, text, voice, effective_speed, key)
             try:
                 await self.db.cache_put(key, user_id, result.content_type, result.audio, self.clock.now(),

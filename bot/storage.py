@@ -132,6 +132,7 @@ class Database:
         self.path = Path(path) if str(path) != ":memory:" else path
         self._conn: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._guild_settings: dict[int, GuildSettings] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -217,12 +218,11 @@ class Database:
             return count
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self.conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self.conn.execute_fetchall(sql, params)  # one trip to the database thread, not three
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await self.fetchone(sql, params)
@@ -318,6 +318,15 @@ class Database:
     # -- guild settings ------------------------------------------------------------------------
 
     async def get_guild_settings(self, guild_id: int) -> GuildSettings:
+        """A guild's settings; cached, since every paid call reads them and only this class writes them."""
+        cached = self._guild_settings.get(guild_id)
+        if cached is not None:
+            return cached
+        settings = await self._load_guild_settings(guild_id)
+        self._guild_settings[guild_id] = settings
+        return settings
+
+    async def _load_guild_settings(self, guild_id: int) -> GuildSettings:
         row = await self.fetchone(
             "SELECT guild_id, daily_budget_micros, clone_role_id, clones_enabled FROM guild_settings "
             "WHERE guild_id = ?",
@@ -334,6 +343,7 @@ class Database:
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown guild settings {sorted(unknown)}")
+        self._guild_settings.pop(guild_id, None)
         async with self.transaction() as tx:
             await tx.execute(
                 "INSERT INTO guild_settings (guild_id, updated_at) VALUES (?, ?) ON CONFLICT (guild_id) DO NOTHING",
