@@ -224,7 +224,7 @@ class CloneService:
     progress_interval = 10.0  # at most one elapsed-time refresh of a card per this many seconds
     idle_recheck = 1.0  # the poller peeks at its heap at least this often (cheap; no database scan)
     notice_attempts = 8
-    notice_concurrency = 8  # notices (sample synthesis + Discord message) in flight at once
+    notice_concurrency = 2  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
                  speech: SpeechService, embeddings: EmbeddingHost) -> None:
