@@ -94,7 +94,7 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
         log.error("unexpected error %s in /%s", error_id, command, exc_info=original)
         message = f"Sorry, something went wrong on my side (error id `{error_id}`)."
     try:
-        await interactions.send(interaction, message, ephemeral=True)
+        await interactions.send_error(interaction, message)
     except discord.HTTPException:
         log.warning("could not deliver an error message for interaction %s", interaction.id, exc_info=True)
 

@@ -2,6 +2,9 @@
 
 ``send`` picks the initial response, a followup, or (once the 15-minute token is gone) a message in
 the channel, so no command is ever left at "thinking…". Cogs use it instead of choosing themselves.
+
+``defer`` records whether a public "thinking…" placeholder is showing, so ``send_error`` can keep an
+error private: it removes that placeholder and answers ephemerally instead of replacing it in public.
 """
 
 from __future__ import annotations
@@ -14,6 +17,29 @@ import discord
 log = logging.getLogger(__name__)
 
 NO_PINGS = discord.AllowedMentions.none()
+PUBLIC_PLACEHOLDER = "nanovoice.public_placeholder"  # key in Interaction.extras
+
+
+async def defer(interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
+    """Defer with "thinking…"; remembers a public placeholder for :func:`send_error`."""
+    await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+    interaction.extras[PUBLIC_PLACEHOLDER] = not ephemeral
+
+
+def placeholder_replaced(interaction: discord.Interaction) -> None:
+    """The public "thinking…" message is gone or became the real answer."""
+    interaction.extras[PUBLIC_PLACEHOLDER] = False
+
+
+async def send_error(interaction: discord.Interaction, content: str) -> None:
+    """Tell only the user what went wrong, even after a public defer."""
+    if interaction.extras.get(PUBLIC_PLACEHOLDER):
+        try:
+            await interaction.delete_original_response()
+            placeholder_replaced(interaction)
+        except discord.HTTPException:
+            log.info("could not remove the placeholder of interaction %s; answering in it", interaction.id)
+    await send(interaction, content, ephemeral=True)
 
 
 async def send(
@@ -29,7 +55,9 @@ async def send(
         if not interaction.response.is_done():
             await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
             return None
-        return await interaction.followup.send(content, ephemeral=ephemeral, wait=True, **kwargs)
+        message = await interaction.followup.send(content, ephemeral=ephemeral, wait=True, **kwargs)
+        placeholder_replaced(interaction)  # the first followup after a defer replaces the placeholder
+        return message
     except discord.NotFound:
         # The interaction expired (10062/10015): fall back to the channel, mentioning only the user.
         channel = interaction.channel
@@ -48,7 +76,9 @@ async def edit_original(interaction: discord.Interaction, **kwargs: Any) -> disc
     """Edit the original response, tolerating an expired token (returns None then)."""
     kwargs.setdefault("allowed_mentions", NO_PINGS)
     try:
-        return await interaction.edit_original_response(**kwargs)
+        message = await interaction.edit_original_response(**kwargs)
+        placeholder_replaced(interaction)
+        return message
     except discord.NotFound:
         log.info("original response of interaction %s is gone; edit skipped", interaction.id)
         return None

@@ -299,7 +299,7 @@ class CloneJobs(commands.Cog):
         clip = ClipSource(attachment.filename, attachment.size, interaction.filesize_limit, _reader(attachment))
         # Name, policy, limits and size need no download: refuse those privately, before the public defer.
         request = await self.bot.clones.check(request, clip)
-        await interaction.response.defer(thinking=True)
+        await interactions.defer(interaction)
         prepared = await self.bot.clones.prepare_audio(request, clip)
         if not self.bot.config.clone_confirm:
             await self.submit(interaction, prepared, where)

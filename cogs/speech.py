@@ -182,7 +182,7 @@ class Speech(commands.Cog):
             names = DiscordNames(self.bot, interaction)
             spoken = self.speech.prepare_text(text, names.names())
             resolved = await self.speech.resolve_voice(interaction.user.id, voice)  # one SQLite read
-            await interaction.response.defer(thinking=True)
+            await interactions.defer(interaction)
             if await names.fetch_unknown_users(text):
                 spoken = self.speech.prepare_text(text, names.names())
             await self._speak(interaction, spoken, resolved, speed, bool(voice_message))
@@ -204,7 +204,7 @@ class Speech(commands.Cog):
             names = DiscordNames(self.bot, interaction, message)
             spoken = self.speech.prepare_text(message.content, names.names(), what="message")
             resolved = await self.speech.resolve_voice(interaction.user.id, None)
-            await interaction.response.defer(thinking=True)
+            await interactions.defer(interaction)
             if await names.fetch_unknown_users(message.content):
                 spoken = self.speech.prepare_text(message.content, names.names(), what="message")
             await self._speak(interaction, spoken, resolved, None, False)
@@ -264,6 +264,7 @@ class Speech(commands.Cog):
             raise
         try:
             await interaction.delete_original_response()
+            interactions.placeholder_replaced(interaction)
         except discord.HTTPException:
             await interactions.edit_original(interaction, content="Sent as a voice message.")
 

@@ -205,7 +205,9 @@ async def test_clone_submit_faults_are_told_once_and_never_resubmitted(world: Wo
     assert job.state == state and job.notified_at is not None
     await asyncio.sleep(0.3)  # give the poller every chance to resubmit or to tell the user twice
     assert len(world.nano.submits) == 1
-    assert inter.original.content == sentence and not inter.followups
+    # Told once, privately: the public "thinking…" placeholder is gone and one ephemeral answer remains.
+    assert inter.original is None and len(inter.followups) == 1
+    assert inter.answer.content == sentence and inter.answer.ephemeral
     assert not channel_notices(world, alice)
     assert await world.db.list_voices(alice.id) == []
     # And the user can go on: the next clone works.

@@ -154,8 +154,12 @@ async def test_three_response_forms(live, mode, fmt):
 ])
 async def test_nanogpt_errors_show_the_spec_sentence(live, status, body, headers, sentence):
     live.fake.fail_next("/tts", status, body, headers=headers)
-    reply = await live.answer(await live.say(live.emu.add_user(name="alice"), "hello"))
+    inter = await live.say(live.emu.add_user(name="alice"), "hello")
+    reply = await live.answer(inter)
     assert reply.content == sentence and not reply.files
+    # Private: the public "thinking…" placeholder is removed and only alice sees the sentence.
+    assert reply.ephemeral and inter.original is None
+    assert not [m for m in live.emu.channel_messages() if m.content == sentence]
     if status == 402:
         await live.fake.wait_for("/check-balance")
         await asyncio.wait_for(live.bot.speech.close(), 3)

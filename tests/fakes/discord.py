@@ -365,13 +365,23 @@ class EmuInteraction:
             raise AssertionError(f"the bot's callback was rejected: {self.callback_error}")
         return self.callback
 
-    async def wait_final(self, timeout: float = 5.0) -> EmuMessage:  # noqa: ASYNC109
-        """The original response once it is a real message (not the "thinking…" placeholder)."""
-        def done() -> bool:
-            msg = self.original
-            return msg is not None and not msg.loading
-        await self._emu.wait_until(done, timeout, f"interaction {self.id} to have a final original response")
+    @property
+    def answer(self) -> EmuMessage | None:
+        """What the user sees as the answer: the original response once it is a real message, or — when
+        the bot deleted the "thinking…" placeholder and answered in a followup (a private error after a
+        public defer) — that followup."""
         msg = self.original
+        if msg is not None and not msg.loading:
+            return msg
+        if self.original_message_id in self._emu.deleted_messages and self.followups:
+            return self.followups[-1]
+        return None
+
+    async def wait_final(self, timeout: float = 5.0) -> EmuMessage:  # noqa: ASYNC109
+        """The answer (see :attr:`answer`) once there is one (not the "thinking…" placeholder)."""
+        await self._emu.wait_until(lambda: self.answer is not None, timeout,
+                                   f"interaction {self.id} to have a final answer")
+        msg = self.answer
         assert msg is not None
         return msg
 
