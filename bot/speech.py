@@ -119,13 +119,14 @@ class MentionNames:
     channel: Callable[[int], str | None] = lambda _id: None
 
 
-_USER_MENTION = re.compile(r"<@!?(\d{15,21})>")
-_ROLE_MENTION = re.compile(r"<@&(\d{15,21})>")
-_CHANNEL_MENTION = re.compile(r"<#(\d{15,21})>")
+_USER_MENTION = re.compile(r"<@!?(\d{1,25})>")  # any id: Discord renders them all as mentions
+_ROLE_MENTION = re.compile(r"<@&(\d{1,25})>")
+_CHANNEL_MENTION = re.compile(r"<#(\d{1,25})>")
 _COMMAND_MENTION = re.compile(r"</([\w -]{1,100}):\d{15,21}>")
 _TIMESTAMP = re.compile(r"<t:(-?\d{1,13})(?::[tTdDfFRsS])?>")
 _GUILD_NAV = re.compile(r"<id:(?:customize|browse|guide|linked-roles)(?::\d+)?>")
 _CUSTOM_EMOJI = re.compile(r"<a?:(\w{1,32}):\d{15,21}>")
+CLEAN_ROUNDS = 4  # rounds of the cleaning chain; real text settles in one or two
 _EVERYONE = re.compile(r"@+(everyone|here)\b")  # "@@everyone" too: no raw mention survives
 _MASKED_LINK = re.compile(r"\[([^\]\n]{1,256})\]\(\s*<?(?:https?://|www\.)[^)\s]*>?\s*\)", re.IGNORECASE)
 _URL = re.compile(r"<?(?:(?:https?|ftp)://|www\.)[^\s<>]+>?", re.IGNORECASE)
@@ -159,29 +160,38 @@ def clean_text(text: str, names: MentionNames | None = None) -> str:
             when = datetime.fromtimestamp(int(match.group(1)), UTC)
         except (OverflowError, OSError, ValueError):
             return "a date"
-        return f"{when.day} {when:%B %Y}"
+        return f" {when.day} {when:%B %Y} "
 
     text = _strip_invisible(text)
-    text = _ROLE_MENTION.sub(role, text)
-    text = _USER_MENTION.sub(user, text)
-    text = _CHANNEL_MENTION.sub(channel, text)
-    text = _COMMAND_MENTION.sub(lambda m: f"/{m.group(1)}", text)
-    text = _TIMESTAMP.sub(timestamp, text)
-    text = _GUILD_NAV.sub("a server page", text)
-    text = _CUSTOM_EMOJI.sub(lambda m: f" {m.group(1).replace('_', ' ')} ", text)
-    text = _EVERYONE.sub(lambda m: m.group(1), text)
-    text = _MASKED_LINK.sub(lambda m: m.group(1), text)
-    text = _URL.sub("link", text)
-    text = _LINE_MARKUP.sub("", text)
-    text = _INLINE_MARKUP.sub("", text)
-    text = _SPACE.sub(" ", text).strip()
-    text = _RUN.sub(lambda m: m.group(1) * RUN_CAP, text)
+    # Each rule can uncover a pattern an earlier one already passed ("@**@everyone" loses its "**" and
+    # becomes "@everyone"), so the whole chain runs until nothing changes (a few rounds at most).
+    for _ in range(CLEAN_ROUNDS):
+        before = text
+        text = _ROLE_MENTION.sub(role, text)
+        text = _USER_MENTION.sub(user, text)
+        text = _CHANNEL_MENTION.sub(channel, text)
+        text = _COMMAND_MENTION.sub(lambda m: f"/{m.group(1)}", text)
+        text = _TIMESTAMP.sub(timestamp, text)
+        text = _GUILD_NAV.sub("a server page", text)
+        text = _CUSTOM_EMOJI.sub(lambda m: f" {m.group(1).replace('_', ' ')} ", text)
+        text = _EVERYONE.sub(lambda m: m.group(1), text)
+        text = _MASKED_LINK.sub(lambda m: m.group(1), text)
+        text = _URL.sub("link", text)
+        text = _LINE_MARKUP.sub("", text)
+        text = _INLINE_MARKUP.sub("", text)
+        text = _SPACE.sub(" ", text).strip()
+        text = _RUN.sub(lambda m: m.group(1) * RUN_CAP, text)
+        if text == before:
+            break
+    else:  # still changing after CLEAN_ROUNDS: a last pass of the mention rules alone, which nothing undoes
+        text = _ROLE_MENTION.sub(role, _USER_MENTION.sub(user, _CHANNEL_MENTION.sub(channel, text)))
+        text = _EVERYONE.sub(lambda m: m.group(1), text)
     return text
 
 
 def mentioned_user_ids(text: str) -> list[int]:
-    """The user ids mentioned in ``text``, in order of first appearance."""
-    return list(dict.fromkeys(int(m) for m in _USER_MENTION.findall(text or "")))
+    """The user ids mentioned in ``text`` that could be real (snowflake-sized), in order of first appearance."""
+    return list(dict.fromkeys(int(m) for m in _USER_MENTION.findall(text or "") if 15 <= len(m) <= 21))
 
 
 def _strip_invisible(text: str) -> str:

@@ -161,6 +161,8 @@ NAMES = MentionNames(user=lambda uid: "Bob" if uid == int(ID) else None,
 @settings(max_examples=300, deadline=None)
 @given(text=say_text, resolve=st.booleans())
 @example(text="@@everyone @@here", resolve=False)  # one pass of the @everyone rule leaves a new one behind
+@example(text="@**@everyone", resolve=False)  # stripping markdown must not reassemble a mention
+@example(text="<@0> ", resolve=False)  # Discord renders any id as a mention, not only snowflake-sized ones
 def test_cleaned_text_has_no_mentions_invisibles_or_long_runs(text: str, resolve: bool) -> None:
     names = NAMES if resolve else None
     cleaned = clean_text(text, names)
