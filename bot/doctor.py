@@ -37,6 +37,7 @@ import discord
 
 from bot.config import Config
 from bot.limits import cost_to_micros, format_usd
+from bot.logs import redact, redaction_list
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,12 @@ def _printer(line: str) -> None:
 async def run_check(config: Config, *, report: Report = _printer) -> int:
     """Run every check, write one line each through ``report``; returns 0 when all passed, else 1."""
     quiet = _quiet_loggers()
-    secret_values = tuple(s for s in config.secrets if s)
+    secret_values = redaction_list(config.secrets)
     total = CheckResult()
 
     def emit(result: CheckResult) -> None:
         for line in result.lines:
-            for value in secret_values:
-                line = line.replace(value, "[redacted]")
-            report(line)
+            report(redact(line, secret_values))
         total.problems += result.problems
 
     try:

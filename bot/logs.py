@@ -8,6 +8,20 @@ from collections.abc import Iterable
 import discord
 
 REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 6  # shorter values are not real tokens or keys, and redacting them mangles text
+
+
+def redaction_list(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The values worth redacting: real secrets, longest first."""
+    return tuple(sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every value of ``redaction_list(...)`` replaced by ``[redacted]``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 class RedactSecrets(logging.Filter):
@@ -16,13 +30,10 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self._secrets = tuple(s for s in secrets if s and len(s) >= 6)
+        self._secrets = redaction_list(secrets)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        return redact(text, self._secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
