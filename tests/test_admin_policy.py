@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from bot.config import Config, Secret
 from bot.errors import Forbidden, UserFacingError
 from bot.limits import Usage
 from bot.policy import (
@@ -15,25 +14,13 @@ from bot.policy import (
     ensure_clone_allowed,
     parse_budget,
 )
-from bot.storage import Database
 from cogs.admin import describe_changes, render_settings
 from cogs.usage import render_usage
+from tests.fixtures_db import make_config
 
 GUILD = 9001
 ROLE, OTHER_ROLE = 7001, 7002
 NOW = 1764072000.0
-
-
-def make_config(**changes) -> Config:
-    base = Config(discord_token=Secret("discord-token"), nanogpt_api_key=Secret("sk-nano-test"))
-    return dataclasses.replace(base, **changes)
-
-
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database(tmp_path / "db.sqlite3").connect()
-    yield database
-    await database.close()
 
 
 async def test_everyone_may_clone_by_default(db):

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.storage import Database, DuplicateVoiceName
-
-
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database(tmp_path / "db.sqlite3").connect()
-    yield database
-    await database.close()
+from bot.storage import DuplicateVoiceName
 
 
 async def _job(db, user_id=1, name="Alice", provider="minimax", ids=None):

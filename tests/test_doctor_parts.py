@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import sqlite3
 import subprocess
@@ -13,16 +12,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.config import Config, Secret
+from bot.config import Secret
 from bot.doctor import INVITE_PERMISSIONS, check_database, check_ffmpeg, check_nanogpt, health, invite_url
 from bot.storage import Database
+from tests.fixtures_db import make_config
 
 pytest_plugins = ["tests.fixtures_nanogpt"]
-
-
-def make_config(**changes) -> Config:
-    base = Config(discord_token=Secret("discord-token-secret"), nanogpt_api_key=Secret("sk-nano-test"))
-    return dataclasses.replace(base, **changes)
 
 
 def closed_port() -> int:

@@ -28,6 +28,7 @@ from bot.embeddings import (
 )
 from bot.storage import Database
 from tests.fakes.nanogpt import fake_safetensors
+from tests.fixtures_db import make_config
 
 pytest_plugins = ["tests.fixtures_nanogpt"]
 
@@ -40,10 +41,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_config(**overrides) -> Config:
-    return Config(discord_token=Secret("discord-token-x"), nanogpt_api_key=Secret("sk-nano-test"), **overrides)
 
 
 async def insert_qwen_voice(db: Database, user_id: int, name: str, *, embedding_url: str | None, now: float,
@@ -75,13 +72,6 @@ async def insert_minimax_voice(db: Database, user_id: int, name: str, *, now: fl
             (user_id, name, name.casefold(), voice_id, now),
         )
         return cur.lastrowid
-
-
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database(tmp_path / "db.sqlite3").connect()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

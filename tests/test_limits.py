@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from decimal import Decimal
 
 import pytest
 
 from bot.clock import Clock
-from bot.config import Config, Secret
 from bot.errors import UserFacingError
 from bot.limits import (
     CLONE_PRICE_MICROS,
@@ -22,7 +20,7 @@ from bot.limits import (
     format_money,
     format_usd,
 )
-from bot.storage import Database
+from tests.fixtures_db import make_config
 
 # 2025-11-25 12:00:00 UTC; the next UTC midnight is 1764115200 (2025-11-26 00:00:00).
 NOON = 1764072000.0
@@ -31,18 +29,6 @@ USER, OTHER_USER = 111, 222
 GUILD, OTHER_GUILD = 9001, 9002
 MINIMAX = CLONE_PRICE_MICROS["minimax"]
 QWEN = CLONE_PRICE_MICROS["qwen"]
-
-
-def make_config(**changes) -> Config:
-    base = Config(discord_token=Secret("discord-token"), nanogpt_api_key=Secret("sk-nano-test"))
-    return dataclasses.replace(base, **changes)
-
-
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database(tmp_path / "db.sqlite3").connect()
-    yield database
-    await database.close()
 
 
 @pytest.fixture
