@@ -255,6 +255,10 @@ class CloneService:
             raise UserFacingError(
                 f"You already have a voice called “{name}”; pick another name or delete that one with /voice delete."
             )
+        await self.ensure_no_clone_named(user_id, name)
+
+    async def ensure_no_clone_named(self, user_id: int, name: str) -> None:
+        """Refuse ``name`` while one of the user's clones of that name is still running."""
         key = name_key(name)
         if any(name_key(other) == key for other in await self.db.open_job_names(user_id)):
             raise UserFacingError(f"A clone called “{name}” is already in progress; pick another name.")

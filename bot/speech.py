@@ -497,12 +497,6 @@ class SpeechService:
 
     # -- synthesis -----------------------------------------------------------------------------
 
-    async def say(self, user_id: int, guild_id: int | None, text: str, voice: str | None = None,
-                  speed: float | None = None) -> Speech:
-        """Resolve ``voice`` and :meth:`synthesize` already-prepared ``text``."""
-        resolved = await self.resolve_voice(user_id, voice)
-        return await self.synthesize(user_id, guild_id, text, resolved, speed)
-
     async def synthesize(self, user_id: int, guild_id: int | None, text: str, voice: ResolvedVoice,
                          speed: float | None = None) -> Speech:
         """Speech for cleaned ``text``: from the cache, else a paid NanoGPT call inside a budget

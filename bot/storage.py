@@ -285,9 +285,6 @@ class Database:
     async def touch_voice(self, voice_id: int, now: float) -> None:
         await self.execute("UPDATE voices SET last_used_at = ? WHERE id = ?", (now, voice_id))
 
-    async def set_voice_embedding_url(self, voice_id: int, url: str | None) -> None:
-        await self.execute("UPDATE voices SET embedding_url = ? WHERE id = ?", (url, voice_id))
-
     async def is_cloned_voice_id(self, provider_voice_id: str) -> bool:
         """Whether any user's cloned voice (or clone job) carries this provider voice id."""
         row = await self.fetchone(
@@ -366,7 +363,7 @@ class Database:
 
     async def open_jobs(self) -> list[CloneJob]:
         rows = await self.fetchall(
-            f"SELECT * FROM clone_jobs WHERE state IN ({','.join('?' * len(OPEN_JOB_STATES))}) "
+            f"SELECT * FROM clone_jobs WHERE state IN ({placeholders(OPEN_JOB_STATES)}) "
             "ORDER BY next_poll_at",
             OPEN_JOB_STATES,
         )

@@ -401,9 +401,7 @@ class Voices(commands.Cog):
             await interactions.send(interaction, f"Your voice is already called {shown(cleaned)}.", ephemeral=True)
             return
         if name_key(cleaned) != name_key(voice.name):
-            key = name_key(cleaned)
-            if any(name_key(other) == key for other in await self.bot.db.open_job_names(user_id)):
-                raise UserFacingError(f"A clone called {shown(cleaned)} is in progress; pick another name.")
+            await self.bot.clones.ensure_no_clone_named(user_id, cleaned)
         try:
             await self.bot.db.rename_voice(user_id, voice.id, cleaned)
         except DuplicateVoiceName:

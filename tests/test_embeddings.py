@@ -398,7 +398,7 @@ async def test_qwen_voice_speaks_after_the_provider_copy_is_gone_and_a_restart(t
 
     db, service, shutdown = await boot()
     await insert_qwen_voice(db, 5, "Me", embedding_url=url, now=clock.now())
-    await service.say(5, 1, "first words", "Me")
+    await service.synthesize(5, 1, "first words", await service.resolve_voice(5, "Me"))
     assert fake_nanogpt.tts_requests[-1]["speaker_voice_embedding_file_url"] == url
     await shutdown()
 
@@ -406,7 +406,7 @@ async def test_qwen_voice_speaks_after_the_provider_copy_is_gone_and_a_restart(t
     clock.advance(3 * DAY)  # well inside the 6 days: only the check notices that the copy is gone
     db, service, shutdown = await boot()
     try:
-        speech = await service.say(5, 1, "still my voice", "Me")
+        speech = await service.synthesize(5, 1, "still my voice", await service.resolve_voice(5, "Me"))
         assert speech.audio
         sent = fake_nanogpt.tts_requests[-1]["speaker_voice_embedding_file_url"]
         assert sent.startswith(f"http://127.0.0.1:{port}/embeddings/")

@@ -80,6 +80,11 @@ class Env:
     def __init__(self, db, fake, service, clock, host) -> None:
         self.db, self.fake, self.svc, self.clock, self.host = db, fake, service, clock, host
 
+    async def say(self, user_id: int, guild_id: int | None, text: str, voice: str | None = None,
+                  speed: float | None = None):
+        """What the /say cog does around its defer: resolve the voice, then synthesise."""
+        return await self.svc.synthesize(user_id, guild_id, text, await self.svc.resolve_voice(user_id, voice), speed)
+
     async def ledger(self) -> list:
         return await self.db.fetchall("SELECT state, amount_micros, currency FROM ledger ORDER BY id")
 
@@ -220,7 +225,7 @@ async def test_autocomplete_lists_own_voices_first_never_others(env):
 @pytest.mark.parametrize(("mode", "fmt"), [("bytes", "mp3"), ("url", "wav"), ("ticket", "mp3")])
 async def test_three_response_forms_give_the_exact_bytes(env, mode, fmt):
     env.fake.tts_mode, env.fake.tts_format = mode, fmt
-    speech = await env.svc.say(ALICE, GUILD, "hello there", "Kokoro-82m/af_bella")
+    speech = await env.say(ALICE, GUILD, "hello there", "Kokoro-82m/af_bella")
     assert speech.audio == make_tone(1.0, fmt)
     assert speech.filename == f"speech.{fmt}"
     assert not speech.cached
@@ -231,7 +236,7 @@ async def test_three_response_forms_give_the_exact_bytes(env, mode, fmt):
 
 async def test_minimax_voice_reaches_tts_and_is_touched(env):
     voice_id = await add_minimax_voice(env.db, ALICE, "Narrator")
-    speech = await env.svc.say(ALICE, GUILD, "read this", "narrator", 1.25)
+    speech = await env.say(ALICE, GUILD, "read this", "narrator", 1.25)
     assert env.fake.tts_requests == [{"text": "read this", "model": "Minimax-Speech-02-HD", "voice": MINIMAX_ID,
                                       "speed": 1.25}]
     assert speech.voice.label == "Narrator" and speech.speed == 1.25
@@ -241,7 +246,7 @@ async def test_minimax_voice_reaches_tts_and_is_touched(env):
 async def test_qwen_voice_sends_embedding_url_and_transcript(env):
     url = env.fake.put_storage("emb/speaker-embedding.safetensors", EMBEDDING, "application/octet-stream")
     await add_qwen_voice(env.db, ALICE, "Me", url, transcript="the quick brown fox")
-    await env.svc.say(ALICE, GUILD, "hello", "me")
+    await env.say(ALICE, GUILD, "hello", "me")
     assert env.fake.tts_requests == [{"text": "hello", "model": "Qwen-3-TTS-1.7B",
                                       "speaker_voice_embedding_file_url": url,
                                       "reference_text": "the quick brown fox"}]
@@ -255,7 +260,7 @@ async def test_dead_provider_embedding_falls_back_to_the_bots_own_copy(tmp_path,
     voice_id = await add_qwen_voice(env.db, ALICE, "Me", url)
     assert await env.host.url_for(await env.db.get_voice(ALICE, voice_id)) == url  # checked alive (cached)
     fake_nanogpt.expire_storage(url)  # …and then it vanishes: NanoGPT cannot load it
-    speech = await env.svc.say(ALICE, GUILD, "still me", "Me")
+    speech = await env.say(ALICE, GUILD, "still me", "Me")
     assert speech.audio
     first, second = fake_nanogpt.tts_requests
     assert first["speaker_voice_embedding_file_url"] == url
@@ -264,13 +269,13 @@ async def test_dead_provider_embedding_falls_back_to_the_bots_own_copy(tmp_path,
 
 
 async def test_cache_hit_makes_no_second_request_or_charge(env):
-    first = await env.svc.say(ALICE, GUILD, "same words", "Kokoro-82m/af_bella")
-    again = await env.svc.say(ALICE, GUILD, "same words", "kokoro-82m/af_bella")
+    first = await env.say(ALICE, GUILD, "same words", "Kokoro-82m/af_bella")
+    again = await env.say(ALICE, GUILD, "same words", "kokoro-82m/af_bella")
     assert again.cached and again.audio == first.audio and again.content_type == first.content_type
     assert len(env.fake.tts_requests) == 1 and len(env.fake.charges) == 1
     assert len(await env.ledger()) == 1
-    await env.svc.say(ALICE, GUILD, "same words", "Kokoro-82m/af_bella", 1.5)  # another speed: another entry
-    await env.svc.say(ALICE, GUILD, "same words", "Kokoro-82m/af_nova")  # another voice
+    await env.say(ALICE, GUILD, "same words", "Kokoro-82m/af_bella", 1.5)  # another speed: another entry
+    await env.say(ALICE, GUILD, "same words", "Kokoro-82m/af_nova")  # another voice
     assert len(env.fake.tts_requests) == 3
     count, _ = await env.db.cache_stats()
     assert count == 3
@@ -278,7 +283,7 @@ async def test_cache_hit_makes_no_second_request_or_charge(env):
 
 async def test_concurrent_identical_requests_pay_once(env):
     env.fake.tts_latency = 0.2
-    results = await asyncio.gather(*(env.svc.say(ALICE, GUILD, "together", None) for _ in range(5)))
+    results = await asyncio.gather(*(env.say(ALICE, GUILD, "together", None) for _ in range(5)))
     assert len(env.fake.tts_requests) == 1
     assert sum(not r.cached for r in results) == 1
 
@@ -286,10 +291,10 @@ async def test_concurrent_identical_requests_pay_once(env):
 async def test_cache_is_bounded_and_forget_me_removes_entries(env):
     env.svc.cache_max_bytes = len(make_tone(1.0, "mp3")) * 2
     for word in ("one", "two", "three", "four"):
-        await env.svc.say(ALICE, GUILD, word, None)
+        await env.say(ALICE, GUILD, word, None)
     count, size = await env.db.cache_stats()
     assert count == 2 and size <= env.svc.cache_max_bytes
-    await env.svc.say(ALICE, GUILD, "four", None)
+    await env.say(ALICE, GUILD, "four", None)
     assert len(env.fake.tts_requests) == 4  # the newest survived eviction
     await env.db.forget_user(ALICE)
     assert await env.db.cache_stats() == (0, 0)
@@ -310,7 +315,7 @@ async def test_cache_key_identity():
 async def test_402_releases_and_logs_the_balance(env, caplog):
     env.fake.balance_usd = Decimal("0.0000123")
     with caplog.at_level(logging.WARNING, logger="bot.speech"), pytest.raises(InsufficientBalance) as err:
-        await env.svc.say(ALICE, GUILD, "expensive " * 20, "tts-1-hd/nova")
+        await env.say(ALICE, GUILD, "expensive " * 20, "tts-1-hd/nova")
     assert err.value.user_message == "The bot's NanoGPT balance is too low; please tell the bot's operator."
     await asyncio.wait_for(env.svc.close(), 3)
     assert "NanoGPT balance too low: <$0.0001 left" in caplog.text
@@ -324,27 +329,27 @@ async def test_402_releases_and_logs_the_balance(env, caplog):
 async def test_errors_carry_the_spec_sentence(env, status, body, error, sentence):
     env.fake.fail_next("/tts", status, body, headers={"Retry-After": "7"} if status == 429 else None)
     with pytest.raises(error) as err:
-        await env.svc.say(ALICE, GUILD, "hello", None)
+        await env.say(ALICE, GUILD, "hello", None)
     assert err.value.user_message == sentence
     assert [r["state"] for r in await env.ledger()] == ["released"]
 
 
 async def test_content_policy_shows_its_own_message(env):
     with pytest.raises(ContentPolicyError) as err:
-        await env.svc.say(ALICE, GUILD, "some forbidden-content here", None)
+        await env.say(ALICE, GUILD, "some forbidden-content here", None)
     assert err.value.user_message.startswith("Content rejected by provider.")
 
 
 async def test_deleted_minimax_voice_says_so(env):
     await add_minimax_voice(env.db, ALICE, "Old", voice_id="nvGone12345")
     with pytest.raises(UserFacingError, match="MiniMax no longer has the voice “Old”"):
-        await env.svc.say(ALICE, GUILD, "hello", "Old")
+        await env.say(ALICE, GUILD, "hello", "Old")
 
 
 async def test_guild_budget_stops_speech(env):
     await env.db.update_guild_settings(GUILD, T0, daily_budget_micros=5)
     with pytest.raises(LimitExceeded, match="budget"):
-        await env.svc.say(ALICE, GUILD, "this is longer than five micro dollars " * 3, "tts-1/alloy")
+        await env.say(ALICE, GUILD, "this is longer than five micro dollars " * 3, "tts-1/alloy")
     assert env.fake.tts_requests == []
 
 
@@ -361,7 +366,7 @@ async def test_cooldown_says_when_it_resets(env):
 
 
 async def test_voice_message_encoding_is_remembered(env):
-    speech = await env.svc.say(ALICE, GUILD, "voice note", None)
+    speech = await env.say(ALICE, GUILD, "voice note", None)
     encoded = await env.svc.voice_message(speech)
     assert encoded.ogg.startswith(b"OggS") and 0.9 < encoded.duration < 1.2
     waveform = base64.b64decode(encoded.waveform_b64)
