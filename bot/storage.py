@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 OPEN_JOB_STATES = ("submitting", "pending", "processing")
+MIN_SQLITE = (3, 35, 0)  # UPDATE … RETURNING
 
 
 def name_key(name: str) -> str:
@@ -137,6 +139,9 @@ class Database:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def connect(self) -> Database:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: nanovoice needs "
+                               f"{'.'.join(map(str, MIN_SQLITE))} or newer (for RETURNING)")
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = await aiosqlite.connect(str(self.path), isolation_level=None)
@@ -210,12 +215,19 @@ class Database:
                 await self.conn.execute("COMMIT")
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one write statement on its own; returns the affected row count."""
+        """Run one write statement on its own; returns the affected row count.
+
+        One trip to the database thread: the finished statement's cursor holds nothing open (sqlite3
+        resets a statement once it has run to completion), so it is left to the garbage collector
+        instead of costing a second trip to close it.
+        """
         async with self._write_lock:
-            cur = await self.conn.execute(sql, params)
-            count = cur.rowcount
-            await cur.close()
-            return count
+            return (await self.conn.execute(sql, params)).rowcount
+
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """Run one write statement with a ``RETURNING`` clause on its own; returns its rows (one trip)."""
+        async with self._write_lock:
+            return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
         rows = await self.conn.execute_fetchall(sql, params)  # one trip to the database thread, not three
@@ -430,37 +442,53 @@ class Database:
     # -- tts cache -----------------------------------------------------------------------------
 
     async def cache_get(self, key: str, now: float) -> CacheEntry | None:
-        row = await self.fetchone("SELECT key, content_type, data FROM tts_cache WHERE key = ?", (key,))
-        if row is None:
+        """The entry under ``key`` (marked as just used), or None; one trip to the database thread."""
+        rows = await self.write_returning(
+            "UPDATE tts_cache SET last_used_at = ? WHERE key = ? RETURNING key, content_type, data", (now, key)
+        )
+        if not rows:
             return None
-        await self.execute("UPDATE tts_cache SET last_used_at = ? WHERE key = ?", (now, key))
-        return CacheEntry(row["key"], row["content_type"], bytes(row["data"]))
+        return CacheEntry(rows[0]["key"], rows[0]["content_type"], bytes(rows[0]["data"]))
 
     async def cache_put(self, key: str, user_id: int, content_type: str, data: bytes, now: float,
                         max_bytes: int) -> int:
-        """Store an entry and evict least-recently-used ones beyond ``max_bytes``; returns evictions."""
+        """Store an entry and evict least-recently-used ones beyond ``max_bytes``; returns evictions.
+
+        Triggers keep the totals (migration 0002) and the eviction order is a covering index, so a put
+        never reads other entries' audio.
+        """
+        await self.execute(
+            "INSERT INTO tts_cache (key, user_id, content_type, data, size, created_at, last_used_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET last_used_at = excluded.last_used_at",
+            (key, user_id, content_type, data, len(data), now, now),
+        )
+        if (await self.cache_stats())[1] <= max_bytes:
+            return 0
+        return await self._cache_evict(max_bytes)
+
+    async def _cache_evict(self, max_bytes: int, batch: int = 64) -> int:
+        evicted = 0
         async with self.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO tts_cache (key, user_id, content_type, data, size, created_at, last_used_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET last_used_at = excluded.last_used_at",
-                (key, user_id, content_type, data, len(data), now, now),
-            )
-            total = (await (await tx.execute("SELECT COALESCE(SUM(size), 0) FROM tts_cache")).fetchone())[0]
-            evicted = 0
-            if total > max_bytes:
-                rows = await (await tx.execute(
-                    "SELECT key, size FROM tts_cache ORDER BY last_used_at ASC, created_at ASC"
-                )).fetchall()
-                for row in rows:
+            total = (await (await tx.execute("SELECT bytes FROM tts_cache_totals WHERE id = 1")).fetchone())[0]
+            while total > max_bytes:
+                rows = await tx.execute_fetchall(
+                    "SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, rowid LIMIT ?", (batch,)
+                )
+                victims: list[str] = []
+                for victim, size in rows:
                     if total <= max_bytes:
                         break
-                    await tx.execute("DELETE FROM tts_cache WHERE key = ?", (row[0],))
-                    total -= row[1]
-                    evicted += 1
-            return evicted
+                    victims.append(victim)
+                    total -= size
+                if not victims:
+                    break
+                await tx.execute(f"DELETE FROM tts_cache WHERE key IN ({placeholders(victims)})", victims)
+                evicted += len(victims)
+        return evicted
 
     async def cache_stats(self) -> tuple[int, int]:
-        row = await self.fetchone("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM tts_cache")
+        """(entries, bytes) of the TTS cache, from the trigger-kept totals."""
+        row = await self.fetchone("SELECT entries, bytes FROM tts_cache_totals WHERE id = 1")
         return int(row[0]), int(row[1])
 
     # -- forget-me -----------------------------------------------------------------------------

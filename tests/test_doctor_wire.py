@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.doctor import INVITE_PERMISSIONS
+from bot.storage import Database
 from tests.fakes.discord import VIEW_CHANNEL, DiscordEmulator
 from tests.fakes.nanogpt import FakeNanoGPT
 
@@ -88,7 +89,8 @@ async def test_all_good(tmp_path, emu, fake_nanogpt):
     assert "ok: the bot has the permissions it needs in every server checked" in checked.lines
     assert f"ok: NanoGPT key accepted; balance $12.35 and {fake_nanogpt.balance_nano} XNO" in checked.lines
     assert any(line.startswith("ok: ffmpeg version ") for line in checked.lines)
-    assert f"ok: database {tmp_path / 'data' / 'nanovoice.sqlite3'} (schema version 1) is writable" in checked.lines
+    database, version = tmp_path / "data" / "nanovoice.sqlite3", len(Database.migrations())
+    assert f"ok: database {database} (schema version {version}) is writable" in checked.lines
     assert checked.lines[-1] == "nanovoice check: everything looks ready"
     assert all(line.split(":", 1)[0] in {"ok", "note", "problem", "nanovoice check"} for line in checked.lines)
     # Discord was asked through discord.py's REST client with the bot token; NanoGPT with the key

@@ -96,6 +96,49 @@ async def test_cache_lru_eviction(db):
     assert await db.cache_get("k3", now=12) is None and await db.cache_get("k2", now=12) is not None
 
 
+async def _true_cache_totals(db):
+    return tuple(await db.fetchone("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM tts_cache"))
+
+
+async def test_cache_totals_follow_every_write(db):
+    """The trigger-kept totals match the table through puts, re-puts, evictions and forget-me."""
+    assert await db.cache_stats() == (0, 0)
+    for i in range(6):
+        await db.cache_put(f"k{i}", 1 + i % 2, "audio/mpeg", b"x" * (100 + i), now=float(i), max_bytes=10**6)
+    await db.cache_put("k0", 1, "audio/mpeg", b"x" * 100, now=9.0, max_bytes=10**6)  # re-put: no double count
+    assert await db.cache_stats() == await _true_cache_totals(db) == (6, 615)
+    assert await db.cache_put("k6", 1, "audio/mpeg", b"x" * 300, now=10.0, max_bytes=700) == 3  # k1, k2, k3 go
+    assert await db.cache_stats() == await _true_cache_totals(db) == (4, 104 + 105 + 100 + 300)
+    await db.forget_user(2)
+    assert await db.cache_stats() == await _true_cache_totals(db) == (3, 104 + 100 + 300)
+
+
+async def test_cache_eviction_reads_only_the_index(db):
+    """Evicting never walks the cached audio: the LRU order is answered from a covering index."""
+    plan = await db.fetchall(
+        "EXPLAIN QUERY PLAN SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, rowid LIMIT 64"
+    )
+    assert any("COVERING INDEX tts_cache_lru" in row[3] for row in plan), [tuple(r) for r in plan]
+
+
+async def test_migration_0002_counts_an_existing_cache(tmp_path):
+    """A database cached under 0001 starts 0002 with the right totals."""
+    path = tmp_path / "old.sqlite3"
+    async with aiosqlite.connect(path) as conn:
+        number, sql = Database.migrations()[0]
+        await conn.executescript(f"{sql}\nPRAGMA user_version = {number};")
+        await conn.executemany(
+            "INSERT INTO tts_cache (key, user_id, content_type, data, size, created_at, last_used_at) "
+            "VALUES (?, 1, 'audio/mpeg', ?, ?, 0, 0)", [(f"k{i}", b"y" * (10 * i), 10 * i) for i in range(1, 5)],
+        )
+        await conn.commit()
+    db = await Database(path).connect()
+    try:
+        assert await db.cache_stats() == (4, 100)
+    finally:
+        await db.close()
+
+
 async def test_forget_user_removes_every_row(db):
     voice = await _add_voice(db, 7, "Mine")
     await _add_voice(db, 8, "Theirs")
