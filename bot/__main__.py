@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from bot.config import Config, ConfigError, load_config
 
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_check(config))
     try:
-        asyncio.run(_run(config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_run(config))
     except KeyboardInterrupt:
         log.info("stopped")
     except Exception as exc:  # a login failure and the like: one line, no traceback for operators
@@ -62,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (a dependency everywhere but Windows): the same asyncio API with
+    roughly a third less CPU per socket and thread hop, which a busy bot spends most of its time on."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

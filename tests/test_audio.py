@@ -282,6 +282,20 @@ def _alive(pid: int) -> bool:
 async def test_a_hung_ffmpeg_is_killed_at_the_timeout(
     audio_corpus: AudioCorpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workdir: Path
 ) -> None:
+    await _hung_ffmpeg_is_killed(audio_corpus, tmp_path, monkeypatch, workdir)
+
+
+def test_a_hung_ffmpeg_is_killed_at_the_timeout_on_uvloop(
+    audio_corpus: AudioCorpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workdir: Path
+) -> None:
+    """The bot runs on uvloop, whose subprocesses take other options: the same guarantee holds there."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(_hung_ffmpeg_is_killed(audio_corpus, tmp_path, monkeypatch, workdir))
+
+
+async def _hung_ffmpeg_is_killed(
+    audio_corpus: AudioCorpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workdir: Path
+) -> None:
     pids = tmp_path / "pids"
     fake = tmp_path / "ffmpeg"
     fake.write_text(f'#!/bin/sh\necho $$ > "{pids}"\nsleep 60 &\necho $! >> "{pids}"\nwait\n')
