@@ -219,12 +219,12 @@ class CloneService:
     min_poll_after = 0.05
     backoff_base = 1.0
     backoff_cap = 60.0
-    concurrency = 16
+    concurrency = 64  # status requests in flight at once (1,000 jobs at X-Poll-After 5 s: 200 a second)
     job_deadline = 30 * 60
     progress_interval = 10.0  # at most one elapsed-time refresh of a card per this many seconds
     idle_recheck = 1.0  # the poller peeks at its heap at least this often (cheap; no database scan)
     notice_attempts = 8
-    notice_concurrency = 2  # notices (sample synthesis + Discord message) in flight at once
+    notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
                  speech: SpeechService, embeddings: EmbeddingHost) -> None:
@@ -518,10 +518,11 @@ class CloneService:
             new_state = "processing" if state == "processing" else "pending"
             delay = self.default_poll_after if status.poll_after is None else float(status.poll_after)
             delay = max(self.min_poll_after, delay)
-            await self.db.update_job(job.id, state=new_state, poll_count=job.poll_count + 1, last_polled_at=now,
-                                     failures=0, next_poll_at=now + delay)
+            changes = dict(state=new_state, poll_count=job.poll_count + 1, last_polled_at=now, failures=0,
+                           next_poll_at=now + delay)
+            await self.db.update_job(job.id, **changes)
             self._schedule(job.id, delay)
-            await self._show_progress(job.id, changed=new_state != job.state)
+            await self._show_progress(replace(job, **changes), changed=new_state != job.state)
 
     async def _retry_later(self, job: CloneJob, now: float, exc: BaseException) -> None:
         failures = job.failures + 1
@@ -596,21 +597,19 @@ class CloneService:
                               self.backoff_cap)
                 self._schedule(job_id, self.backoff_cap)
 
-    async def _show_progress(self, job_id: int, *, changed: bool) -> None:
-        if self.events is None:
+    async def _show_progress(self, job: CloneJob, *, changed: bool) -> None:
+        """Refresh the job's status card (``job`` as just written), at most every ``progress_interval``."""
+        if self.events is None or not self.token_alive(job):
             return
         loop_now = asyncio.get_running_loop().time()
-        shown = self._progress_shown.get(job_id)
+        shown = self._progress_shown.get(job.id)
         if not changed and shown is not None and loop_now - shown[1] < self.progress_interval:
             return
-        job = await self.db.get_job(job_id)
-        if job is None or not job.is_open or not self.token_alive(job):
-            return
-        self._progress_shown[job_id] = (job.state, loop_now)
+        self._progress_shown[job.id] = (job.state, loop_now)
         try:
             await self.events.show_progress(job)
         except Exception:
-            log.warning("clone job %s: could not refresh the status card", job_id, exc_info=True)
+            log.warning("clone job %s: could not refresh the status card", job.id, exc_info=True)
 
     def token_alive(self, job: CloneJob, margin: float = 10.0) -> bool:
         """Whether the job's interaction token can still edit its status card."""
