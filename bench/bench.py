@@ -12,7 +12,11 @@ inside the emulator: when it dispatches ``INTERACTION_CREATE`` and when the repl
 Scenarios (``--only`` picks some; every bot start also yields the start-up and memory figures):
 
 * ``say1``, ``say64``: ``/say`` overhead — injected interaction → final reply at the emulator, minus the
-  fake's configured TTS latency (0 here), median and p99, at concurrency 1 and 64 (distinct users);
+  fake's TTS latency, median and p99: at concurrency 1 (one request after another, TTS 0), and at
+  concurrency 64 (64 members each sending their next ``/say`` as soon as the last one is answered, so
+  64 are always in flight; the fake answering TTS in 500 ms);
+* ``burst64``: 64 ``/say`` injected at the same instant (TTS 0), four times: how long the last one waits
+  (informational; it is 64 × the bot's CPU per ``/say``);
 * ``throughput``: 200 ``/say`` from 200 users at once, the fake answering TTS in 500 ms;
 * ``cache``: the same ``/say`` again and again: NanoGPT calls and latency;
 * ``voice_message``: ``/say voice_message:true`` → the voice message in the channel (informational);
@@ -70,8 +74,8 @@ log = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "bench" / "results.json"
-SCENARIOS = ("startup", "say1", "say64", "throughput", "cache", "voice_message", "poller", "intake")
-BOT_SCENARIOS = ("startup", "say1", "say64", "throughput", "cache", "voice_message")
+SCENARIOS = ("startup", "say1", "say64", "burst64", "throughput", "cache", "voice_message", "poller", "intake")
+BOT_SCENARIOS = ("startup", "say1", "say64", "burst64", "throughput", "cache", "voice_message")
 
 # The targets of issue #6.
 SAY64_MEDIAN_MS = 15.0
@@ -93,9 +97,11 @@ BOT_ENV = {
 
 @dataclass(frozen=True)
 class Sizes:
-    tts_latency: float  # the fake's TTS latency in the overhead runs (subtracted from the figures)
+    tts_latency: float  # the fake's TTS latency in say1 and burst64 (subtracted from the figures)
     say1: int
-    say64_rounds: int
+    say64_each: int  # /say per member at concurrency 64 (the first of each is a warm-up, not counted)
+    say64_latency: float  # the fake's TTS latency at concurrency 64 (subtracted)
+    burst64_rounds: int
     concurrency: int
     throughput: int
     throughput_latency: float
@@ -107,9 +113,11 @@ class Sizes:
     intake_runs: int
 
 
-FULL = Sizes(tts_latency=0.0, say1=100, say64_rounds=4, concurrency=64, throughput=200, throughput_latency=0.5,
+FULL = Sizes(tts_latency=0.0, say1=100, say64_each=9, say64_latency=0.5, burst64_rounds=4, concurrency=64,
+             throughput=200, throughput_latency=0.5,
              cache=100, voice_message=20, poll_jobs=1000, poll_seconds=20.0, poll_after=5.0, intake_runs=3)
-QUICK = Sizes(tts_latency=0.0, say1=5, say64_rounds=1, concurrency=64, throughput=50, throughput_latency=0.5,
+QUICK = Sizes(tts_latency=0.0, say1=5, say64_each=2, say64_latency=0.5, burst64_rounds=1, concurrency=64,
+              throughput=50, throughput_latency=0.5,
               cache=10, voice_message=3, poll_jobs=50, poll_seconds=4.0, poll_after=1.0, intake_runs=1)
 
 
@@ -468,7 +476,7 @@ class Bench:
             r.details["memory_idle"] = idle
             r.add("memory", "resident memory, idle after start", idle["rss_mb"], "MB", target=f"≤ {RSS_MB:.0f} MB",
                   passed=idle["rss_mb"] <= RSS_MB)
-            for name in ("say1", "say64", "throughput", "cache", "voice_message"):
+            for name in ("say1", "say64", "burst64", "throughput", "cache", "voice_message"):
                 if name in self.selected:
                     await self._timed(name, getattr(self, f"scenario_{name}"))
             if any(name != "startup" for name in bot_work):
@@ -513,23 +521,52 @@ class Bench:
         self.nano.tts_latency = 0.0
 
     async def scenario_say64(self) -> None:
+        """64 members, each sending its next /say when the last is answered: 64 always in flight."""
         if "say1" not in self.selected:
             await self._warm_up()
+        latency, c = self.sizes.say64_latency, self.sizes.concurrency
+        self.nano.tts_latency = latency
+        server_before = len(self.nano.tts_server_s)
+        latencies: list[float] = []
+        failures = 0
+
+        async def member(user: Any) -> None:
+            nonlocal failures
+            for i in range(self.sizes.say64_each):
+                got, failed = await self.say_batch([(user, {"text": self.text(f"at concurrency {c}")})], timeout=30)
+                failures += failed
+                if i:  # the first round starts all 64 at the same instant: a burst, not the steady state
+                    latencies.extend(got)
+
+        cpu0 = self.bot.cpu_s()
+        try:
+            await asyncio.gather(*(member(u) for u in self.users(c, "c64-")))
+        finally:
+            cpu = self.bot.cpu_s() - cpu0
+            self.nano.tts_latency = latency  # _overhead subtracts the latency in force
+        self.results.details.setdefault("say64", {})["bot_cpu_ms_per_say"] = round(
+            cpu * 1000 / max(1, c * self.sizes.say64_each), 2)
+        self._overhead("say64", f"concurrency {c} (fake TTS {latency * 1000:.0f} ms)", latencies, failures,
+                       server_before, targets=True)
+        self.nano.tts_latency = 0.0
+
+    async def scenario_burst64(self) -> None:
+        """64 /say injected at the same instant, a few times."""
         self.nano.tts_latency = self.sizes.tts_latency
         c = self.sizes.concurrency
         server_before = len(self.nano.tts_server_s)
         latencies, failures = [], 0
         cpu0 = self.bot.cpu_s()
-        for rnd in range(self.sizes.say64_rounds):
-            batch = [(u, {"text": self.text(f"at concurrency {c}")}) for u in self.users(c, f"c64-{rnd}-")]
+        for rnd in range(self.sizes.burst64_rounds):
+            batch = [(u, {"text": self.text(f"in a burst of {c}")}) for u in self.users(c, f"b64-{rnd}-")]
             got, failed = await self.say_batch(batch)
             latencies += got
             failures += failed
             await asyncio.sleep(0.2)
         cpu = self.bot.cpu_s() - cpu0
-        self.results.details.setdefault("say64", {})["bot_cpu_ms_per_say"] = round(
+        self.results.details.setdefault("burst64", {})["bot_cpu_ms_per_say"] = round(
             cpu * 1000 / max(1, len(latencies)), 2)
-        self._overhead("say64", f"concurrency {c}", latencies, failures, server_before, targets=True)
+        self._overhead("burst64", f"{c} injected at once", latencies, failures, server_before, targets=False)
         self.nano.tts_latency = 0.0
 
     def _overhead(self, key: str, label: str, latencies: list[float], failures: int, server_before: int, *,
@@ -830,7 +867,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help=f"run only these scenarios (comma-separated or repeated): {', '.join(SCENARIOS)}")
     parser.add_argument("--tts-latency", type=float, metavar="S",
-                        help="the fake's TTS latency in the /say overhead runs (default 0; subtracted)")
+                        help="the fake's TTS latency in say1 and burst64 (default 0; subtracted)")
+    parser.add_argument("--say64-latency", type=float, metavar="S",
+                        help="the fake's TTS latency at concurrency 64 (default 0.5; subtracted)")
     parser.add_argument("--throughput-latency", type=float, metavar="S",
                         help="the fake's TTS latency in the throughput run (default 0.5)")
     parser.add_argument("--poll-after", type=float, metavar="S", help="X-Poll-After of the poller run (default 5)")
@@ -873,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sizes = QUICK if args.quick else FULL
-    overrides = {"tts_latency": args.tts_latency, "throughput_latency": args.throughput_latency,
+    overrides = {"tts_latency": args.tts_latency, "say64_latency": args.say64_latency,
+                 "throughput_latency": args.throughput_latency,
                  "poll_after": args.poll_after, "poll_seconds": args.complete_after}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
