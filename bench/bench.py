@@ -517,7 +517,8 @@ class Bench:
             got, failed = await self.say_batch([(user, {"text": self.text("at concurrency 1")})], timeout=30)
             latencies += got
             failures += failed
-        self._overhead("say1", "concurrency 1", latencies, failures, server_before, targets=False)
+        self._overhead("say1", "concurrency 1", latencies, failures, server_before, self.sizes.tts_latency,
+                       targets=False)
         self.nano.tts_latency = 0.0
 
     async def scenario_say64(self) -> None:
@@ -539,15 +540,12 @@ class Bench:
                     latencies.extend(got)
 
         cpu0 = self.bot.cpu_s()
-        try:
-            await asyncio.gather(*(member(u) for u in self.users(c, "c64-")))
-        finally:
-            cpu = self.bot.cpu_s() - cpu0
-            self.nano.tts_latency = latency  # _overhead subtracts the latency in force
+        await asyncio.gather(*(member(u) for u in self.users(c, "c64-")))
+        cpu = self.bot.cpu_s() - cpu0
         self.results.details.setdefault("say64", {})["bot_cpu_ms_per_say"] = round(
             cpu * 1000 / max(1, c * self.sizes.say64_each), 2)
         self._overhead("say64", f"concurrency {c} (fake TTS {latency * 1000:.0f} ms)", latencies, failures,
-                       server_before, targets=True)
+                       server_before, latency, targets=True)
         self.nano.tts_latency = 0.0
 
     async def scenario_burst64(self) -> None:
@@ -566,13 +564,13 @@ class Bench:
         cpu = self.bot.cpu_s() - cpu0
         self.results.details.setdefault("burst64", {})["bot_cpu_ms_per_say"] = round(
             cpu * 1000 / max(1, len(latencies)), 2)
-        self._overhead("burst64", f"{c} injected at once", latencies, failures, server_before, targets=False)
+        self._overhead("burst64", f"{c} injected at once", latencies, failures, server_before,
+                       self.sizes.tts_latency, targets=False)
         self.nano.tts_latency = 0.0
 
-    def _overhead(self, key: str, label: str, latencies: list[float], failures: int, server_before: int, *,
-                  targets: bool) -> None:
+    def _overhead(self, key: str, label: str, latencies: list[float], failures: int, server_before: int,
+                  configured: float, *, targets: bool) -> None:
         r = self.results
-        configured = self.nano.tts_latency
         overhead = [x - configured for x in latencies]
         stats = summary_ms(overhead)
         server = summary_ms(self.nano.tts_server_s[server_before:])

@@ -27,6 +27,9 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 OPEN_JOB_STATES = ("submitting", "pending", "processing")
 MIN_SQLITE = (3, 35, 0)  # UPDATE … RETURNING
+# The TTS cache's eviction order: least recently used, then oldest, then first stored (from the covering
+# index tts_cache_lru of migration 0002, never the audio rows).
+CACHE_EVICTION_ORDER = "SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, rowid LIMIT ?"
 
 
 def name_key(name: str) -> str:
@@ -471,9 +474,7 @@ class Database:
         async with self.transaction() as tx:
             total = (await (await tx.execute("SELECT bytes FROM tts_cache_totals WHERE id = 1")).fetchone())[0]
             while total > max_bytes:
-                rows = await tx.execute_fetchall(
-                    "SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, rowid LIMIT ?", (batch,)
-                )
+                rows = await tx.execute_fetchall(CACHE_EVICTION_ORDER, (batch,))
                 victims: list[str] = []
                 for victim, size in rows:
                     if total <= max_bytes:

@@ -7,7 +7,7 @@ import asyncio
 import aiosqlite
 import pytest
 
-from bot.storage import Database, DuplicateVoiceName
+from bot.storage import CACHE_EVICTION_ORDER, Database, DuplicateVoiceName
 
 
 @pytest.fixture
@@ -115,9 +115,7 @@ async def test_cache_totals_follow_every_write(db):
 
 async def test_cache_eviction_reads_only_the_index(db):
     """Evicting never walks the cached audio: the LRU order is answered from a covering index."""
-    plan = await db.fetchall(
-        "EXPLAIN QUERY PLAN SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, rowid LIMIT 64"
-    )
+    plan = await db.fetchall(f"EXPLAIN QUERY PLAN {CACHE_EVICTION_ORDER}", (64,))
     assert any("COVERING INDEX tts_cache_lru" in row[3] for row in plan), [tuple(r) for r in plan]
 
 
