@@ -16,6 +16,21 @@ from yarl import URL
 
 DISCORD_GATEWAY_DEFAULT = "wss://gateway.discord.gg/"
 
+# The documented NanoGPT TTS model enum (docs/nanogpt-api.md), in the spelling NanoGPT uses.
+TTS_MODELS: tuple[str, ...] = (
+    "Kokoro-82m",
+    "Elevenlabs-Turbo-V2.5",
+    "tts-1",
+    "tts-1-hd",
+    "gpt-4o-mini-tts",
+    "Minimax-Speech-02-HD",
+    "Minimax-Speech-2.6-HD",
+    "Minimax-Speech-2.6-Turbo",
+    "Minimax-Speech-2.8-HD",
+    "Minimax-Speech-2.8-Turbo",
+    "Qwen-3-TTS-1.7B",
+)
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message is one line naming it."""
@@ -51,6 +66,10 @@ class Config:
     http_port: int = 8080
     embedding_channel_id: int | None = None
     log_level: str = "INFO"
+    # Operator controls (issue 9). None / 0 mean "no restriction" as documented in README.
+    allowed_guild_ids: frozenset[int] | None = None  # ALLOWED_GUILD_IDS; None: any server
+    allowed_tts_models: tuple[str, ...] | None = None  # ALLOWED_TTS_MODELS; None: the documented set
+    bot_daily_budget_micros: int = 0  # BOT_DAILY_BUDGET_USD, all servers together; 0: unlimited
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -125,6 +144,34 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[
     return raw.rstrip("/")
 
 
+def _id_set(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    ids: set[int] = set()
+    for part in raw.replace(",", " ").split():
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"{name} must be server ids separated by commas, not {part!r}")
+        ids.add(int(part))
+    return frozenset(ids) or None
+
+
+def _name_list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    names = tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
+    return names or None
+
+
+def _money(env: Mapping[str, str], name: str, default: str) -> int:
+    raw = _get(env, name) or default
+    try:
+        return usd_to_micros(raw)
+    except (InvalidOperation, ValueError):
+        raise ConfigError(f"{name} must be a dollar amount such as 5.00, not {raw!r}") from None
+
+
 def usd_to_micros(text: str) -> int:
     """Parse a dollar amount exactly (no float) into integer micro-dollars."""
     amount = Decimal(text)
@@ -187,4 +234,7 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
         http_port=_int(env, "HTTP_PORT", 8080, minimum=1, maximum=65535),
         embedding_channel_id=_snowflake(env, "EMBEDDING_CHANNEL_ID"),
         log_level=log_level,
+        allowed_guild_ids=_id_set(env, "ALLOWED_GUILD_IDS"),
+        allowed_tts_models=_name_list(env, "ALLOWED_TTS_MODELS"),
+        bot_daily_budget_micros=_money(env, "BOT_DAILY_BUDGET_USD", "0"),
     )

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 from bot import audio
 from bot.clock import Clock
-from bot.config import Config
+from bot.config import TTS_MODELS, Config
 from bot.embeddings import EmbeddingHost
 from bot.errors import NotFound, UserFacingError
 from bot.limits import Cooldown, Limits, Reservation, cost_to_micros, estimate_tts_micros, format_usd
@@ -66,20 +66,6 @@ AUTOCOMPLETE_LIMIT = 25  # Discord's maximum number of choices
 CHOICE_MAX = 100  # Discord's maximum length of a choice name and value
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
-# The documented NanoGPT TTS model enum (docs/nanogpt-api.md), in the spelling NanoGPT uses.
-TTS_MODELS: tuple[str, ...] = (
-    "Kokoro-82m",
-    "Elevenlabs-Turbo-V2.5",
-    "tts-1",
-    "tts-1-hd",
-    "gpt-4o-mini-tts",
-    "Minimax-Speech-02-HD",
-    "Minimax-Speech-2.6-HD",
-    "Minimax-Speech-2.6-Turbo",
-    "Minimax-Speech-2.8-HD",
-    "Minimax-Speech-2.8-Turbo",
-    "Qwen-3-TTS-1.7B",
-)
 _MODEL_BY_KEY = {m.casefold(): m for m in TTS_MODELS}
 
 _KOKORO_VOICES = (
