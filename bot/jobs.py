@@ -18,7 +18,9 @@ The clone-jobs cog drives this service and only renders; nothing here knows Disc
 Notification is claim → send → unclaim-on-failure (``mark_job_notified`` first). A crash in the
 instant between the claim commit and Discord accepting the message loses that one notice (the job
 and the voice are saved; ``/voice jobs`` shows them); the other order would risk a duplicate notice
-after every crash between send and claim instead.
+after every crash between send and claim instead. An interrupted send keeps its claim for the same
+reason, so a clean shutdown first lets the notices being sent finish; channel notices also carry a
+per-job ``nonce`` with ``enforce_nonce``, so Discord itself drops a resend of one.
 """
 
 from __future__ import annotations
@@ -224,6 +226,7 @@ class CloneService:
     progress_interval = 10.0  # at most one elapsed-time refresh of a card per this many seconds
     idle_recheck = 1.0  # the poller peeks at its heap at least this often (cheap; no database scan)
     notice_attempts = 8
+    notice_drain_seconds = 10.0  # at shutdown, how long notices already being sent may take to finish
     notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
@@ -243,6 +246,7 @@ class CloneService:
         self._inflight: set[int] = set()
         self._submitting: set[int] = set()  # jobs this process is submitting right now
         self._tasks: set[asyncio.Task[None]] = set()
+        self._delivering: dict[int, asyncio.Task[None]] = {}  # job id → the task whose notice is being sent
         self._wake: asyncio.Event | None = None
         self._progress_shown: dict[int, tuple[str, float]] = {}
         self._samples: dict[int, tuple[bytes, str] | None] = {}
@@ -460,12 +464,28 @@ class CloneService:
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
         finally:
+            await self._drain_deliveries()
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self._inflight.clear()
             self._wake = None
+
+    async def _drain_deliveries(self) -> None:
+        """Let notices that are already on their way to Discord finish before shutting down.
+
+        A notice cancelled mid-request may or may not have reached Discord, and its claim is kept (a
+        duplicate is worse than a lost notice), so cancelling one would lose it: give them a moment.
+        Everything else (polls, sample synthesis before a claim) is cancelled and resumes after a restart.
+        """
+        pending = {t for t in self._delivering.values() if not t.done()}
+        if not pending:
+            return
+        log.info("waiting up to %.0f s for %d notice(s) being delivered", self.notice_drain_seconds, len(pending))
+        _, late = await asyncio.wait(pending, timeout=self.notice_drain_seconds)
+        if late:
+            log.warning("%d notice(s) were still being delivered at shutdown; they may not have arrived", len(late))
 
     async def _turn(self, job_id: int) -> None:
         try:
@@ -624,10 +644,15 @@ class CloneService:
         notice = await self.build_notice(job)
         if not await self.db.mark_job_notified(job.id, self.clock.now()):
             return  # someone else told the user already
+        task = asyncio.current_task()
+        if task is not None:
+            self._delivering[job.id] = task
         try:
             await self.events.deliver_notice(job, notice)
         except asyncio.CancelledError:
-            await asyncio.shield(self.db.unmark_job_notified(job.id))
+            # The request may already have reached Discord: keep the claim (lost, never twice). Shutdown
+            # drains deliveries first (_drain_deliveries), so this is only a delivery that hung.
+            log.warning("clone job %s: notice interrupted while being sent; it may not have arrived", job.id)
             raise
         except Exception:
             await self.db.unmark_job_notified(job.id)
@@ -641,6 +666,8 @@ class CloneService:
                             exc_info=True)
                 self._schedule(job.id, self._backoff(failures))
             return
+        finally:
+            self._delivering.pop(job.id, None)
         self._samples.pop(job.id, None)
         self._notice_failures.pop(job.id, None)
         self._progress_shown.pop(job.id, None)

@@ -239,6 +239,11 @@ def _reader(attachment: discord.Attachment):
     return read
 
 
+def notice_nonce(job: CloneJob) -> str:
+    """The channel notice's nonce: one per job (a job has one notice), at most Discord's 25 characters."""
+    return f"clone-{job.id}"[:25]
+
+
 # -- the cog ---------------------------------------------------------------------------------------
 
 
@@ -358,6 +363,7 @@ class CloneJobs(commands.Cog):
         try:
             await channel.send(
                 f"<@{job.user_id}> {discord.utils.escape_markdown(notice.message)}", files=files(),
+                nonce=notice_nonce(job),  # with enforce_nonce: Discord drops a resend after a crash
                 allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
                                                          users=[discord.Object(job.user_id)]),
             )

@@ -342,3 +342,50 @@ async def test_sigkill_between_sending_and_recording_the_submit_loses_the_job_ho
     assert len(lost_edits) == 1 and len(world.nano.submits) == 1  # told once; never resubmitted
     held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE kind = 'clone' AND state = 'reserved'")
     assert held == 1  # it may have been charged: the reservation stays
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_a_channel_notice_is_posted_once_when_discord_took_it_but_the_answer_was_lost(world: World,
+                                                                                           audio_corpus):
+    """Discord creates the notice but the connection drops before its answer: the bot can't know, so it tries
+    again later. The notice's nonce is the job's (enforce_nonce), so Discord returns the first message instead
+    of posting a second one."""
+    world.bot.clones.backoff_base = 0.05
+    world.bot.clones.backoff_cap = 0.2
+    world.nano.clone_script = [Step("processing", poll_after=0.3), Step("completed")]
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 4), "a.mp3", "audio/mpeg", name="Once",
+                            provider="qwen")
+    await card(world, inter, lambda m: fields(m).get("State") in ("Queued", "Processing"))
+    world.clock.advance(16 * 60)  # the token is dead: the notice goes to the channel
+    world.emu.clock_offset = 16 * 60
+    world.emu.fail_next("POST", r"^/channels/\d+/messages$", 0, after_effect=True)
+    posts = lambda: world.emu.find_requests("POST", r"^/channels/\d+/messages$")  # noqa: E731
+    await world.emu.wait_until(lambda: any(r.status == 200 for r in posts()), 15, "the notice to be sent again")
+    await asyncio.sleep(0.3)
+    notices = [m for m in world.emu.channel_messages() if m.source == "channel" and f"<@{alice.id}>" in m.content]
+    assert len(notices) == 1 and "“Once” is ready" in notices[0].content
+    assert len(posts()) == 2 and world.emu.nonce_hits == 1
+    assert {(r.payload["nonce"], r.payload["enforce_nonce"]) for r in posts()} == {(notices[0].data["nonce"], True)}
+    (job,) = await world.db.user_jobs(alice.id)
+    assert job.notified_at is not None
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_shutdown_while_a_notice_is_being_sent_waits_for_it_and_never_repeats_it(world: World, audio_corpus):
+    """Stopping the bot while Discord is still answering the card's final edit: the bot waits for that answer
+    instead of cancelling it (which would leave it unknown whether the user was told), and the next start
+    does not tell the user again."""
+    world.nano.clone_script = [Step("processing", poll_after=0.2), Step("completed")]
+    world.emu.hold_next("PATCH", r"/messages/@original$", 1.0, where=lambda r: embed_title(r).startswith("Voice "))
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 4), "a.mp3", "audio/mpeg", name="Held",
+                            provider="qwen")
+    await world.emu.wait_until(lambda: bool(world.emu.held), 20, "the notice to reach Discord")
+    await world.stop()
+    assert embed(inter.original)["title"] == "Voice “Held” is ready"  # the edit finished before the bot stopped
+    await world.start()
+    await asyncio.sleep(1.0)
+    assert len(ready_edits(world, inter.token)) == 1
+    (job,) = await world.db.user_jobs(alice.id)
+    assert job.state == "completed" and job.notified_at is not None

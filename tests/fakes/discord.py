@@ -76,6 +76,7 @@ FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
 FLAG_SUPPRESS_NOTIFICATIONS = 1 << 12
 FLAG_VOICE_MESSAGE = 1 << 13
+NONCE_WINDOW = 5 * 60  # seconds during which enforce_nonce makes Discord return the earlier message
 FLAG_COMPONENTS_V2 = 1 << 15
 
 # Gateway intents
@@ -202,6 +203,16 @@ class _Fault:
     body: Any
     headers: dict[str, str]
     times: int
+    after_effect: bool = False
+
+
+@dataclass
+class _Hold:
+    method: str
+    path_re: re.Pattern[str]
+    seconds: float
+    times: int
+    where: Callable[[RecordedRequest], bool] | None = None
 
 
 @dataclass
@@ -262,6 +273,7 @@ class EmuMessage:
         self.history: list[dict[str, Any]] = []  # previous versions, oldest first
         self.deleted = False
         self._emu = emu
+        self.created_at = emu.now()
 
     def __repr__(self) -> str:
         return (f"<EmuMessage id={self.id} source={self.source} flags={self.flags} content={self.content!r} "
@@ -460,6 +472,13 @@ class DiscordEmulator:
         self.requests: list[RecordedRequest] = []
         self.unknown_routes: list[RecordedRequest] = []
         self.internal_errors: list[str] = []  # exceptions inside the emulator's handlers (should stay empty)
+        self._holds: list[_Hold] = []
+        self.held: list[RecordedRequest] = []  # requests that arrived and were kept waiting (hold_next)
+        self.answers_in_flight = 0  # REST answers decided but not yet written to the bot's socket
+        self.nonce_hits = 0  # Create Message calls answered with an earlier message (enforce_nonce)
+        # How long a person takes to react to a message before clicking on it. Discord.py stores a message's
+        # view only once it has read the answer that created the message; no human clicks faster than that.
+        self.reaction_time = 0.05
         self.gateway_log: list[tuple[str, dict[str, Any]]] = []  # ("in"|"out", payload)
         self.identify_count = 0
         self.resume_count = 0
@@ -589,11 +608,19 @@ class DiscordEmulator:
         await self.wait_until(check, timeout, f"request {method} {path_regex}")
         return found[0]
 
+    def hold_next(self, method: str, path_regex: str, seconds: float, times: int = 1,
+                  where: Callable[[RecordedRequest], bool] | None = None) -> None:
+        """Keep the next ``times`` matching requests (and ``where(request)``) waiting ``seconds`` before they
+        are handled (a slow Discord); each appears in :attr:`held` as soon as it arrives."""
+        self._holds.append(_Hold(method.upper(), re.compile(path_regex), seconds, times, where))
+
     def fail_next(self, method: str, path_regex: str, status: int, json_body: Any = None, times: int = 1,
-                  headers: dict[str, str] | None = None) -> None:
+                  headers: dict[str, str] | None = None, *, after_effect: bool = False) -> None:
         """Answer the next ``times`` requests matching (method or ``"*"``, regex searched in the path
         without the /api/v10 prefix) with ``status``. A 429 gets Discord's rate-limit headers and body
-        unless given."""
+        unless given. ``after_effect``: the request takes effect first and only its answer is the error
+        (a proxy or Discord failing after the message was created); with status 0 the connection drops
+        instead of answering."""
         hdrs = dict(headers or {})
         if status == 429:
             body = json_body if json_body is not None else {
@@ -612,7 +639,7 @@ class DiscordEmulator:
             hdrs = {**defaults, **hdrs}
         else:
             body = json_body if json_body is not None else {"message": f"{status}: emulated failure", "code": 0}
-        self._faults.append(_Fault(method.upper(), re.compile(path_regex), status, body, hdrs, times))
+        self._faults.append(_Fault(method.upper(), re.compile(path_regex), status, body, hdrs, times, after_effect))
 
     # ------------------------------------------------------------------------------------- users, guilds
 
@@ -846,8 +873,30 @@ class DiscordEmulator:
             self.requests.append(rec)
             self._notify()
             return await handler(request)
+        hold = next((h for h in self._holds if (h.method in ("*", rec.method)) and h.path_re.search(rec.path)
+                     and (h.where is None or h.where(rec))), None)
+        if hold is not None:
+            hold.times -= 1
+            if hold.times <= 0:
+                self._holds.remove(hold)
+            self.held.append(rec)
+            self._notify()
+            await asyncio.sleep(hold.seconds)
         fault = next((f for f in self._faults if (f.method in ("*", rec.method)) and f.path_re.search(rec.path)), None)
         response: web.StreamResponse
+        if fault is not None and fault.after_effect:
+            with contextlib.suppress(Exception):
+                await handler(request)
+            if fault.status == 0:  # the connection drops before the answer: the bot can't know it worked
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.remove(fault)
+                rec.faulted = True
+                self.requests.append(rec)
+                self._notify()
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError
         if fault is not None:
             fault.times -= 1
             if fault.times <= 0:
@@ -872,6 +921,15 @@ class DiscordEmulator:
         rec.status = response.status
         self.requests.append(rec)
         self._notify()
+        # Write the answer here (not after returning) so that "the bot has been sent every answer" is knowable:
+        # interactions aimed at a message wait for it (see _before_user_acts_on_a_message).
+        self.answers_in_flight += 1
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        finally:
+            self.answers_in_flight -= 1
+            self._notify()
         return response
 
     async def _record(self, request: web.Request) -> RecordedRequest:
@@ -1399,6 +1457,16 @@ class DiscordEmulator:
         voice = bool(flags & FLAG_VOICE_MESSAGE)
         if voice:
             self._check_voice(cid, payload, files)
+        nonce = payload.get("nonce")
+        if nonce is not None and len(str(nonce)) > 25:
+            raise _form_error("nonce", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+        if nonce is not None and payload.get("enforce_nonce"):
+            # Discord: the same author and nonce within a few minutes returns that message, creates none.
+            for earlier in reversed(list(self.messages.values())):
+                if (earlier.channel_id == cid and earlier.data.get("nonce") == str(nonce)
+                        and earlier.author_id == self.bot_user.id and self.now() - earlier.created_at < NONCE_WINDOW):
+                    self.nonce_hits += 1
+                    return self._json(earlier.to_dict())
         attachments = self._build_attachments(payload, files, cid, voice=voice)
         self._validate_content(payload, attachments)
         msg = self._new_message(cid, self.bot_user, source="channel", content=payload.get("content") or "",
@@ -1407,6 +1475,8 @@ class DiscordEmulator:
         if payload.get("message_reference"):
             msg.data["message_reference"] = payload["message_reference"]
             msg.data["type"] = 19
+        if nonce is not None:
+            msg.data["nonce"] = str(nonce)
         await self._dispatch_message("MESSAGE_CREATE", msg)
         return self._json(msg.to_dict())
 
@@ -1789,7 +1859,14 @@ class DiscordEmulator:
             data["values"] = values
         payload = self._interaction_payload(3, user, data, channel_id=msg.channel_id, attachment_size_limit=None,
                                             app_permissions=None, locale=None, message=msg)
+        await self._before_user_acts_on_a_message()
         return await self._inject(payload, user, source_message=msg)
+
+    async def _before_user_acts_on_a_message(self) -> None:
+        """A person clicks (or submits a modal) only after seeing the message, and Discord has answered the
+        request that made it by then: wait until every answer is written to the bot, then a reaction time."""
+        await self.wait_until(lambda: self.answers_in_flight == 0, 5.0, "the emulator's answers to be sent")
+        await asyncio.sleep(self.reaction_time)
 
     async def select(self, user: EmuUser | int, message: EmuMessage | Mapping | int, custom_id: str,
                      values: list[str]) -> EmuInteraction:
@@ -1810,6 +1887,7 @@ class DiscordEmulator:
                            validate: bool = True) -> EmuInteraction:
         """The user submits the modal ``custom_id`` the bot opened, with ``{text_input_custom_id: value}``
         (select / file-upload fields take lists). Fields not given keep their default value."""
+        await self._before_user_acts_on_a_message()
         modal = self.last_modal(token, custom_id) if token else self.last_modal(None, custom_id)
         if modal is None:
             raise LookupError(f"the bot never opened a modal with custom_id {custom_id!r}")
