@@ -182,3 +182,17 @@ def test_any_text_is_refused_in_one_line_or_usable(name, value):
         return
     if CHECKS[name](config) is False:
         pytest.fail(f"{name}={value!r} gave an unusable {config!r}")
+
+
+def test_readme_and_env_example_document_every_variable():
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Performance")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    example = (root / ".env.example").read_text()
+    for name in CHECKS:
+        [row] = [r for r in rows if f"`{name}`" in r.split("|")[1]]
+        assert len(row.split("|")) == 6, f"README's row for {name} needs name, default, allowed, meaning"
+        assert f"\n{name}=" in example or f"\n#{name}=" in example, f".env.example lacks {name}"
+    for model in TTS_MODELS:
+        assert f"`{model}`" in table
