@@ -12,8 +12,10 @@ import asyncio
 import errno
 import importlib.metadata
 import logging
+import os
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 import tomllib
@@ -56,8 +58,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Unreachable(Exception):
-    """The bot could not reach a service it needs at start-up; ``str()`` is the one line operators see."""
+class StartupFailure(Exception):
+    """The bot could not start (a service it needs is unreachable, its database or HTTP port unusable);
+    ``str()`` is the one line operators see."""
 
 
 class _FirstGatewayFailure(logging.Filter):
@@ -77,7 +80,8 @@ class _FirstGatewayFailure(logging.Filter):
         self._closing: asyncio.Task | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.client.ws is not None or not record.exc_info or record.exc_info[1] is None:
+        if (self.client.ws is not None or not record.exc_info or record.exc_info[1] is None
+                or not str(record.msg).startswith("Attempting a reconnect")):
             return True
         if self.error is None:
             self.error = record.exc_info[1]
@@ -97,11 +101,19 @@ async def _run(config: Config) -> None:
         loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(client.close()))
         try:
             await client.login(str(config.discord_token))
-        except (OSError, aiohttp.ClientError, TimeoutError, discord.DiscordServerError) as exc:
+        except (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException) as exc:
             if client.user is None:  # discord.py's own login (GET /users/@me) failed, before our setup_hook
-                raise Unreachable(f"can't reach Discord at {_address(exc, config.discord_api_base)}: "
-                                  f"{_reason(exc)}") from exc
-            raise
+                raise StartupFailure(f"can't reach Discord at {_address(exc, config.discord_api_base)}: "
+                                     f"{_reason(exc)}") from exc
+            line = _setup_failure(exc, config)
+            if line is None:
+                raise
+            log.debug("start-up failed", exc_info=exc)
+            raise StartupFailure(line) from exc
+        except sqlite3.Error as exc:
+            log.debug("start-up failed", exc_info=exc)
+            raise StartupFailure(f"can't open the database {config.database_path}: {_one_line(str(exc))}; check "
+                                 "DATABASE_PATH") from exc
         first = _FirstGatewayFailure(client)
         client_log = logging.getLogger("discord.client")
         client_log.addFilter(first)
@@ -117,8 +129,24 @@ async def _run(config: Config) -> None:
             raise _gateway_unreachable(config, first.error)
 
 
-def _gateway_unreachable(config: Config, error: BaseException) -> Unreachable:
-    return Unreachable(f"can't reach the Discord gateway at {_address(error, config.discord_gateway_url)}: "
+def _setup_failure(exc: BaseException, config: Config) -> str | None:
+    """One line for what commonly fails in the bot's own set-up (after the Discord login), else None."""
+    if not isinstance(exc, OSError) or not isinstance(exc.errno, int):
+        return None
+    if exc.filename is not None:  # creating the database's directory, opening the file
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            reason = f"{exc.filename} is a file, not a directory"
+        else:
+            reason = f"{os.strerror(exc.errno).lower()} ({exc.filename})"
+        return f"can't open the database {config.database_path}: {reason}; check DATABASE_PATH"
+    if config.public_base_url and exc.errno in {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}:
+        return (f"can't serve HTTP on port {config.http_port}: {os.strerror(exc.errno).lower()}; choose another "
+                "HTTP_PORT")
+    return None
+
+
+def _gateway_unreachable(config: Config, error: BaseException) -> StartupFailure:
+    return StartupFailure(f"can't reach the Discord gateway at {_address(error, config.discord_gateway_url)}: "
                        f"{_reason(error)}")
 
 
@@ -191,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(_run(config))
     except KeyboardInterrupt:
         log.info("stopped")
-    except Unreachable as exc:
+    except StartupFailure as exc:
         return _fail(str(exc), config)
     except Exception as exc:  # a login failure and the like: one line, no traceback for operators
         import discord
