@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -165,7 +165,7 @@ def test_every_config_field_has_a_property_check():
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None)
 @given(value=values)
 @example(value="1e999")
 @example(value="nan")
