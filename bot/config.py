@@ -1,12 +1,17 @@
 """Configuration: one frozen, typed object built once from the environment (and ``.env``).
 
-Every name and default here is fixed by SPEC §2. ``load_config`` raises :class:`ConfigError` with one
-line naming the offending variable; ``bot.__main__`` turns that into exit code 2.
+Every name and default here is fixed by SPEC §2. Every variable has a documented range or format
+(README's configuration table), checked completely here: ``load_config`` raises :class:`ConfigError`
+with one printable line naming the offending variable and what it accepts (a secret's value is never
+shown); ``bot.__main__`` turns that into exit code 2. Nothing out of range gets past start-up.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
@@ -83,9 +88,39 @@ class Config:
         return f"Config({shown})"
 
 
+# -- parsing ---------------------------------------------------------------------------------------
+# Every variable has a documented range or format (README's configuration table); anything else is a
+# ConfigError: one printable line naming the variable and what it accepts. Raw values are shown only
+# shortened and repr()-escaped (never a line break or a terminal escape), and secrets never.
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SYNC_MODES = ("auto", "off", "always")
+
+#: Discord ids ("snowflakes") of the present day have 17–20 digits and fit in 64 bits.
+SNOWFLAKE_MIN, SNOWFLAKE_MAX = 10**16, 2**64 - 1
+CLONE_DAILY_LIMIT_MAX = 100
+SAY_MAX_CHARS_MAX = 10_000
+SAY_COOLDOWN_MAX_SECONDS = 3600
+#: A daily budget is 0 (unlimited) or between these, in micro-dollars ($0.001 and $10,000).
+BUDGET_MIN_MICROS, BUDGET_MAX_MICROS = 1_000, 10_000 * 1_000_000
+MONEY_DECIMALS = 6  # the bot counts in micro-dollars: a finer amount can't be honoured, so it is refused
+VOICE_NAME_MAX = 64
+SECRET_MAX = 512
+URL_MAX = 2048
+PATH_MAX = 4096
+RAW_MAX = 4096  # longer than any valid value of any variable; refused before any parsing
+
+_DIGITS = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_MODEL_BY_KEY = {m.casefold(): m for m in TTS_MODELS}
+
+
+def _show(raw: str, limit: int = 40) -> str:
+    """``raw`` for an error message: shortened, then repr()-escaped, so it is always one printable line."""
+    return repr(raw if len(raw) <= limit else raw[: limit - 1] + "…")
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -93,6 +128,8 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     if value is None:
         return None
     value = value.strip()
+    if len(value) > RAW_MAX:
+        raise ConfigError(f"{name} is {len(value):,} characters long; no valid value is longer than {RAW_MAX:,}")
     return value or None
 
 
@@ -100,6 +137,10 @@ def _required(env: Mapping[str, str], name: str) -> Secret:
     value = _get(env, name)
     if value is None:
         raise ConfigError(f"{name} is required but missing or empty")
+    if len(value) > SECRET_MAX or not all("!" <= ch <= "~" for ch in value):
+        # Never echo any part of a secret. A pasted token with a line break or "Bot " in front is a mistake.
+        raise ConfigError(f"{name} must be the bare {'token' if 'TOKEN' in name else 'key'}: at most {SECRET_MAX} "
+                          "printable ASCII characters, no spaces or line breaks inside; paste it again")
     return Secret(value)
 
 
@@ -111,73 +152,200 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw.lower() in _FALSE:
         return False
-    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+    raise ConfigError(f"{name} must be true or false (also yes/no, on/off, 1/0), not {_show(raw)}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 0,
-         maximum: int | None = None) -> int | None:
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], *, upper: bool) -> str:
     raw = _get(env, name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and at most {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{name} must be at least {minimum}{upper}, not {value}")
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {_show(raw)}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    allowed = f"a whole number from {minimum:,} to {maximum:,}"
+    if not _DIGITS.fullmatch(raw):
+        raise ConfigError(f"{name} must be {allowed} (digits only), not {_show(raw)}")
+    if len(raw.lstrip("0")) > len(str(maximum)) or not minimum <= int(raw) <= maximum:
+        raise ConfigError(f"{name} must be {allowed}, not {_show(raw)}")
+    return int(raw)
+
+
+def _is_snowflake(raw: str) -> bool:
+    return bool(_DIGITS.fullmatch(raw)) and 17 <= len(raw) <= 20 and SNOWFLAKE_MIN <= int(raw) <= SNOWFLAKE_MAX
 
 
 def _snowflake(env: Mapping[str, str], name: str) -> int | None:
-    value = _int(env, name, None, minimum=1)
-    return value
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    if not _is_snowflake(raw):
+        raise ConfigError(f"{name} must be a Discord id (17 to 20 digits; in Discord turn on Developer Mode, then "
+                          f"right-click → Copy ID), not {_show(raw)}")
+    return int(raw)
 
 
-def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+def _decimal(raw: str) -> tuple[Decimal, int] | None:
+    """Plain decimal text (digits, at most one point; no sign, exponent, nan or inf) → (value, decimals)."""
+    match = _DECIMAL.fullmatch(raw)
+    if match is None or not (match["int"] or match["frac"]):
+        return None
+    frac = match["frac"] or ""
+    return Decimal(f"{match['int'] or '0'}.{frac or '0'}"), len(frac)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, maximum: int) -> float:
     raw = _get(env, name)
     if raw is None:
         return default
-    url = URL(raw)
-    if url.scheme not in schemes or not url.host:
-        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, not {raw!r}")
+    parsed = _decimal(raw)
+    if parsed is None or parsed[1] > 3 or parsed[0] > maximum:
+        raise ConfigError(f"{name} must be a number of seconds from 0 to {maximum:,} (at most 3 decimals, "
+                          f"such as 2.5), not {_show(raw)}")
+    return float(parsed[0])
+
+
+def _money(env: Mapping[str, str], name: str, default_micros: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default_micros
+    parsed = _decimal(raw)
+    if parsed is not None and parsed[1] <= MONEY_DECIMALS and parsed[0] <= BUDGET_MAX_MICROS // 1_000_000:
+        micros = int(parsed[0] * 1_000_000)  # exact: at most 6 decimals and at most $10,000
+        if micros == 0 or BUDGET_MIN_MICROS <= micros <= BUDGET_MAX_MICROS:
+            return micros
+    # Never rounded: an amount below the smallest budget is refused, so it can't become 0 = unlimited.
+    raise ConfigError(f"{name} must be 0 (no limit) or a dollar amount from {_usd(BUDGET_MIN_MICROS)} to "
+                      f"{_usd(BUDGET_MAX_MICROS)} written like 5.00 (digits, at most {MONEY_DECIMALS} decimals, "
+                      f"no $ or sign), not {_show(raw)}")
+
+
+def _usd(micros: int) -> str:
+    amount = Decimal(micros) / 1_000_000
+    return f"${amount:,.2f}" if amount >= Decimal("0.01") else f"${amount.normalize():f}"
+
+
+def usd_to_micros(text: str) -> int:
+    """Parse a dollar amount exactly (no float) into integer micro-dollars (half up below a micro-dollar)."""
+    amount = Decimal(text)
+    if not amount.is_finite() or amount < 0:
+        raise InvalidOperation(text)
+    return int((amount * 1_000_000).to_integral_value())
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...],
+         example: str) -> str | None:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    allowed = f"a {' or '.join(s + '://' for s in schemes)} URL such as {example}"
+    if len(raw) > URL_MAX or any(ch.isspace() or not ch.isprintable() for ch in raw):
+        raise ConfigError(f"{name} must be {allowed} (no spaces or control characters), not {_show(raw)}")
+    try:
+        url = URL(raw)
+        scheme, host, port = url.scheme, url.raw_host, url.explicit_port
+        has_credentials = url.raw_user is not None or url.raw_password is not None
+        extra = bool(url.raw_query_string or url.raw_fragment or "?" in raw or "#" in raw)
+    except (ValueError, TypeError, UnicodeError):  # yarl: bad port, bad IPv6 literal, IDNA failure, …
+        raise ConfigError(f"{name} must be {allowed}, not {_show(raw)}") from None
+    if scheme not in schemes or not host or not _valid_host(host):
+        raise ConfigError(f"{name} must be {allowed}, not {_show(raw)}")
+    if has_credentials or "@" in raw.split("//", 1)[-1].split("/", 1)[0]:
+        raise ConfigError(f"{name} must not carry a user name or password (user:password@host); "
+                          "remove them from the URL")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be {allowed} with a port from 1 to 65535, not {_show(raw)}")
+    if extra:
+        raise ConfigError(f"{name} must be {allowed} without ?query or #fragment, not {_show(raw)}")
     return raw.rstrip("/")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS name (labels of letters, digits, - and _, at most 63 each, 253 in all)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def _path(env: Mapping[str, str], name: str, default: str) -> Path:
+    raw = _get(env, name)
+    if raw is None:
+        return Path(default)
+    if len(raw) > PATH_MAX or any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in raw):
+        raise ConfigError(f"{name} must be a file path (no control characters or undecodable bytes, at most "
+                          f"{PATH_MAX:,} characters), not {_show(raw)}")
+    path = Path(raw)
+    try:
+        is_dir = raw.endswith(("/", os.sep)) or path.is_dir()
+    except (OSError, ValueError):  # e.g. a name longer than the file system allows
+        raise ConfigError(f"{name} must be a usable file path, not {_show(raw)}") from None
+    if is_dir or path.name in {"", ".", ".."}:
+        raise ConfigError(f"{name} must be the path of the database file, not a directory: {_show(raw)}")
+    return path
+
+
+def _model(env: Mapping[str, str], name: str, default: str, *, family: str = "") -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    allowed = [m for m in TTS_MODELS if m.startswith(family)]
+    model = _MODEL_BY_KEY.get(raw.casefold())
+    if model not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {_show(raw)}")
+    return model
+
+
+def _voice(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if len(raw) > VOICE_NAME_MAX or any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in raw):
+        raise ConfigError(f"{name} must be a voice name such as af_bella (1 to {VOICE_NAME_MAX} characters, no "
+                          f"spaces or control characters), not {_show(raw)}")
+    return raw
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int] | None:
     raw = _get(env, name)
     if raw is None:
         return None
-    ids: set[int] = set()
-    for part in raw.replace(",", " ").split():
-        if not part.isdigit() or int(part) < 1:
-            raise ConfigError(f"{name} must be server ids separated by commas, not {part!r}")
-        ids.add(int(part))
-    return frozenset(ids) or None
+    parts = raw.replace(",", " ").split()
+    for part in parts:
+        if not _is_snowflake(part):
+            raise ConfigError(f"{name} must list server ids (Discord ids of 17 to 20 digits) separated by commas; "
+                              f"{_show(part)} is not one")
+    ids = frozenset(int(part) for part in parts)
+    if not ids:
+        raise ConfigError(f"{name} must list server ids separated by commas (or be unset for any server), "
+                          f"not {_show(raw)}")
+    return ids
 
 
-def _name_list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+def _model_list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     raw = _get(env, name)
     if raw is None:
         return None
-    names = tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
-    return names or None
-
-
-def _money(env: Mapping[str, str], name: str, default: str) -> int:
-    raw = _get(env, name) or default
-    try:
-        return usd_to_micros(raw)
-    except (InvalidOperation, ValueError):
-        raise ConfigError(f"{name} must be a dollar amount such as 5.00, not {raw!r}") from None
-
-
-def usd_to_micros(text: str) -> int:
-    """Parse a dollar amount exactly (no float) into integer micro-dollars."""
-    amount = Decimal(text)
-    if not amount.is_finite() or amount < 0:
-        raise InvalidOperation(text)
-    return int((amount * 1_000_000).to_integral_value())
+    models: dict[str, None] = {}
+    for part in raw.replace(",", " ").split():
+        model = _MODEL_BY_KEY.get(part.casefold())
+        if model is None:
+            raise ConfigError(f"{name} must list models separated by commas, each one of {', '.join(TTS_MODELS)}; "
+                              f"not {_show(part)}")
+        models[model] = None
+    if not models:
+        raise ConfigError(f"{name} must list models separated by commas (or be unset for all of them), "
+                          f"not {_show(raw)}")
+    return tuple(models)
 
 
 def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Config:
@@ -189,52 +357,40 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
             load_dotenv(Path.cwd() / ".env", override=False)
         env = os.environ
 
-    sync = (_get(env, "SYNC_COMMANDS") or "auto").lower()
-    if sync not in {"auto", "off", "always"}:
-        raise ConfigError(f"SYNC_COMMANDS must be auto, off or always, not {sync!r}")
-
-    log_level = (_get(env, "LOG_LEVEL") or "INFO").upper()
-    if log_level not in _LOG_LEVELS:
-        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(sorted(_LOG_LEVELS))}, not {log_level!r}")
-
-    raw_budget = _get(env, "GUILD_DAILY_BUDGET_USD") or "5.00"
-    try:
-        budget = usd_to_micros(raw_budget)
-    except (InvalidOperation, ValueError):
-        raise ConfigError(f"GUILD_DAILY_BUDGET_USD must be a dollar amount such as 5.00, not {raw_budget!r}") from None
-
-    raw_cooldown = _get(env, "SAY_COOLDOWN_SECONDS") or "3"
-    try:
-        cooldown = float(Decimal(raw_cooldown))
-        if cooldown < 0:
-            raise ValueError
-    except (InvalidOperation, ValueError):
-        raise ConfigError(f"SAY_COOLDOWN_SECONDS must be a number of seconds, not {raw_cooldown!r}") from None
+    discord_token = _required(env, "DISCORD_TOKEN")
+    nanogpt_api_key = _required(env, "NANOGPT_API_KEY")
+    allowed_models = _model_list(env, "ALLOWED_TTS_MODELS")
+    default_model = _model(env, "DEFAULT_TTS_MODEL", "Kokoro-82m")
+    if allowed_models is not None and default_model not in allowed_models:
+        raise ConfigError(f"DEFAULT_TTS_MODEL {default_model} is not in ALLOWED_TTS_MODELS; add it there or set "
+                          f"DEFAULT_TTS_MODEL to one of {', '.join(allowed_models)}")
 
     return Config(
-        discord_token=_required(env, "DISCORD_TOKEN"),
-        nanogpt_api_key=_required(env, "NANOGPT_API_KEY"),
-        nanogpt_base_url=_url(env, "NANOGPT_BASE_URL", "https://nano-gpt.com/api", ("http", "https")),
-        database_path=Path(_get(env, "DATABASE_PATH") or "data/nanovoice.sqlite3"),
-        discord_api_base=_url(env, "DISCORD_API_BASE", "https://discord.com/api/v10", ("http", "https")),
-        discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", DISCORD_GATEWAY_DEFAULT, ("ws", "wss"))
-        or DISCORD_GATEWAY_DEFAULT,
+        discord_token=discord_token,
+        nanogpt_api_key=nanogpt_api_key,
+        nanogpt_base_url=_url(env, "NANOGPT_BASE_URL", "https://nano-gpt.com/api", ("https", "http"),
+                              "https://nano-gpt.com/api"),
+        database_path=_path(env, "DATABASE_PATH", "data/nanovoice.sqlite3"),
+        discord_api_base=_url(env, "DISCORD_API_BASE", "https://discord.com/api/v10", ("https", "http"),
+                              "https://discord.com/api/v10"),
+        discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", DISCORD_GATEWAY_DEFAULT, ("wss", "ws"),
+                                 DISCORD_GATEWAY_DEFAULT) or DISCORD_GATEWAY_DEFAULT,
         dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
-        sync_commands=sync,
-        default_tts_model=_get(env, "DEFAULT_TTS_MODEL") or "Kokoro-82m",
-        default_tts_voice=_get(env, "DEFAULT_TTS_VOICE") or "af_bella",
-        minimax_tts_model=_get(env, "MINIMAX_TTS_MODEL") or "Minimax-Speech-02-HD",
-        qwen_tts_model=_get(env, "QWEN_TTS_MODEL") or "Qwen-3-TTS-1.7B",
+        sync_commands=_choice(env, "SYNC_COMMANDS", "auto", _SYNC_MODES, upper=False),
+        default_tts_model=default_model,
+        default_tts_voice=_voice(env, "DEFAULT_TTS_VOICE", "af_bella"),
+        minimax_tts_model=_model(env, "MINIMAX_TTS_MODEL", "Minimax-Speech-02-HD", family="Minimax-"),
+        qwen_tts_model=_model(env, "QWEN_TTS_MODEL", "Qwen-3-TTS-1.7B", family="Qwen-"),
         clone_confirm=_bool(env, "CLONE_CONFIRM", True),
-        clone_daily_limit=_int(env, "CLONE_DAILY_LIMIT", 3),
-        say_max_chars=_int(env, "SAY_MAX_CHARS", 1000, minimum=1, maximum=10_000),
-        say_cooldown_seconds=cooldown,
-        guild_daily_budget_micros=budget,
-        public_base_url=_url(env, "PUBLIC_BASE_URL", None, ("http", "https")),
+        clone_daily_limit=_int(env, "CLONE_DAILY_LIMIT", 3, minimum=0, maximum=CLONE_DAILY_LIMIT_MAX),
+        say_max_chars=_int(env, "SAY_MAX_CHARS", 1000, minimum=1, maximum=SAY_MAX_CHARS_MAX),
+        say_cooldown_seconds=_seconds(env, "SAY_COOLDOWN_SECONDS", 3.0, maximum=SAY_COOLDOWN_MAX_SECONDS),
+        guild_daily_budget_micros=_money(env, "GUILD_DAILY_BUDGET_USD", 5_000_000),
+        public_base_url=_url(env, "PUBLIC_BASE_URL", None, ("https", "http"), "https://nanovoice.example.com"),
         http_port=_int(env, "HTTP_PORT", 8080, minimum=1, maximum=65535),
         embedding_channel_id=_snowflake(env, "EMBEDDING_CHANNEL_ID"),
-        log_level=log_level,
+        log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
         allowed_guild_ids=_id_set(env, "ALLOWED_GUILD_IDS"),
-        allowed_tts_models=_name_list(env, "ALLOWED_TTS_MODELS"),
-        bot_daily_budget_micros=_money(env, "BOT_DAILY_BUDGET_USD", "0"),
+        allowed_tts_models=allowed_models,
+        bot_daily_budget_micros=_money(env, "BOT_DAILY_BUDGET_USD", 0),
     )

@@ -1,4 +1,6 @@
-"""``nanovoice check``: is this installation ready to run? One line per check, non-zero on any problem.
+"""``nanovoice check``: is this installation ready to run? Each check is announced as it starts
+(``checking …``, flushed) and followed by its result lines; non-zero on any problem. A check that gets no
+answer for :data:`CHECK_TIMEOUT` seconds (10) is given up with a ``problem:`` line naming what didn't answer.
 
 The configuration was already validated by ``load_config`` (a bad value never gets here: exit 2).
 Then, each independent of the others:
@@ -13,7 +15,7 @@ Then, each independent of the others:
 * **ffmpeg** — the bundled binary runs and has the encoders the bot uses.
 * **Database** — opens ``DATABASE_PATH``, applies migrations, writes and reads back a row.
 
-Output lines start with ``ok:``, ``note:`` (worth knowing, not a failure) or ``problem:``. No secret is
+Result lines start with ``ok:``, ``note:`` (worth knowing, not a failure) or ``problem:``. No secret is
 ever printed: every line is scrubbed of the token and the key before it is written.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import secrets
@@ -52,7 +55,9 @@ NEEDED: tuple[tuple[str, str], ...] = (
 )
 INVITE_PERMISSIONS = sum(getattr(discord.Permissions, name).flag for name, _ in NEEDED)  # 70368744295424
 MAX_GUILDS_CHECKED = 50  # permission checks cost two requests per server; sample the first ones
-DISCORD_TIMEOUT = 60.0
+#: Each check is given up (a ``problem:`` line naming what didn't answer) after this long without an answer.
+CHECK_TIMEOUT = 10.0
+DISCORD_TIMEOUT = 60.0  # the Discord check in all, however steadily Discord answers
 NANOGPT_TIMEOUT = 45.0
 FFMPEG_TIMEOUT = 30.0
 FFMPEG_ENCODERS = ("libmp3lame", "libopus")
@@ -85,21 +90,49 @@ def _printer(line: str) -> None:
     print(line, flush=True)
 
 
+@dataclass(frozen=True)
+class Check:
+    label: str  # shown before the check runs: "checking {label}…"
+    run: Callable[[Config], Awaitable[CheckResult]]
+    silent: str  # the problem when it times out: "{silent} didn't answer within 10 s; {advice}"
+    advice: str
+
+
+def checks(config: Config) -> tuple[Check, ...]:
+    """The checks after the configuration, in the order they run."""
+    return (
+        Check(f"Discord at {config.discord_api_base}", check_discord, f"Discord at {config.discord_api_base}",
+              "check DISCORD_API_BASE and the network"),
+        Check(f"NanoGPT at {config.nanogpt_base_url}", check_nanogpt, f"NanoGPT at {config.nanogpt_base_url}",
+              "check NANOGPT_BASE_URL and the network"),
+        Check("ffmpeg", check_ffmpeg, "ffmpeg", "check that the bundled ffmpeg runs on this machine"),
+        Check(f"the database {config.database_path}", check_database, f"the database {config.database_path}",
+              "is another program holding it locked? check DATABASE_PATH"),
+    )
+
+
 async def run_check(config: Config, *, report: Report = _printer) -> int:
-    """Run every check, write one line each through ``report``; returns 0 when all passed, else 1."""
+    """Run every check, each announced before it runs and then its result lines, all through ``report``
+    (which flushes); returns 0 when all passed, else 1. A check without an answer for
+    :data:`CHECK_TIMEOUT` seconds is a ``problem:`` line naming what didn't answer."""
     quiet = _quiet_loggers()
     secret_values = redaction_list(config.secrets)
     total = CheckResult()
 
+    def say(line: str) -> None:
+        report(redact(line, secret_values))
+
     def emit(result: CheckResult) -> None:
         for line in result.lines:
-            report(redact(line, secret_values))
+            say(line)
         total.problems += result.problems
 
     try:
+        say("checking the configuration…")
         emit(check_config(config))
-        for check in (check_discord, check_nanogpt, check_ffmpeg, check_database):
-            emit(await _guarded(check, config))
+        for check in checks(config):
+            say(f"checking {check.label}…")
+            emit(await _timed(check, config))
     finally:
         quiet()
     if total.problems:
@@ -109,11 +142,39 @@ async def run_check(config: Config, *, report: Report = _printer) -> int:
     return 0
 
 
+_deadline: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar("check_deadline", default=None)
+
+
+def _answered() -> None:
+    """The running check got an answer: it has :data:`CHECK_TIMEOUT` again for the next one, so a Discord
+    that answers slowly for many servers is no timeout; only silence is."""
+    deadline = _deadline.get()
+    if deadline is not None:
+        deadline.reschedule(asyncio.get_running_loop().time() + CHECK_TIMEOUT)
+
+
+async def _timed(check: Check, config: Config) -> CheckResult:
+    """The check, given up after :data:`CHECK_TIMEOUT` seconds without an answer."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT) as deadline:
+            token = _deadline.set(deadline)
+            try:
+                return await _guarded(check.run, config)
+            finally:
+                _deadline.reset(token)
+    except TimeoutError:
+        result = CheckResult()
+        result.problem(f"{check.silent} didn't answer within {CHECK_TIMEOUT:g} s; {check.advice}")
+        return result
+
+
 async def _guarded(check: Callable[[Config], Awaitable[CheckResult]], config: Config) -> CheckResult:
     """A check that crashes is a problem line, not a traceback."""
     try:
         return await check(config)
     except Exception as exc:
+        if isinstance(exc, TimeoutError) and _deadline.get() is not None and _deadline.get().expired():
+            raise  # our own deadline: _timed says what didn't answer
         result = CheckResult()
         name = check.__name__.removeprefix("check_")
         result.problem(f"the {name} check failed unexpectedly: {type(exc).__name__}: {_one_line(str(exc))}")
@@ -188,6 +249,7 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
     except (aiohttp.ClientError, OSError) as exc:
         result.problem(f"cannot reach Discord at {config.discord_api_base}: {_describe(exc)}")
         return
+    _answered()
     bot_id = int(me["id"])
     name = me.get("username", "?")
 
@@ -195,6 +257,7 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
     after: int | None = None
     while True:  # 200 per page
         page = await http.get_guilds(200, after=after, with_counts=False)
+        _answered()
         guilds.extend(page)
         if len(page) < 200:
             break
@@ -202,6 +265,7 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
     application_id = bot_id
     try:
         application_id = int((await http.application_info())["id"])
+        _answered()
     except (discord.HTTPException, KeyError, ValueError):
         pass
     if not guilds:
@@ -253,9 +317,11 @@ async def _guild_permissions(http: discord.http.HTTPClient, guild: dict, bot_id:
     """
     guild_id = int(guild["id"])
     full = await http.get_guild(guild_id, with_counts=False)
+    _answered()
     if guild.get("owner") or str(full.get("owner_id")) == str(bot_id):
         return discord.Permissions.all()
     member = await http.get_member(guild_id, bot_id)
+    _answered()
     by_id = {int(r["id"]): int(r.get("permissions", 0)) for r in full.get("roles", [])}
     value = by_id.get(guild_id, 0)  # @everyone has the guild's id
     for role_id in member.get("roles", []):

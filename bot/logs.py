@@ -1,4 +1,5 @@
-"""Logging, set up once at start: discord.py's formatter, LOG_LEVEL, and secret redaction."""
+"""Logging, set up once at start: discord.py's formatter, LOG_LEVEL, secret redaction, and no voice-support
+warnings."""
 
 from __future__ import annotations
 
@@ -49,6 +50,28 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+#: discord.py's start-up warnings about optional voice-channel libraries, word for word (discord/client.py).
+VOICE_SUPPORT_WARNINGS = frozenset({
+    "PyNaCl is not installed, voice will NOT be supported",
+    "davey is not installed, voice will NOT be supported",
+})
+
+
+class DropVoiceSupportWarnings(logging.Filter):
+    """Drops exactly discord.py's two "voice will NOT be supported" warnings.
+
+    They are about joining voice channels, which the bot doesn't do (voice *messages* are files and need
+    neither library), so at start-up they only alarm operators. When the bot starts using voice channels,
+    install ``discord.py[voice]`` and remove this filter.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and record.msg in VOICE_SUPPORT_WARNINGS)
+
+
+_DROP_VOICE_WARNINGS = DropVoiceSupportWarnings()
+
+
 def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """Configure the root logger once: discord.py's handler, our level, ``discord.http`` at WARNING."""
     discord.utils.setup_logging(level=getattr(logging, level.upper(), logging.INFO), root=True)
@@ -56,6 +79,7 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(redactor)
     logging.getLogger("discord.http").setLevel(logging.WARNING)
+    logging.getLogger("discord.client").addFilter(_DROP_VOICE_WARNINGS)  # added once: filters are a set
     # aiosqlite's DEBUG lines print every SQL parameter, embedding URL tokens included.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
     logging.getLogger("discord.gateway").setLevel(max(logging.INFO, logging.getLogger().level))

@@ -42,12 +42,12 @@ def test_every_variable_is_read():
         "DATABASE_PATH": "/tmp/x.sqlite3",
         "DISCORD_API_BASE": "http://127.0.0.1:9/api/v10",
         "DISCORD_GATEWAY_URL": "ws://127.0.0.1:9/gateway",
-        "DEV_GUILD_ID": "123",
+        "DEV_GUILD_ID": "1234567890123456789",
         "SYNC_COMMANDS": "off",
         "DEFAULT_TTS_MODEL": "tts-1",
         "DEFAULT_TTS_VOICE": "alloy",
         "MINIMAX_TTS_MODEL": "Minimax-Speech-2.8-HD",
-        "QWEN_TTS_MODEL": "Qwen-X",
+        "QWEN_TTS_MODEL": "qwen-3-tts-1.7b",
         "CLONE_CONFIRM": "false",
         "CLONE_DAILY_LIMIT": "0",
         "SAY_MAX_CHARS": "200",
@@ -55,19 +55,34 @@ def test_every_variable_is_read():
         "GUILD_DAILY_BUDGET_USD": "0.10",
         "PUBLIC_BASE_URL": "https://bot.example.org",
         "HTTP_PORT": "9000",
-        "EMBEDDING_CHANNEL_ID": "456",
+        "EMBEDDING_CHANNEL_ID": "98765432109876543",
         "LOG_LEVEL": "debug",
+        "ALLOWED_GUILD_IDS": "1234567890123456789, 18446744073709551615 1234567890123456789",
+        "ALLOWED_TTS_MODELS": "TTS-1,kokoro-82m tts-1",
+        "BOT_DAILY_BUDGET_USD": "20.5",
     })
     assert config.nanogpt_base_url == "http://127.0.0.1:9/api"
     assert str(config.database_path) == "/tmp/x.sqlite3"
     assert config.discord_gateway_url == "ws://127.0.0.1:9/gateway"
-    assert config.dev_guild_id == 123 and config.embedding_channel_id == 456
+    assert config.dev_guild_id == 1234567890123456789 and config.embedding_channel_id == 98765432109876543
+    assert (config.default_tts_model, config.default_tts_voice) == ("tts-1", "alloy")
+    assert config.minimax_tts_model == "Minimax-Speech-2.8-HD"
+    assert config.qwen_tts_model == "Qwen-3-TTS-1.7B"  # NanoGPT's spelling
     assert config.sync_commands == "off" and config.clone_confirm is False
     assert config.clone_daily_limit == 0 and config.say_max_chars == 200
     assert config.say_cooldown_seconds == 1.5
     assert config.guild_daily_budget_micros == 100_000
     assert config.public_base_url == "https://bot.example.org" and config.http_port == 9000
     assert config.log_level == "DEBUG"
+    assert config.allowed_guild_ids == frozenset({1234567890123456789, 2**64 - 1})
+    assert config.allowed_tts_models == ("tts-1", "Kokoro-82m")
+    assert config.bot_daily_budget_micros == 20_500_000
+
+
+def test_new_operator_controls_default_to_no_restriction():
+    config = load_config(BASE)
+    assert config.allowed_guild_ids is None and config.allowed_tts_models is None
+    assert config.bot_daily_budget_micros == 0
 
 
 @pytest.mark.parametrize(
@@ -92,6 +107,127 @@ def test_invalid_values_name_the_variable(env, named):
         load_config(env)
     message = str(info.value)
     assert named in message and "\n" not in message
+
+
+# Each of these passed start-up before and broke (or silently changed meaning) later.
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GUILD_DAILY_BUDGET_USD", "1e999"),  # was accepted, then "something went wrong" on the first reservation
+        ("GUILD_DAILY_BUDGET_USD", "0.0000001"),  # was rounded to 0 = unlimited
+        ("GUILD_DAILY_BUDGET_USD", "0.0004"),  # below the smallest budget: never "unlimited"
+        ("GUILD_DAILY_BUDGET_USD", "10000.01"),
+        ("GUILD_DAILY_BUDGET_USD", "-0"),
+        ("GUILD_DAILY_BUDGET_USD", "+5"),
+        ("GUILD_DAILY_BUDGET_USD", "$5"),
+        ("GUILD_DAILY_BUDGET_USD", "NaN"),
+        ("GUILD_DAILY_BUDGET_USD", "5.0000001"),
+        ("BOT_DAILY_BUDGET_USD", "Infinity"),
+        ("BOT_DAILY_BUDGET_USD", "1E+2"),
+        ("BOT_DAILY_BUDGET_USD", "five"),
+        ("SAY_COOLDOWN_SECONDS", "nan"),  # was: cooldown off
+        ("SAY_COOLDOWN_SECONDS", "inf"),  # was: a crash on the next /say
+        ("SAY_COOLDOWN_SECONDS", "-1"),
+        ("SAY_COOLDOWN_SECONDS", "3601"),
+        ("SAY_COOLDOWN_SECONDS", "1e1"),
+        ("CLONE_DAILY_LIMIT", "101"),  # was unbounded
+        ("CLONE_DAILY_LIMIT", "9" * 5000),
+        ("CLONE_DAILY_LIMIT", "\u0663"),  # an Arabic-Indic 3: int() accepts it
+        ("CLONE_DAILY_LIMIT", "1_0"),
+        ("SAY_MAX_CHARS", "0"),
+        ("SAY_MAX_CHARS", "10001"),
+        ("HTTP_PORT", "0"),
+        ("HTTP_PORT", "65536"),
+        ("DEV_GUILD_ID", "123"),  # not a Discord id
+        ("DEV_GUILD_ID", "18446744073709551616"),  # 2**64: beyond 64 bits
+        ("EMBEDDING_CHANNEL_ID", "-123456789012345678"),
+        ("ALLOWED_GUILD_IDS", "123456789012345678,abc"),
+        ("ALLOWED_GUILD_IDS", ", ,"),
+        ("ALLOWED_TTS_MODELS", "Kokoro-82m,eleven"),
+        ("ALLOWED_TTS_MODELS", ","),
+        ("ALLOWED_TTS_MODELS", "tts-1"),  # DEFAULT_TTS_MODEL (Kokoro-82m) must be allowed
+        ("DEFAULT_TTS_MODEL", "Kokoro-82"),
+        ("MINIMAX_TTS_MODEL", "Kokoro-82m"),  # a MiniMax voice id means nothing to another model
+        ("QWEN_TTS_MODEL", "Qwen-X"),
+        ("DEFAULT_TTS_VOICE", "af bella"),
+        ("DEFAULT_TTS_VOICE", "x" * 65),
+        ("DEFAULT_TTS_VOICE", "af_\u200bbella"),
+        ("NANOGPT_BASE_URL", "https://nano-gpt.com:99999/api"),  # yarl raised a bare ValueError
+        ("NANOGPT_BASE_URL", "https://[::zz]/api"),
+        ("NANOGPT_BASE_URL", "https://user:secret@nano-gpt.com/api"),
+        ("NANOGPT_BASE_URL", "https://nano-gpt.com/api?x=1"),
+        ("NANOGPT_BASE_URL", "https://nano gpt.com/api"),
+        ("NANOGPT_BASE_URL", "https://\udcff.com/api"),  # an undecodable byte in the environment
+        ("DISCORD_API_BASE", "discord.com/api/v10"),
+        ("DISCORD_GATEWAY_URL", "wss://gateway..discord.gg"),
+        ("PUBLIC_BASE_URL", "https://:8080"),
+        ("DATABASE_PATH", "data/\x00db"),
+        ("DATABASE_PATH", "data/"),
+        ("SYNC_COMMANDS", "sometimes"),
+        ("LOG_LEVEL", "LOUD\n\x1b[31m"),
+        ("CLONE_CONFIRM", "maybe"),
+    ],
+)
+def test_out_of_range_values_are_one_line_naming_the_variable(name, value):
+    with pytest.raises(ConfigError) as info:
+        load_config({**BASE, name: value})
+    message = str(info.value)
+    assert name in message
+    assert message.isprintable(), message  # one line: no line break, no control character, no escape sequence
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("GUILD_DAILY_BUDGET_USD", "0", "guild_daily_budget_micros", 0),
+        ("GUILD_DAILY_BUDGET_USD", "0.001", "guild_daily_budget_micros", 1_000),
+        ("GUILD_DAILY_BUDGET_USD", "10000", "guild_daily_budget_micros", 10_000_000_000),
+        ("GUILD_DAILY_BUDGET_USD", "2.500001", "guild_daily_budget_micros", 2_500_001),
+        ("GUILD_DAILY_BUDGET_USD", ".5", "guild_daily_budget_micros", 500_000),
+        ("BOT_DAILY_BUDGET_USD", "0.00", "bot_daily_budget_micros", 0),
+        ("BOT_DAILY_BUDGET_USD", "100", "bot_daily_budget_micros", 100_000_000),
+        ("SAY_COOLDOWN_SECONDS", "0", "say_cooldown_seconds", 0.0),
+        ("SAY_COOLDOWN_SECONDS", "3600", "say_cooldown_seconds", 3600.0),
+        ("SAY_COOLDOWN_SECONDS", "0.25", "say_cooldown_seconds", 0.25),
+        ("CLONE_DAILY_LIMIT", "100", "clone_daily_limit", 100),
+        ("CLONE_DAILY_LIMIT", "007", "clone_daily_limit", 7),
+        ("SAY_MAX_CHARS", "10000", "say_max_chars", 10_000),
+        ("HTTP_PORT", "65535", "http_port", 65535),
+        ("DEV_GUILD_ID", "10000000000000000", "dev_guild_id", 10**16),
+        ("DEV_GUILD_ID", "18446744073709551615", "dev_guild_id", 2**64 - 1),
+        ("ALLOWED_TTS_MODELS", "kokoro-82m", "allowed_tts_models", ("Kokoro-82m",)),
+        ("DEFAULT_TTS_MODEL", "ELEVENLABS-TURBO-V2.5", "default_tts_model", "Elevenlabs-Turbo-V2.5"),
+        ("DEFAULT_TTS_VOICE", "Rachel", "default_tts_voice", "Rachel"),
+        ("NANOGPT_BASE_URL", "http://[::1]:8080/api/", "nanogpt_base_url", "http://[::1]:8080/api"),
+        ("DISCORD_API_BASE", "http://rest-proxy:8080/api/v10", "discord_api_base", "http://rest-proxy:8080/api/v10"),
+        ("CLONE_CONFIRM", "Off", "clone_confirm", False),
+        ("CLONE_CONFIRM", "YES", "clone_confirm", True),
+        ("SYNC_COMMANDS", "ALWAYS", "sync_commands", "always"),
+    ],
+)
+def test_values_at_the_documented_bounds_are_accepted(name, value, field, expected):
+    assert getattr(load_config({**BASE, name: value}), field) == expected
+
+
+def test_database_path_that_is_a_directory_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="DATABASE_PATH must be the path of the database file, not a directory"):
+        load_config({**BASE, "DATABASE_PATH": str(tmp_path)})
+    assert load_config({**BASE, "DATABASE_PATH": str(tmp_path / "db.sqlite3")}).database_path == tmp_path / "db.sqlite3"
+
+
+@pytest.mark.parametrize("name", ["DISCORD_TOKEN", "NANOGPT_API_KEY"])
+@pytest.mark.parametrize("pasted", ["{secret}\n", "Bot {secret}", "{secret}\nmore", "{secret}\u00e9", "{secret}\x00"])
+def test_a_mangled_secret_is_refused_without_showing_it(name, pasted):
+    secret = "s3cr3t-value-0123456789"
+    value = pasted.format(secret=secret)
+    if value.strip() == secret:  # a trailing line break is only whitespace around the value: stripped, fine
+        assert str(getattr(load_config({**BASE, name: value}), name.lower())) == secret
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config({**BASE, name: value})
+    message = str(info.value)
+    assert name in message and message.isprintable()
+    assert "s3cr3t" not in message and "0123456789" not in message
 
 
 def test_secrets_never_in_repr():

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
-from aiohttp import web
+import pytest
+from aiohttp import ClientSession, web
 
+from bot import doctor
 from bot.config import Secret
 from bot.doctor import INVITE_PERMISSIONS, check_database, check_ffmpeg, check_nanogpt, health, invite_url
 from bot.storage import Database
@@ -138,3 +142,85 @@ def test_health_module_entry_point(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bot.doctor", "health"], cwd=root, env=env,
                           capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- every check is announced before it runs and given up after CHECK_TIMEOUT without an answer ------------
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[str]:
+    """Accepts connections and reads requests but never answers: http://127.0.0.1:PORT."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_check_that_never_answers_is_a_timeout_problem_after_it_was_announced(
+        monkeypatch, tmp_path, silent_server, fake_nanogpt):
+    monkeypatch.setattr(doctor, "CHECK_TIMEOUT", 0.5)
+    config = make_config(discord_api_base=f"{silent_server}/api/v10", nanogpt_base_url=fake_nanogpt.base_url,
+                         nanogpt_api_key=Secret(fake_nanogpt.api_key), database_path=tmp_path / "db.sqlite3")
+    loop = asyncio.get_running_loop()
+    shown: list[tuple[float, str]] = []
+    started = loop.time()
+    code = await doctor.run_check(config, report=lambda line: shown.append((loop.time() - started, line)))
+    lines = [line for _, line in shown]
+    assert code == 1
+    heading = f"checking Discord at {silent_server}/api/v10…"
+    problem = (f"problem: Discord at {silent_server}/api/v10 didn't answer within 0.5 s; check DISCORD_API_BASE "
+               "and the network")
+    assert lines[lines.index(heading) + 1] == problem
+    at = {line: when for when, line in shown}
+    assert 0.45 <= at[problem] - at[heading] < 3
+    assert [line for line in lines if line.startswith("problem:")] == [problem]
+    assert lines[-1] == "nanovoice check: 1 problem found"
+    assert lines.index(f"checking NanoGPT at {fake_nanogpt.base_url}…") == lines.index(problem) + 1
+
+
+async def test_a_slow_but_answering_discord_is_no_timeout(monkeypatch, tmp_path, discord_emulator, fake_nanogpt):
+    """Each Discord answer gives the check CHECK_TIMEOUT again: five answers 0.2 s apart take longer than
+    the timeout in all, and that is fine; silence is what times out."""
+    monkeypatch.setattr(doctor, "CHECK_TIMEOUT", 0.6)
+    forwarded: list[str] = []
+
+    async def slow_proxy(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        forwarded.append(request.path)
+        async with ClientSession() as session, session.request(
+                request.method, f"http://127.0.0.1:{discord_emulator.port}{request.path_qs}",
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+                data=await request.read()) as upstream:
+            return web.Response(status=upstream.status, body=await upstream.read(),
+                                content_type=upstream.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow_proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    proxy = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v10"
+    try:
+        config = make_config(discord_api_base=proxy, discord_token=Secret(discord_emulator.token),
+                             nanogpt_base_url=fake_nanogpt.base_url, nanogpt_api_key=Secret(fake_nanogpt.api_key),
+                             database_path=tmp_path / "db.sqlite3")
+        lines: list[str] = []
+        code = await doctor.run_check(config, report=lines.append)
+    finally:
+        await runner.cleanup()
+    assert code == 0, lines
+    assert len(forwarded) >= 5 and 0.2 * len(forwarded) > doctor.CHECK_TIMEOUT
+    bot = discord_emulator.bot_user
+    assert f"ok: logged in to Discord as {bot.name} ({bot.id}), in 1 server" in lines

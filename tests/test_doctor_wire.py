@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.doctor import INVITE_PERMISSIONS
+from bot.doctor import CHECK_TIMEOUT, INVITE_PERMISSIONS
 from bot.storage import Database
 from tests.fakes.discord import VIEW_CHANNEL, DiscordEmulator
 from tests.fakes.nanogpt import FakeNanoGPT
@@ -92,7 +92,19 @@ async def test_all_good(tmp_path, emu, fake_nanogpt):
     database, version = tmp_path / "data" / "nanovoice.sqlite3", len(Database.migrations())
     assert f"ok: database {database} (schema version {version}) is writable" in checked.lines
     assert checked.lines[-1] == "nanovoice check: everything looks ready"
-    assert all(line.split(":", 1)[0] in {"ok", "note", "problem", "nanovoice check"} for line in checked.lines)
+    assert all(line.split(":", 1)[0] in {"ok", "note", "problem", "nanovoice check"} or line.startswith("checking ")
+               for line in checked.lines)
+    # each check is announced before its result lines
+    headings = [line for line in checked.lines if line.startswith("checking ")]
+    assert headings == ["checking the configuration…", f"checking Discord at {emu.api_base}…",
+                        f"checking NanoGPT at {fake_nanogpt.base_url}…", "checking ffmpeg…",
+                        f"checking the database {database}…"]
+    after = {h: checked.lines[checked.lines.index(h) + 1] for h in headings}
+    assert after["checking the configuration…"].startswith("ok: configuration loaded")
+    assert after[f"checking Discord at {emu.api_base}…"].startswith("ok: logged in to Discord as")
+    assert after[f"checking NanoGPT at {fake_nanogpt.base_url}…"].startswith("ok: NanoGPT key accepted")
+    assert after["checking ffmpeg…"].startswith("ok: ffmpeg version")
+    assert after[f"checking the database {database}…"].startswith(f"ok: database {database}")
     # Discord was asked through discord.py's REST client with the bot token; NanoGPT with the key
     paths = [r.path for r in emu.requests]
     assert "/users/@me" in paths and "/users/@me/guilds" in paths
@@ -183,3 +195,40 @@ async def test_configuration_error_is_one_line_exit_2(tmp_path, emu, fake_nanogp
     assert checked.code == 2
     assert checked.out == ""
     assert checked.err.strip() == "nanovoice: configuration error: NANOGPT_API_KEY is required but missing or empty"
+
+
+async def test_a_check_that_never_answers_times_out_shown_as_it_runs(tmp_path, emu, fake_nanogpt):
+    """NanoGPT accepts the connection and never answers: the NanoGPT check is announced at once (flushed,
+    before the wait), gives up after CHECK_TIMEOUT with a problem naming NanoGPT, and the rest still runs."""
+    fake_nanogpt.fail_next("/check-balance", status=None, delay=3600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "NANOGPT_"))}
+    env.update({
+        "DISCORD_TOKEN": emu.token, "NANOGPT_API_KEY": fake_nanogpt.api_key, "NANOGPT_BASE_URL": fake_nanogpt.base_url,
+        "DISCORD_API_BASE": emu.api_base, "DISCORD_GATEWAY_URL": emu.gateway_url,
+        "DATABASE_PATH": str(tmp_path / "data" / "nanovoice.sqlite3"), "PYTHONPATH": str(ROOT),
+    })
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "check", cwd=str(tmp_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    arrivals: list[tuple[float, str]] = []  # (seconds since start, line) as the lines arrive on the pipe
+    assert proc.stdout is not None
+    async with asyncio.timeout(CHECK_TIMEOUT + 40):
+        while line := await proc.stdout.readline():
+            arrivals.append((loop.time() - started, line.decode().rstrip("\n")))
+        await proc.wait()
+    lines = [text for _, text in arrivals]
+    heading = f"checking NanoGPT at {fake_nanogpt.base_url}…"
+    problem = (f"problem: NanoGPT at {fake_nanogpt.base_url} didn't answer within {CHECK_TIMEOUT:g} s; "
+               "check NANOGPT_BASE_URL and the network")
+    assert proc.returncode == 1, lines
+    assert [line for line in lines if line.startswith("problem:")] == [problem]
+    assert lines.index(problem) == lines.index(heading) + 1
+    shown_at = dict((text, at) for at, text in arrivals)
+    waited = shown_at[problem] - shown_at[heading]
+    assert CHECK_TIMEOUT - 0.5 <= waited <= CHECK_TIMEOUT + 5  # the heading was on screen while it waited
+    assert lines.index("checking ffmpeg…") > lines.index(problem)  # the other checks still ran
+    assert lines[-1] == "nanovoice check: 1 problem found"
+    assert [r.path for r in fake_nanogpt.requests] == ["/check-balance"]
