@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from yarl import URL
@@ -229,14 +229,6 @@ def _money(env: Mapping[str, str], name: str, default_micros: int) -> int:
 def _usd(micros: int) -> str:
     amount = Decimal(micros) / 1_000_000
     return f"${amount:,.2f}" if amount >= Decimal("0.01") else f"${amount.normalize():f}"
-
-
-def usd_to_micros(text: str) -> int:
-    """Parse a dollar amount exactly (no float) into integer micro-dollars (half up below a micro-dollar)."""
-    amount = Decimal(text)
-    if not amount.is_finite() or amount < 0:
-        raise InvalidOperation(text)
-    return int((amount * 1_000_000).to_integral_value())
 
 
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...],
