@@ -235,6 +235,10 @@ class NanoVoice(commands.Bot):
     async def on_guild_join(self, guild: discord.Guild) -> None:
         await self.leave_if_not_allowed(guild)
 
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        if self.is_ready():  # at start-up on_ready goes through every guild once
+            await self.leave_if_not_allowed(guild)
+
     # -- command sync --------------------------------------------------------------------------
 
     def command_payload(self, guild: discord.abc.Snowflake | None = None) -> list[dict[str, Any]]:

@@ -1536,7 +1536,9 @@ class DiscordEmulator:
                          channel_name: str = "general", owner: EmuUser | None = None) -> EmuGuild:
         """The bot is added to a new guild while connected: :meth:`add_guild`, then GUILD_CREATE."""
         guild = self.add_guild(guild_id, name, channel_name=channel_name, owner=owner)
-        await self.dispatch("GUILD_CREATE", self._guild_dict(guild, full=True), guild_id=guild.id)
+        data = self._guild_dict(guild, full=True)
+        del data["unavailable"]  # a join, not an outage ending (discord.py: guild_join, not guild_available)
+        await self.dispatch("GUILD_CREATE", data, guild_id=guild.id)
         return guild
 
     def dm_channel(self, user: EmuUser | int) -> dict[str, Any]:
