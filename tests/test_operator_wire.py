@@ -276,3 +276,34 @@ async def test_a_blocked_users_running_clone_still_finishes(world: World):
     assert await saved()  # paid for, so kept
     (job,) = await world.db.user_jobs(alice.id)
     assert job.state == "completed"
+
+
+async def test_a_block_stops_a_modal_that_was_already_open(world: World):
+    alice = world.user("alice")
+    att = world.emu.add_attachment(make_tone(6.0, "mp3"), "clip.mp3", "audio/mpeg")
+    message = await world.emu.create_user_message(None, alice, attachments=[att])
+    menu = await world.emu.message_context(alice, "Clone this voice", message)
+    await menu.wait_response()
+    modal = world.emu.last_modal(menu.token)
+    assert modal is not None
+    await owner(world, world.emu.owner, "block", user_id=str(alice.id))
+    submitted = await world.emu.submit_modal(alice, modal["custom_id"], {
+        "clone:name": "Whisper", "clone:provider": ["qwen"], "clone:transcript": "hello"})
+    answer = await submitted.wait_response()
+    assert answer["data"]["content"] == USER_BLOCKED and answer["data"]["flags"] & 64
+    assert world.nano.requests == [] and await world.db.user_jobs(alice.id) == []
+
+
+async def test_owner_commands_in_the_dev_guild(world: World):
+    await world.restart(DEV_GUILD_ID=str(world.emu.guild_id))
+    assert world.emu.find_command("owner", guild_id=world.emu.guild_id)["guild_id"] == str(world.emu.guild_id)
+    alice = world.user("alice")
+    mine = await (await world.emu.slash(world.emu.owner, "owner", subcommand="blocks")).wait_final(10)
+    assert mine.ephemeral and mine.embeds[0]["description"] == "Nobody is blocked."
+    theirs = await (await world.emu.slash(alice, "owner", subcommand="blocks")).wait_final(10)
+    assert theirs.content == NOT_OWNER and theirs.ephemeral and not theirs.embeds
+    # Elsewhere the owner's commands don't exist, and reaching them anyway is refused.
+    other = await world.emu.join_guild(name="Other")
+    await world.emu.wait_until(lambda: world.bot.get_guild(other.id) is not None, 5, "the bot to see the guild")
+    with pytest.raises(LookupError):
+        world.emu.find_command("owner", guild_id=other.id)
