@@ -147,6 +147,7 @@ class NanoVoice(commands.Bot):
         self.blocks: Blocks | None = None
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
+        self._leaving: set[int] = set()
         self._gate_components()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -222,13 +223,16 @@ class NanoVoice(commands.Bot):
 
     async def leave_if_not_allowed(self, guild: discord.Guild) -> bool:
         """Leave a server that is not in ALLOWED_GUILD_IDS; True when it was left."""
-        if self.guild_allowed(guild.id):
-            return False
+        if self.guild_allowed(guild.id) or guild.id in self._leaving or self.get_guild(guild.id) is None:
+            return False  # allowed, being left, or already gone (GUILD_DELETE)
+        self._leaving.add(guild.id)  # on_ready and a guild event may both see it
         try:
             await guild.leave()
         except discord.HTTPException as exc:
             log.warning("could not leave server %s (not in ALLOWED_GUILD_IDS): HTTP %s", guild.id, exc.status)
             return False
+        finally:
+            self._leaving.discard(guild.id)
         log.warning("left server %s: it is not in ALLOWED_GUILD_IDS", guild.id)
         return True
 

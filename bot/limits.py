@@ -7,6 +7,10 @@ Every paid NanoGPT call goes through three steps:
 2. ``settle`` records the cost NanoGPT reported ('charged'), or
 3. ``release`` frees the reservation when the call failed without a charge ('released', amount 0).
 
+The guild budget is the server's own setting capped by ``GUILD_DAILY_BUDGET_USD``
+(:func:`effective_guild_budget`); ``BOT_DAILY_BUDGET_USD`` caps every server and DM together, checked
+in the same transaction.
+
 Money is integer micro-units (micro-dollars for USD), never float. Days are UTC dates; limits reset
 at UTC midnight. Nothing here knows about Discord, except that messages use Discord's ``<t:…:R>``
 timestamp markup so each reader sees the reset time in their own time zone.

@@ -308,14 +308,15 @@ def canonical_model(name: str) -> str | None:
 BOT_VOICE_ID = re.compile(r"^nv\d[0-9a-f]{16}$", re.IGNORECASE)
 
 
-def parse_stock_voice(value: str) -> tuple[str, str]:
-    """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise."""
+def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple[str, str]:
+    """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise (naming
+    ``models``, the models this bot offers)."""
     model_part, _, voice_part = value.strip().partition("/")
     model = canonical_model(model_part)
     if model is None:
         raise UserFacingError(
             f"“{_short(model_part)}” is not a NanoGPT speech model; write a stock voice as model/voice with one "
-            f"of {', '.join(TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
+            f"of {', '.join(models or TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
         )
     voice = voice_part.strip()
     if not voice:
@@ -395,6 +396,7 @@ class SpeechService:
         # MINIMAX_TTS_MODEL / QWEN_TTS_MODEL whatever it says.
         allowed = config.allowed_tts_models if config.allowed_tts_models is not None else TTS_MODELS
         self.allowed_models: frozenset[str] = frozenset(m.strip().casefold() for m in allowed)
+        self.offered_models: tuple[str, ...] = tuple(m for m in TTS_MODELS if self.model_allowed(m))
         self.stock_choices: list[str] = [f"{m}/{v}" for m, voices in STOCK_VOICES.items() for v in voices
                                          if self.model_allowed(m)]
         default = f"{config.default_tts_model}/{config.default_tts_voice}"
@@ -466,7 +468,7 @@ class SpeechService:
         if saved is not None:
             return self.voice_from_saved(saved)
         if "/" in value:
-            model, voice = parse_stock_voice(value)
+            model, voice = parse_stock_voice(value, self.offered_models)
             self.check_stock_model(model)
             if await self.db.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
                 raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name "
