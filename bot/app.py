@@ -7,6 +7,7 @@ tasks finish before the session and the database go away.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from bot.errors import UserFacingError
 from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
+from bot.policy import GUILD_BLOCKED, Blocks
 from bot.speech import SpeechService
 from bot.storage import Database
 
@@ -38,6 +40,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.speech",
     "cogs.usage",
     "cogs.admin",
+    "cogs.owner",
 )
 
 COMMAND_HASH_KEY = "global_command_hash"
@@ -55,10 +58,32 @@ def point_discord_at(config: Config) -> None:
 
 
 class NanoVoiceTree(app_commands.CommandTree):
-    """Maps every app-command failure to one friendly, ephemeral sentence."""
+    """Maps every app-command failure to one friendly, ephemeral sentence, and refuses commands and
+    autocomplete from blocked users and from servers the bot may not serve before anything runs."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        client = interaction.client
+        refusal = client.refusal(interaction.user.id, interaction.guild_id) if isinstance(client, NanoVoice) else None
+        if refusal is None:
+            return True
+        await refuse(interaction, refusal)
+        return False
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await report_error(interaction, error)
+
+
+async def refuse(interaction: discord.Interaction, message: str) -> None:
+    """Answer a refused interaction with one private sentence (autocomplete: no choices), and nothing else."""
+    log.info("refused interaction %s (type %s) from user %s in guild %s: %s", interaction.id,
+             interaction.type.value, interaction.user.id, interaction.guild_id, message)
+    try:
+        if interaction.type is discord.InteractionType.autocomplete:
+            await interaction.response.autocomplete([])
+        else:
+            await interactions.send_error(interaction, message)
+    except discord.HTTPException:
+        log.warning("could not deliver a refusal for interaction %s", interaction.id, exc_info=True)
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
@@ -119,7 +144,11 @@ class NanoVoice(commands.Bot):
         self.embeddings: EmbeddingHost | None = None
         self.speech: SpeechService | None = None
         self.clones: CloneService | None = None
+        self.blocks: Blocks | None = None
         self.synced: str = "not synced"
+        self._refusals: set[asyncio.Task] = set()
+        self._leaving: set[int] = set()
+        self._gate_components()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -137,6 +166,7 @@ class NanoVoice(commands.Bot):
         self.speech = SpeechService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.embeddings)
         self.clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
                                    self.embeddings)
+        self.blocks = await Blocks(self.db).load()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -151,6 +181,67 @@ class NanoVoice(commands.Bot):
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+    # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
+
+    def guild_allowed(self, guild_id: int) -> bool:
+        """Whether the bot may serve this server: any without ALLOWED_GUILD_IDS; DEV_GUILD_ID always."""
+        allowed = self.config.allowed_guild_ids
+        return allowed is None or guild_id in allowed or guild_id == self.config.dev_guild_id
+
+    def refusal(self, user_id: int | None, guild_id: int | None) -> str | None:
+        """The one sentence refusing an interaction from this user in this server, or None to go ahead.
+
+        Synchronous on purpose (the blocks are kept in memory): it runs in front of every interaction."""
+        if guild_id is not None and not self.guild_allowed(guild_id):
+            return GUILD_BLOCKED
+        return self.blocks.refusal(user_id, guild_id) if self.blocks is not None else None
+
+    def _gate_components(self) -> None:
+        """Refuse buttons, selects and modal submits from blocked users and servers before any view sees them.
+
+        Application commands and autocomplete go through the tree's ``interaction_check``; components
+        and modals are dispatched by discord.py straight to the views, so the gate sits in front of the
+        INTERACTION_CREATE parser (one place for every view, present and future)."""
+        parsers = self._connection.parsers
+        parse = parsers["INTERACTION_CREATE"]
+
+        def gated(data: dict[str, Any]) -> None:
+            if data.get("type") in (3, 5):  # component, modal submit
+                user = (data.get("member") or {}).get("user") or data.get("user") or {}
+                guild_id = int(data["guild_id"]) if data.get("guild_id") else None
+                refusal = self.refusal(int(user["id"]) if user.get("id") else None, guild_id)
+                if refusal is not None:
+                    interaction = discord.Interaction(data=data, state=self._connection)
+                    task = asyncio.create_task(refuse(interaction, refusal), name=f"refuse-{interaction.id}")
+                    self._refusals.add(task)
+                    task.add_done_callback(self._refusals.discard)
+                    return
+            parse(data)
+
+        parsers["INTERACTION_CREATE"] = gated
+
+    async def leave_if_not_allowed(self, guild: discord.Guild) -> bool:
+        """Leave a server that is not in ALLOWED_GUILD_IDS; True when it was left."""
+        if self.guild_allowed(guild.id) or guild.id in self._leaving or self.get_guild(guild.id) is None:
+            return False  # allowed, being left, or already gone (GUILD_DELETE)
+        self._leaving.add(guild.id)  # on_ready and a guild event may both see it
+        try:
+            await guild.leave()
+        except discord.HTTPException as exc:
+            log.warning("could not leave server %s (not in ALLOWED_GUILD_IDS): HTTP %s", guild.id, exc.status)
+            return False
+        finally:
+            self._leaving.discard(guild.id)
+        log.warning("left server %s: it is not in ALLOWED_GUILD_IDS", guild.id)
+        return True
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.leave_if_not_allowed(guild)
+
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        if self.is_ready():  # at start-up on_ready goes through every guild once
+            await self.leave_if_not_allowed(guild)
 
     # -- command sync --------------------------------------------------------------------------
 
@@ -188,3 +279,6 @@ class NanoVoice(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s) in %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+        if self.config.allowed_guild_ids is not None:
+            for guild in list(self.guilds):
+                await self.leave_if_not_allowed(guild)

@@ -7,6 +7,10 @@ Every paid NanoGPT call goes through three steps:
 2. ``settle`` records the cost NanoGPT reported ('charged'), or
 3. ``release`` frees the reservation when the call failed without a charge ('released', amount 0).
 
+The guild budget is the server's own setting capped by ``GUILD_DAILY_BUDGET_USD``
+(:func:`effective_guild_budget`); ``BOT_DAILY_BUDGET_USD`` caps every server and DM together, checked
+in the same transaction.
+
 Money is integer micro-units (micro-dollars for USD), never float. Days are UTC dates; limits reset
 at UTC midnight. Nothing here knows about Discord, except that messages use Discord's ``<t:…:R>``
 timestamp markup so each reader sees the reset time in their own time zone.
@@ -43,6 +47,31 @@ TTS_MICROS_PER_1K_CHARS: dict[str, int] = {
     "elevenlabs-turbo-v2.5": 60_000,  # $0.06
 }
 TTS_DEFAULT_MICROS_PER_1K = 100_000  # $0.10 per 1k characters
+
+
+def effective_guild_budget(server_micros: int | None, ceiling_micros: int) -> int:
+    """The daily budget enforced for a guild (0: unlimited).
+
+    ``server_micros`` is the guild's own setting (None: not set), ``ceiling_micros`` the operator's
+    ``GUILD_DAILY_BUDGET_USD`` (0: unlimited). A server may only tighten the operator's limit: the
+    result is never above a ceiling > 0, whatever was stored (rows from before the ceiling existed,
+    or a ceiling lowered later; a stored 0, "no limit", counts as the ceiling).
+    """
+    if server_micros is None:
+        return ceiling_micros
+    if ceiling_micros <= 0:
+        return server_micros
+    if server_micros <= 0:
+        return ceiling_micros
+    return min(server_micros, ceiling_micros)
+
+
+def tts_price_text(model: str) -> str:
+    """A model's price for people, from the price table: ``$0.001 per 1,000 characters``."""
+    price = format_usd(estimate_tts_micros(model, 1000))
+    if model.strip().lower() not in TTS_MICROS_PER_1K_CHARS:
+        return f"up to {price} per 1,000 characters"  # undocumented price: the estimate is a ceiling
+    return f"{price} per 1,000 characters"
 
 
 def estimate_clone_micros(provider: str) -> int:
@@ -114,7 +143,7 @@ def discord_relative(ts: float) -> str:
 class LimitExceeded(UserFacingError):
     """A daily limit or budget stops this paid call; ``str()`` is one sentence with the reset time.
 
-    ``reason`` is one of ``clones_disabled``, ``clone_limit``, ``guild_budget``; ``resets_at`` is the
+    ``reason`` is one of ``clones_disabled``, ``clone_limit``, ``guild_budget``, ``bot_budget``; ``resets_at`` is the
     unix time the limit resets (None when it never does, e.g. cloning turned off).
     """
 
@@ -159,11 +188,9 @@ class Limits:
     # -- checks and reservations ---------------------------------------------------------------
 
     async def guild_budget_micros(self, guild_id: int) -> int:
-        """The guild's effective daily budget: its own setting, else ``GUILD_DAILY_BUDGET_USD`` (0: unlimited)."""
+        """The guild's effective daily budget (0: unlimited): see :func:`effective_guild_budget`."""
         settings = await self.db.get_guild_settings(guild_id)
-        if settings.daily_budget_micros is not None:
-            return settings.daily_budget_micros
-        return self.config.guild_daily_budget_micros
+        return effective_guild_budget(settings.daily_budget_micros, self.config.guild_daily_budget_micros)
 
     async def reserve_clone(self, user_id: int, guild_id: int | None, estimate_micros: int, *,
                             ref: str | None = None) -> Reservation:
@@ -195,6 +222,14 @@ class Limits:
             if used >= limit:
                 log.info("user %s reached the daily clone limit (%d)", user_id, limit)
                 raise LimitExceeded(_clone_limit_message(limit, resets_at), reason="clone_limit",
+                                    resets_at=resets_at)
+        bot_budget = self.config.bot_daily_budget_micros
+        if bot_budget > 0:
+            spent = await self.db.ledger_total_spend(day, tx=tx)  # same transaction as the reservation
+            if spent + estimate_micros > bot_budget:
+                log.warning("the bot's daily budget stops a %s: spent %d + %d > %d micros (BOT_DAILY_BUDGET_USD)",
+                            kind, spent, estimate_micros, bot_budget)
+                raise LimitExceeded(_bot_budget_message(kind, bot_budget, spent, resets_at), reason="bot_budget",
                                     resets_at=resets_at)
         if guild_id is not None:
             budget = await self.guild_budget_micros(guild_id)  # same connection: inside the transaction
@@ -278,6 +313,14 @@ def _clone_limit_message(limit: int, resets_at: float) -> str:
     return f"You have used {used} for today; the limit resets {discord_relative(resets_at)}."
 
 
+def _bot_budget_message(kind: str, budget: int, spent: int, resets_at: float) -> str:
+    when = discord_relative(resets_at)
+    if spent >= budget:
+        return f"This bot's daily budget is used up; it resets {when}."
+    what = "this voice clone" if kind == "clone" else "this speech"
+    return f"This bot's daily budget doesn't have enough left for {what}; it resets {when}."
+
+
 def _budget_message(kind: str, budget: int, spent: int, estimate: int, resets_at: float) -> str:
     when = discord_relative(resets_at)
     if spent >= budget:
@@ -335,8 +378,10 @@ __all__ = [
     "Usage",
     "cost_to_micros",
     "discord_relative",
+    "effective_guild_budget",
     "estimate_clone_micros",
     "estimate_tts_micros",
     "format_money",
     "format_usd",
+    "tts_price_text",
 ]

@@ -5,7 +5,13 @@ A guild's settings override the environment defaults (SPEC §2) for that guild o
 * ``clones_enabled`` — NULL (never set) or true: members may clone; false: nobody may clone there.
 * ``clone_role_id`` — NULL: everyone may clone; a role id: only members holding that role.
 * ``daily_budget_micros`` — NULL: ``GUILD_DAILY_BUDGET_USD``; else the guild's own budget (0: unlimited).
-  :class:`bot.limits.Limits` enforces it; :func:`effective_settings` only describes it.
+  The operator's ``GUILD_DAILY_BUDGET_USD`` is a ceiling: when it is above 0 a server may only choose a
+  budget up to it (:func:`parse_budget`), and what is enforced is never above it, whatever is stored
+  (:func:`bot.limits.effective_guild_budget`). :class:`bot.limits.Limits` enforces it;
+  :func:`effective_settings` only describes it.
+
+Blocks (``/owner block``): :class:`Blocks` keeps every block in memory as well as in the database, so
+the gate in front of every interaction (``bot.app``) answers without a database read.
 
 Nothing here knows Discord: the clone flow passes the member's role ids, the admin cog renders
 :class:`EffectiveSettings`.
@@ -20,10 +26,14 @@ from decimal import Decimal, InvalidOperation
 
 from bot.config import Config
 from bot.errors import Forbidden, UserFacingError
-from bot.storage import Database
+from bot.limits import effective_guild_budget, format_usd
+from bot.storage import Block, Database
 
 CLONES_DISABLED = "Voice cloning is turned off in this server."
-MAX_BUDGET_MICROS = 1_000_000 * 1_000_000  # $1,000,000 a day: anything above is a typo
+MAX_BUDGET_MICROS = 10_000 * 1_000_000  # $10,000 a day (with no operator ceiling): anything above is a typo
+MIN_BUDGET_MICROS = 10_000  # $0.01 a day
+USER_BLOCKED = "You can't use this bot."
+GUILD_BLOCKED = "This bot isn't available in this server."
 _THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
 
 
@@ -53,21 +63,33 @@ class EffectiveSettings:
     """A guild's settings as they apply now, and where each value comes from."""
 
     guild_id: int
-    daily_budget_micros: int  # 0: unlimited
+    daily_budget_micros: int  # what is enforced: min(server, ceiling); 0: unlimited
     budget_from_server: bool  # False: GUILD_DAILY_BUDGET_USD
     clone_role_id: int | None  # None: everyone
     clones_enabled: bool
     clones_enabled_from_server: bool
     clone_daily_limit: int  # CLONE_DAILY_LIMIT (0: cloning disabled on the whole bot)
+    server_budget_micros: int | None = None  # what the server stored (None: nothing); may exceed the ceiling
+    budget_ceiling_micros: int = 0  # GUILD_DAILY_BUDGET_USD: the most a server may choose (0: no ceiling)
+
+    @property
+    def budget_capped(self) -> bool:
+        """The server's own budget is above the operator's ceiling, so the ceiling applies instead."""
+        stored = self.server_budget_micros
+        return (stored is not None and self.budget_ceiling_micros > 0
+                and (stored <= 0 or stored > self.budget_ceiling_micros))
 
 
 async def effective_settings(db: Database, config: Config, guild_id: int) -> EffectiveSettings:
     stored = await db.get_guild_settings(guild_id)
     from_server = stored.daily_budget_micros is not None
+    ceiling = config.guild_daily_budget_micros
     return EffectiveSettings(
         guild_id=guild_id,
-        daily_budget_micros=stored.daily_budget_micros if from_server else config.guild_daily_budget_micros,
+        daily_budget_micros=effective_guild_budget(stored.daily_budget_micros, ceiling),
         budget_from_server=from_server,
+        server_budget_micros=stored.daily_budget_micros,
+        budget_ceiling_micros=ceiling,
         clone_role_id=stored.clone_role_id,
         clones_enabled=stored.clones_enabled is not False,
         clones_enabled_from_server=stored.clones_enabled is not None,
@@ -75,17 +97,21 @@ async def effective_settings(db: Database, config: Config, guild_id: int) -> Eff
     )
 
 
-def parse_budget(text: str) -> int:
+def parse_budget(text: str, ceiling_micros: int = 0) -> int:
     """A daily budget typed by a person ("2.50", "$2.50", "0") → exact micro-dollars.
 
-    Raises :class:`UserFacingError` with one sentence on anything else (negative, not a number, more
-    than six decimals, absurdly large). Never goes through float.
+    ``ceiling_micros`` is the operator's ``GUILD_DAILY_BUDGET_USD``: above 0, a server may choose from
+    $0.01 up to it, and neither "0" (no limit) nor more; at 0 (unlimited), anything from $0.01 up to
+    :data:`MAX_BUDGET_MICROS`, or 0 for no limit. Raises :class:`UserFacingError` with one sentence on
+    anything else (negative, not a number, more than six decimals). Never goes through float.
     """
     raw = (text or "").strip()
     if raw.startswith("$"):
         raw = raw[1:].strip()
+    example = "2.50" if ceiling_micros <= 0 or ceiling_micros >= 2_500_000 else format_usd(ceiling_micros)[1:]
     problem = UserFacingError(
-        f"“{_shown(text)}” is not a dollar amount; write the daily budget like 2.50, or 0 for no limit."
+        f"“{_shown(text)}” is not a dollar amount; write the daily budget like {example}"
+        + (", or 0 for no limit." if ceiling_micros <= 0 else ".")
     )
     if "," in raw:
         # Only as a thousands separator ("1,000.50"); "2,50" (a decimal comma) is refused, never read as 250.
@@ -104,9 +130,53 @@ def parse_budget(text: str) -> int:
     if micros != micros.to_integral_value():
         raise UserFacingError("Budgets can have at most six decimals (a millionth of a dollar); use e.g. 2.50.")
     micros_int = int(micros)
-    if micros_int > MAX_BUDGET_MICROS:
-        raise UserFacingError("That budget is too large; use at most $1,000,000, or 0 for no limit.")
+    if ceiling_micros > 0:
+        if micros_int <= 0 or micros_int > ceiling_micros:
+            raise UserFacingError(f"This server's budget can be at most {format_usd(ceiling_micros)} a day.")
+    elif micros_int > MAX_BUDGET_MICROS:
+        raise UserFacingError(f"This server's budget can be at most {format_usd(MAX_BUDGET_MICROS)} a day, "
+                              "or 0 for no limit.")
+    if 0 < micros_int < MIN_BUDGET_MICROS:
+        raise UserFacingError(f"This server's budget must be at least {format_usd(MIN_BUDGET_MICROS)} a day.")
     return micros_int
+
+
+class Blocks:
+    """The owner's blocks: stored by :class:`Database`, mirrored in memory for the interaction gate."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._blocked: dict[tuple[str, int], Block] = {}
+
+    async def load(self) -> Blocks:
+        self._blocked = {(b.kind, b.target_id): b for b in await self.db.list_blocks()}
+        return self
+
+    def refusal(self, user_id: int | None, guild_id: int | None) -> str | None:
+        """The sentence for a blocked user (first) or a blocked server; None when neither is blocked."""
+        if user_id is not None and ("user", user_id) in self._blocked:
+            return USER_BLOCKED
+        if guild_id is not None and ("guild", guild_id) in self._blocked:
+            return GUILD_BLOCKED
+        return None
+
+    def is_blocked(self, kind: str, target_id: int) -> bool:
+        return (kind, target_id) in self._blocked
+
+    def all(self) -> list[Block]:
+        return sorted(self._blocked.values(), key=lambda b: (b.created_at, b.kind, b.target_id))
+
+    async def block(self, kind: str, target_id: int, reason: str | None, blocked_by: int, now: float) -> Block:
+        if kind not in ("user", "guild"):
+            raise ValueError(f"unknown block kind {kind!r}")
+        block = await self.db.add_block(kind, target_id, reason, blocked_by, now)
+        self._blocked[(kind, target_id)] = block
+        return block
+
+    async def unblock(self, kind: str, target_id: int) -> bool:
+        removed = await self.db.remove_block(kind, target_id)
+        self._blocked.pop((kind, target_id), None)
+        return removed
 
 
 def _shown(text: str, limit: int = 40) -> str:

@@ -40,7 +40,15 @@ from bot.clock import Clock
 from bot.config import TTS_MODELS, Config
 from bot.embeddings import EmbeddingHost
 from bot.errors import NotFound, UserFacingError
-from bot.limits import Cooldown, Limits, Reservation, cost_to_micros, estimate_tts_micros, format_usd
+from bot.limits import (
+    Cooldown,
+    Limits,
+    Reservation,
+    cost_to_micros,
+    estimate_tts_micros,
+    format_usd,
+    tts_price_text,
+)
 from bot.nanogpt import (
     InsufficientBalance,
     InvalidRequest,
@@ -87,7 +95,7 @@ STOCK_VOICES: dict[str, tuple[str, ...]] = {
 }
 STOCK_EXAMPLE = "Kokoro-82m/af_bella"
 
-PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen"}
+PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen3-TTS"}
 
 
 # -- text hygiene ----------------------------------------------------------------------------------
@@ -300,14 +308,15 @@ def canonical_model(name: str) -> str | None:
 BOT_VOICE_ID = re.compile(r"^nv\d[0-9a-f]{16}$", re.IGNORECASE)
 
 
-def parse_stock_voice(value: str) -> tuple[str, str]:
-    """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise."""
+def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple[str, str]:
+    """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise (naming
+    ``models``, the models this bot offers)."""
     model_part, _, voice_part = value.strip().partition("/")
     model = canonical_model(model_part)
     if model is None:
         raise UserFacingError(
             f"“{_short(model_part)}” is not a NanoGPT speech model; write a stock voice as model/voice with one "
-            f"of {', '.join(TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
+            f"of {', '.join(models or TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
         )
     voice = voice_part.strip()
     if not voice:
@@ -383,11 +392,18 @@ class SpeechService:
         self._voice_messages: OrderedDict[str, audio.VoiceMessageAudio] = OrderedDict()
         self._last_balance_check = -BALANCE_LOG_INTERVAL
         self._tasks: set[asyncio.Task] = set()
-        self.stock_choices: list[str] = [f"{m}/{v}" for m, voices in STOCK_VOICES.items() for v in voices]
+        # ALLOWED_TTS_MODELS (None: every documented model) limits the stock voices; cloned voices use
+        # MINIMAX_TTS_MODEL / QWEN_TTS_MODEL whatever it says.
+        allowed = config.allowed_tts_models if config.allowed_tts_models is not None else TTS_MODELS
+        self.allowed_models: frozenset[str] = frozenset(m.strip().casefold() for m in allowed)
+        self.offered_models: tuple[str, ...] = tuple(m for m in TTS_MODELS if self.model_allowed(m))
+        self.stock_choices: list[str] = [f"{m}/{v}" for m, voices in STOCK_VOICES.items() for v in voices
+                                         if self.model_allowed(m)]
         default = f"{config.default_tts_model}/{config.default_tts_voice}"
         if default in self.stock_choices:
             self.stock_choices.remove(default)
-        self.stock_choices.insert(0, default)
+        if self.model_allowed(config.default_tts_model):
+            self.stock_choices.insert(0, default)
 
     # -- text ----------------------------------------------------------------------------------
 
@@ -403,9 +419,28 @@ class SpeechService:
 
     # -- voices --------------------------------------------------------------------------------
 
+    def model_allowed(self, model: str) -> bool:
+        """Whether stock voices of ``model`` may be used on this bot (ALLOWED_TTS_MODELS)."""
+        return model.strip().casefold() in self.allowed_models
+
+    def check_stock_model(self, model: str) -> None:
+        """One sentence, before any NanoGPT call, when the operator doesn't allow this stock voice's model."""
+        if self.model_allowed(model):
+            return
+        instead = f"pick another voice, such as {self.stock_choices[0]}" if self.stock_choices \
+            else "use one of your own voices (/voice list)"
+        raise UserFacingError(f"{model} voices are turned off on this bot; {instead}.")
+
     def default_stock_voice(self) -> ResolvedVoice:
         model = canonical_model(self.config.default_tts_model) or self.config.default_tts_model
+        self.check_stock_model(model)
         return _stock(model, self.config.default_tts_voice)
+
+    @staticmethod
+    def stock_label(value: str) -> str:
+        """An autocomplete entry for the stock voice ``model/voice``: the voice and its price (price table)."""
+        model = value.partition("/")[0]
+        return f"{value} · {tts_price_text(model)}"[:CHOICE_MAX]
 
     def voice_from_saved(self, voice: Voice) -> ResolvedVoice:
         """How one of the user's saved voices is synthesised."""
@@ -433,7 +468,8 @@ class SpeechService:
         if saved is not None:
             return self.voice_from_saved(saved)
         if "/" in value:
-            model, voice = parse_stock_voice(value)
+            model, voice = parse_stock_voice(value, self.offered_models)
+            self.check_stock_model(model)
             if await self.db.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
                 raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name "
                                "(/voice list).")
@@ -469,7 +505,7 @@ class SpeechService:
             stock.append((best, -index, value))
         stock.sort(reverse=True)
         choices = [(label, value) for _, _, label, value in mine]
-        choices += [(value, value) for _, _, value in stock]
+        choices += [(self.stock_label(value), value) for _, _, value in stock]
         if current and "/" in current and not any(v.casefold() == current.strip().casefold() for _, v in choices):
             # A stock voice we don't list (the upstream lists are longer): offer it as typed if it parses.
             try:
@@ -477,8 +513,9 @@ class SpeechService:
             except UserFacingError:
                 pass
             else:
-                typed = f"{model}/{voice}"[:CHOICE_MAX]
-                choices.insert(len(mine), (typed, typed))
+                if self.model_allowed(model):
+                    typed = f"{model}/{voice}"[:CHOICE_MAX]
+                    choices.insert(len(mine), (self.stock_label(typed), typed))
         return choices[:AUTOCOMPLETE_LIMIT]
 
     # -- synthesis -----------------------------------------------------------------------------

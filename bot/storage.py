@@ -114,6 +114,17 @@ class GuildSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    """A user or a server the bot's owner has blocked (``kind`` 'user' or 'guild')."""
+
+    kind: str
+    target_id: int
+    reason: str | None
+    blocked_by: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CacheEntry:
     key: str
     content_type: str
@@ -374,6 +385,27 @@ class Database:
                     (value, now, guild_id),
                 )
         return await self.get_guild_settings(guild_id)
+
+    # -- blocks (/owner block) -------------------------------------------------------------------
+
+    async def list_blocks(self) -> list[Block]:
+        rows = await self.fetchall(
+            "SELECT kind, target_id, reason, blocked_by, created_at FROM blocks ORDER BY created_at, kind, target_id"
+        )
+        return [_row_to(Block, r) for r in rows]
+
+    async def add_block(self, kind: str, target_id: int, reason: str | None, blocked_by: int, now: float) -> Block:
+        """Block (or re-block with a new reason) a user or a guild; returns the stored block."""
+        rows = await self.write_returning(
+            "INSERT INTO blocks (kind, target_id, reason, blocked_by, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, target_id) DO UPDATE SET reason = excluded.reason, blocked_by = excluded.blocked_by "
+            "RETURNING kind, target_id, reason, blocked_by, created_at",
+            (kind, target_id, reason, blocked_by, now),
+        )
+        return _row_to(Block, rows[0])
+
+    async def remove_block(self, kind: str, target_id: int) -> bool:
+        return await self.execute("DELETE FROM blocks WHERE kind = ? AND target_id = ?", (kind, target_id)) == 1
 
     # -- clone jobs ----------------------------------------------------------------------------
 
@@ -676,6 +708,35 @@ class Database:
             "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE guild_id = ? AND day = ? "
             "AND currency = ? AND state IN ('reserved', 'charged')",
             (guild_id, day, currency),
+        )
+
+    async def ledger_total_spend(self, day: str, *, currency: str = "USD",
+                                 tx: aiosqlite.Connection | None = None) -> int:
+        """Micro-units of ``currency`` reserved or charged on ``day`` across every guild and DM (the bot's spend)."""
+        return await self._ledger_val(
+            tx,
+            "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE day = ? AND currency = ? "
+            "AND state IN ('reserved', 'charged')",
+            (day, currency),
+        )
+
+    async def ledger_top_guilds(self, day: str, limit: int, *, currency: str = "USD") -> list[tuple[int | None, int]]:
+        """``(guild_id, spend)`` of the guilds (None: DMs) that spent most on ``day``, highest first."""
+        rows = await self.fetchall(
+            "SELECT guild_id, SUM(amount_micros) AS spend FROM ledger WHERE day = ? AND currency = ? "
+            "AND state IN ('reserved', 'charged') GROUP BY guild_id HAVING spend > 0 "
+            "ORDER BY spend DESC, guild_id LIMIT ?",
+            (day, currency, limit),
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def ledger_guild_count(self, day: str, *, currency: str = "USD") -> int:
+        """How many guilds spent anything on ``day`` (DMs not counted)."""
+        return await self._ledger_val(
+            None,
+            "SELECT COUNT(DISTINCT guild_id) FROM ledger WHERE day = ? AND currency = ? "
+            "AND state IN ('reserved', 'charged') AND guild_id IS NOT NULL AND amount_micros > 0",
+            (day, currency),
         )
 
     async def ledger_user_spend(self, user_id: int, *, day: str | None = None, currency: str = "USD") -> int:

@@ -32,9 +32,7 @@ DEFAULT_WORDS = {"default", "env", "environment", "reset"}
 def render_settings(settings: EffectiveSettings, *, role_exists: bool = True) -> discord.Embed:
     """The guild's effective settings, and where each comes from."""
     embed = discord.Embed(title="nanovoice settings for this server", colour=EMBED_COLOUR)
-    budget = format_usd(settings.daily_budget_micros) if settings.daily_budget_micros > 0 else "No limit"
-    source = "set for this server" if settings.budget_from_server else "bot default from GUILD_DAILY_BUDGET_USD"
-    embed.add_field(name="Daily budget", value=f"{budget} ({source})", inline=False)
+    embed.add_field(name="Daily budget", value=budget_text(settings), inline=False)
 
     if settings.clone_role_id is None:
         who = "Everyone"
@@ -45,9 +43,9 @@ def render_settings(settings: EffectiveSettings, *, role_exists: bool = True) ->
     embed.add_field(name="Who can clone voices", value=who, inline=False)
 
     if settings.clone_daily_limit <= 0:
-        cloning = "Off for the whole bot (CLONE_DAILY_LIMIT is 0)"
+        cloning = "Off (turned off by the bot's operator)"
     elif settings.clones_enabled:
-        cloning = "On" + ("" if settings.clones_enabled_from_server else " (bot default)")
+        cloning = "On" + ("" if settings.clones_enabled_from_server else " (the bot's default)")
         cloning += f", {settings.clone_daily_limit} per member per day"
     else:
         cloning = "Off (turned off for this server)"
@@ -57,12 +55,27 @@ def render_settings(settings: EffectiveSettings, *, role_exists: bool = True) ->
     return embed
 
 
+def budget_text(settings: EffectiveSettings) -> str:
+    """The budget that is enforced, where it comes from, and the most the bot allows (never above it)."""
+    budget = format_usd(settings.daily_budget_micros) if settings.daily_budget_micros > 0 else "No limit"
+    ceiling = settings.budget_ceiling_micros
+    if settings.budget_capped:
+        asked = settings.server_budget_micros or 0
+        wanted = format_usd(asked) if asked > 0 else "no limit"
+        return f"{budget} (the most the bot allows; this server's setting of {wanted} is above it)"
+    if not settings.budget_from_server:
+        return f"{budget} (the bot's default)"
+    if ceiling > 0:
+        return f"{budget} (set for this server; the bot allows at most {format_usd(ceiling)})"
+    return f"{budget} (set for this server)"
+
+
 def describe_changes(changes: dict[str, Any]) -> str:
     parts = []
     if "daily_budget_micros" in changes:
         value = changes["daily_budget_micros"]
         if value is None:
-            parts.append("the daily budget now follows the bot default")
+            parts.append("the daily budget now follows the bot's default")
         elif value == 0:
             parts.append("no daily budget limit")
         else:
@@ -86,7 +99,7 @@ class Admin(commands.Cog):
 
     @nanovoice.command(name="settings", description="View or change this server's nanovoice settings")
     @app_commands.describe(
-        daily_budget_usd="Most this server may spend per UTC day in dollars, e.g. 2.50; 0 = no limit; default = bot's",
+        daily_budget_usd="Dollars per UTC day, e.g. 2.50, at most the bot's limit; \"default\" = the bot's budget",
         clone_role="Only members with this role may clone voices (@everyone = all members)",
         clones_enabled="Turn voice cloning on or off in this server",
         reset="Go back to the bot's defaults for every setting",
@@ -95,7 +108,8 @@ class Admin(commands.Cog):
     async def settings(self, interaction: discord.Interaction, daily_budget_usd: str | None = None,
                        clone_role: discord.Role | None = None, clones_enabled: bool | None = None,
                        reset: bool = False) -> None:
-        changes = self.parse_changes(daily_budget_usd, clone_role, clones_enabled, reset)
+        changes = self.parse_changes(daily_budget_usd, clone_role, clones_enabled, reset,
+                                     ceiling_micros=self.bot.config.guild_daily_budget_micros)
         await interaction.response.defer(ephemeral=True, thinking=True)
         guild_id = interaction.guild_id
         content = None
@@ -115,7 +129,7 @@ class Admin(commands.Cog):
 
     @staticmethod
     def parse_changes(daily_budget_usd: str | None, clone_role: discord.Role | None, clones_enabled: bool | None,
-                      reset: bool) -> dict[str, Any]:
+                      reset: bool, *, ceiling_micros: int = 0) -> dict[str, Any]:
         """The stored-settings update these options ask for; one sentence when they make no sense."""
         if reset:
             if daily_budget_usd is not None or clone_role is not None or clones_enabled is not None:
@@ -126,7 +140,7 @@ class Admin(commands.Cog):
             if daily_budget_usd.strip().lower() in DEFAULT_WORDS:
                 changes["daily_budget_micros"] = None
             else:
-                changes["daily_budget_micros"] = parse_budget(daily_budget_usd)
+                changes["daily_budget_micros"] = parse_budget(daily_budget_usd, ceiling_micros)
         if clone_role is not None:
             if clone_role.is_default():
                 changes["clone_role_id"] = None

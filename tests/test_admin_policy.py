@@ -59,15 +59,35 @@ async def test_disabled_wins_over_role(db):
 
 
 @pytest.mark.parametrize(("text", "micros"), [
-    ("2.50", 2_500_000), ("0", 0), ("$2.50", 2_500_000), (" 5 ", 5_000_000), ("0.000001", 1),
+    ("2.50", 2_500_000), ("0", 0), ("$2.50", 2_500_000), (" 5 ", 5_000_000), ("0.010001", 10_001),
     ("1,000", 1_000_000_000), ("1,000.50", 1_000_500_000), ("0.10", 100_000), ("19.99", 19_990_000), (".5", 500_000),
 ])
 def test_parse_budget_is_exact(text, micros):
-    assert parse_budget(text) == micros
+    assert parse_budget(text) == micros  # no operator ceiling (GUILD_DAILY_BUDGET_USD=0)
+
+
+@pytest.mark.parametrize(("text", "answer"), [
+    ("0", "This server's budget can be at most $5.00 a day."),  # only the operator chooses "no limit"
+    ("5.01", "This server's budget can be at most $5.00 a day."),
+    ("1,000,000", "This server's budget can be at most $5.00 a day."),
+    ("0.001", "This server's budget must be at least $0.01 a day."),
+    ("ten", "“ten” is not a dollar amount; write the daily budget like 2.50."),
+])
+def test_parse_budget_under_a_ceiling_only_tightens(text, answer):
+    with pytest.raises(UserFacingError) as caught:
+        parse_budget(text, 5_000_000)
+    assert str(caught.value) == answer
+    assert parse_budget("5", 5_000_000) == 5_000_000 and parse_budget("0.01", 5_000_000) == 10_000
+
+
+def test_parse_budget_without_a_ceiling_has_a_sane_maximum():
+    with pytest.raises(UserFacingError) as caught:
+        parse_budget("10,000.01")
+    assert str(caught.value) == "This server's budget can be at most $10,000.00 a day, or 0 for no limit."
 
 
 @pytest.mark.parametrize("text", ["abc", "-1", "", "2,50", "1,00", "1e3", "NaN", "inf", "2.5.0", "1.0000001",
-                                  "99999999", "$"])
+                                  "99999999", "$", "0.000001"])
 def test_parse_budget_refuses_with_one_sentence(text):
     with pytest.raises(UserFacingError) as caught:
         parse_budget(text)
@@ -76,9 +96,9 @@ def test_parse_budget_refuses_with_one_sentence(text):
 
 
 async def test_effective_settings_say_where_values_come_from(db):
-    config = make_config(guild_daily_budget_micros=5_000_000)
+    config = make_config(guild_daily_budget_micros=0)
     current = await effective_settings(db, config, GUILD)
-    assert (current.daily_budget_micros, current.budget_from_server) == (5_000_000, False)
+    assert (current.daily_budget_micros, current.budget_from_server) == (0, False)
     assert current.clone_role_id is None and current.clones_enabled and not current.clones_enabled_from_server
     await db.update_guild_settings(GUILD, NOW, daily_budget_micros=0, clone_role_id=ROLE, clones_enabled=False)
     current = await effective_settings(db, config, GUILD)
@@ -95,11 +115,29 @@ async def test_effective_settings_say_where_values_come_from(db):
 async def test_settings_render_defaults(db):
     current = await effective_settings(db, make_config(clone_daily_limit=3), GUILD)
     fields = {f.name: f.value for f in render_settings(current).fields}
-    assert fields["Daily budget"] == "$5.00 (bot default from GUILD_DAILY_BUDGET_USD)"
+    assert fields["Daily budget"] == "$5.00 (the bot's default)"
     assert fields["Who can clone voices"] == "Everyone"
-    assert fields["Voice cloning"] == "On (bot default), 3 per member per day"
+    assert fields["Voice cloning"] == "On (the bot's default), 3 per member per day"
     off = await effective_settings(db, make_config(clone_daily_limit=0), GUILD)
-    assert {f.name: f.value for f in render_settings(off).fields}["Voice cloning"].startswith("Off for the whole bot")
+    assert {f.name: f.value for f in render_settings(off).fields}["Voice cloning"] == (
+        "Off (turned off by the bot's operator)")
+
+
+async def test_settings_stored_above_the_ceiling_show_the_ceiling(db):
+    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=0)  # "no limit", stored before the ceiling
+    current = await effective_settings(db, make_config(guild_daily_budget_micros=5_000_000), GUILD)
+    assert current.daily_budget_micros == 5_000_000
+    shown = {f.name: f.value for f in render_settings(current).fields}["Daily budget"]
+    assert shown == "$5.00 (the most the bot allows; this server's setting of no limit is above it)"
+    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=8_000_000)
+    lowered = await effective_settings(db, make_config(guild_daily_budget_micros=2_000_000), GUILD)
+    assert lowered.daily_budget_micros == 2_000_000
+    assert {f.name: f.value for f in render_settings(lowered).fields}["Daily budget"] == (
+        "$2.00 (the most the bot allows; this server's setting of $8.00 is above it)")
+    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=1_500_000)
+    within = await effective_settings(db, make_config(guild_daily_budget_micros=2_000_000), GUILD)
+    assert {f.name: f.value for f in render_settings(within).fields}["Daily budget"] == (
+        "$1.50 (set for this server; the bot allows at most $2.00)")
 
 
 def test_describe_changes():
@@ -109,7 +147,7 @@ def test_describe_changes():
     )
     assert describe_changes({"clone_role_id": ROLE}) == f"Saved: only <@&{ROLE}> may clone."
     assert describe_changes({"clone_role_id": None, "daily_budget_micros": None}) == (
-        "Saved: the daily budget now follows the bot default; everyone may clone."
+        "Saved: the daily budget now follows the bot's default; everyone may clone."
     )
 
 

@@ -63,29 +63,29 @@ async def test_shows_effective_settings_and_where_they_come_from(world: World):
     boss = manager(world)
     shown = fields(await settings(world, boss))
     assert shown == {
-        "Daily budget": "$5.00 (bot default from GUILD_DAILY_BUDGET_USD)",
+        "Daily budget": "$5.00 (the bot's default)",
         "Who can clone voices": "Everyone",
-        "Voice cloning": "On (bot default), 3 per member per day",
+        "Voice cloning": "On (the bot's default), 3 per member per day",
     }
     owner = fields(await settings(world, world.emu.owner))  # the owner has every permission
     assert owner == shown
 
 
-@pytest.mark.env(GUILD_DAILY_BUDGET_USD="5.00", SAY_MAX_CHARS="1000")
-async def test_server_budget_overrides_the_environment(world: World):
+@pytest.mark.env(GUILD_DAILY_BUDGET_USD="0", SAY_MAX_CHARS="10000")
+async def test_server_budget_overrides_an_unlimited_environment(world: World):
     boss, alice = manager(world), world.user("alice")
-    reply = await settings(world, boss, daily_budget_usd="0.001")
-    assert reply.content == "Saved: daily budget $0.001."
-    assert fields(reply)["Daily budget"] == "$0.001 (set for this server)"
-    assert (await world.db.get_guild_settings(world.emu.guild_id)).daily_budget_micros == 1000
+    reply = await settings(world, boss, daily_budget_usd="0.01")
+    assert reply.content == "Saved: daily budget $0.01."
+    assert fields(reply)["Daily budget"] == "$0.01 (set for this server)"
+    assert (await world.db.get_guild_settings(world.emu.guild_id)).daily_budget_micros == 10_000
 
-    text = " ".join(f"word{i}" for i in range(200))[:600]  # 600 characters: $0.0006 each with Kokoro
+    text = " ".join(f"word{i}" for i in range(2000))[:6000]  # 6,000 characters: $0.006 each with Kokoro
     first = await (await world.emu.slash(alice, "say", options={"text": text})).wait_final(10)
     assert first.files
     sent = len(world.nano.tts_requests)
     second = await (await world.emu.slash(alice, "say", options={"text": text[::-1].strip()})).wait_final(10)
     midnight = (int(world.clock.now()) // DAY + 1) * DAY
-    assert second.content.endswith(f"daily NanoGPT budget, not enough for this speech ($0.0006); it resets "
+    assert second.content.endswith(f"daily NanoGPT budget, not enough for this speech ($0.006); it resets "
                                    f"<t:{midnight}:R>.")
     assert len(world.nano.tts_requests) == sent
 
@@ -96,16 +96,16 @@ async def test_server_budget_overrides_the_environment(world: World):
     assert third.files and len(world.nano.tts_requests) == sent + 1
 
     usage = await (await world.emu.slash(alice, "usage")).wait_final(10)
-    assert fields(usage)["This server today"] == "$0.0012 (no limit)"
+    assert fields(usage)["This server today"] == "$0.012 (no limit)"
 
     back = await settings(world, boss, daily_budget_usd="default")
-    assert fields(back)["Daily budget"] == "$5.00 (bot default from GUILD_DAILY_BUDGET_USD)"
+    assert fields(back)["Daily budget"] == "No limit (the bot's default)"
 
 
 @pytest.mark.parametrize(("typed", "answer"), [
-    ("2,50", "“2,50” is not a dollar amount; write the daily budget like 2.50, or 0 for no limit."),
-    ("-3", "“-3” is not a dollar amount; write the daily budget like 2.50, or 0 for no limit."),
-    ("ten", "“ten” is not a dollar amount; write the daily budget like 2.50, or 0 for no limit."),
+    ("2,50", "“2,50” is not a dollar amount; write the daily budget like 2.50."),
+    ("-3", "“-3” is not a dollar amount; write the daily budget like 2.50."),
+    ("ten", "“ten” is not a dollar amount; write the daily budget like 2.50."),
     ("0.0000001", "Budgets can have at most six decimals (a millionth of a dollar); use e.g. 2.50."),
 ])
 async def test_bad_budget_is_one_sentence_and_changes_nothing(world: World, typed: str, answer: str):
@@ -178,9 +178,9 @@ async def test_reset_goes_back_to_the_environment(world: World):
     reply = await settings(world, boss, reset=True)
     assert reply.content == "Saved: every setting is back to the bot's defaults."
     assert fields(reply) == {
-        "Daily budget": "$2.00 (bot default from GUILD_DAILY_BUDGET_USD)",
+        "Daily budget": "$2.00 (the bot's default)",
         "Who can clone voices": "Everyone",
-        "Voice cloning": "On (bot default), 3 per member per day",
+        "Voice cloning": "On (the bot's default), 3 per member per day",
     }
     stored = await world.db.get_guild_settings(world.emu.guild_id)
     assert (stored.daily_budget_micros, stored.clone_role_id, stored.clones_enabled) == (None, None, None)

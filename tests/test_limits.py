@@ -185,14 +185,49 @@ async def test_guild_settings_override_the_default_budget(db, clock):
     assert (await limits.usage(USER, GUILD)).guild_budget_micros == QWEN
     # Other guilds keep the env default.
     assert (await limits.usage(USER, OTHER_GUILD)).guild_budget_micros == 5_000_000
-    # 0 in the guild's settings means unlimited even though the env default is $5.
-    await db.update_guild_settings(GUILD, NOON, daily_budget_micros=0)
-    for _ in range(6):
-        await limits.reserve_tts(USER, GUILD, 1_000_000)
-    # Clearing the setting falls back to the env default ($5, already overspent).
+    # A stored 0 ("no limit", from before the ceiling) or a value above the env's $5 is enforced at $5.
+    for stored in (0, 8_000_000):
+        await db.update_guild_settings(GUILD, NOON, daily_budget_micros=stored)
+        assert (await limits.usage(USER, GUILD)).guild_budget_micros == 5_000_000
+    await limits.reserve_tts(USER, GUILD, 5_000_000 - QWEN)  # exactly up to the ceiling
+    with pytest.raises(LimitExceeded, match=r"reached its \$5\.00 daily NanoGPT budget"):
+        await limits.reserve_tts(USER, GUILD, 1)
+    # Clearing the setting falls back to the env default ($5, already spent).
     await db.update_guild_settings(GUILD, NOON, daily_budget_micros=None)
     with pytest.raises(LimitExceeded, match=r"\$5\.00 daily NanoGPT budget"):
         await limits.reserve_tts(USER, GUILD, 1)
+
+
+async def test_a_lowered_ceiling_applies_to_stored_budgets(db, clock):
+    await db.update_guild_settings(GUILD, NOON, daily_budget_micros=3_000_000)  # allowed under a $5 ceiling
+    limits = make_limits(db, clock, guild_daily_budget_micros=1_000_000)  # the operator lowers it to $1
+    await limits.reserve_tts(USER, GUILD, 1_000_000)
+    with pytest.raises(LimitExceeded) as caught:
+        await limits.reserve_tts(USER, GUILD, 1)
+    assert caught.value.reason == "guild_budget" and "$1.00 daily NanoGPT budget" in str(caught.value)
+
+
+async def test_the_bot_budget_is_exact_across_guilds_and_dms(db, clock):
+    limits = make_limits(db, clock, guild_daily_budget_micros=0, clone_daily_limit=50,
+                         bot_daily_budget_micros=1_000_000)
+    # 40 reservations of $0.10 at once from two guilds and DMs: exactly 10 fit in the bot's $1.00.
+    results = await asyncio.gather(
+        *(limits.reserve_tts(USER + i, (GUILD, OTHER_GUILD, None)[i % 3], 100_000) for i in range(40)),
+        return_exceptions=True,
+    )
+    granted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(granted) == 10 and all(isinstance(e, LimitExceeded) and e.reason == "bot_budget" for e in refused)
+    assert await db.ledger_total_spend("2025-11-25") == 1_000_000
+    assert str(refused[0]) == f"This bot's daily budget is used up; it resets <t:{MIDNIGHT}:R>."
+    # A release frees room; a clone that doesn't fit is told so; the next UTC day starts again.
+    await limits.release(granted[0])
+    with pytest.raises(LimitExceeded, match=r"^This bot's daily budget doesn't have enough left for this voice "
+                                            rf"clone; it resets <t:{MIDNIGHT}:R>\.$"):
+        await limits.reserve_clone(USER, GUILD, QWEN)
+    await limits.reserve_tts(USER, OTHER_GUILD, 100_000)
+    clock.advance(12 * 3600)
+    await limits.reserve_clone(USER, GUILD, QWEN)
 
 
 async def test_env_budget_zero_is_unlimited(db, clock):

@@ -215,7 +215,7 @@ async def test_autocomplete_lists_own_voices_first_never_others(env):
     assert (await svc.voice_choices(ALICE, "shimer"))[0][1].endswith("/shimmer")  # typo
     assert (await svc.voice_choices(ALICE, "Kokoro-82m/af_heart"))[0][1] == "Kokoro-82m/af_heart"
     typed = await svc.voice_choices(ALICE, "Kokoro-82m/zf_xiaobei")  # not listed, but a valid stock voice
-    assert ("Kokoro-82m/zf_xiaobei", "Kokoro-82m/zf_xiaobei") in typed
+    assert ("Kokoro-82m/zf_xiaobei · $0.001 per 1,000 characters", "Kokoro-82m/zf_xiaobei") in typed
     assert all(len(n) <= 100 and len(v) <= 100 for n, v in await svc.voice_choices(ALICE, "x" * 300))
 
 

@@ -468,6 +468,8 @@ class DiscordEmulator:
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
         self.syncs: list[int | None] = []  # one entry per bulk PUT: None (global) or the guild id
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
+        self.dm_channels: dict[int, dict[str, Any]] = {}  # user id → the DM channel between them and the bot
+        self.left_guilds: list[int] = []  # guilds the bot left (DELETE /users/@me/guilds/{id}), in order
 
         self.requests: list[RecordedRequest] = []
         self.unknown_routes: list[RecordedRequest] = []
@@ -519,6 +521,7 @@ class DiscordEmulator:
         r.add_post(f"{api}/channels/{{cid}}/messages", self._create_message)
         r.add_route("*", f"{api}/channels/{{cid}}/messages/{{mid}}", self._channel_message)
         r.add_get(f"{api}/users/@me/guilds", self._get_my_guilds)
+        r.add_delete(f"{api}/users/@me/guilds/{{guild_id}}", self._leave_guild)
         r.add_get(f"{api}/guilds/{{guild_id}}", self._get_guild)
         r.add_get(f"{api}/guilds/{{guild_id}}/channels", self._get_guild_channels)
         r.add_get(f"{api}/guilds/{{guild_id}}/members/{{user_id}}", self._get_member)
@@ -1061,12 +1064,15 @@ class DiscordEmulator:
         return self.syncs.count(guild_id or self.guild_id)
 
     def find_command(self, name: str, type: int = 1, guild_id: int | None = None) -> dict[str, Any]:
-        """The synced definition the user would see in ``guild_id`` (guild commands first)."""
+        """The synced definition the user would see in ``guild_id`` (guild commands first; global commands
+        whose ``contexts`` leave out guilds (0) are not shown in a guild, as in Discord's client)."""
         gid = guild_id or self.guild_id
-        for cmd in [*self.guild_commands.get(gid, []), *self.global_commands]:
+        visible = [*self.guild_commands.get(gid, []),
+                   *(c for c in self.global_commands if c.get("contexts") is None or 0 in c["contexts"])]
+        for cmd in visible:
             if cmd["name"] == name and int(cmd.get("type", 1)) == type:
                 return cmd
-        known = sorted({c["name"] for c in [*self.guild_commands.get(gid, []), *self.global_commands]})
+        known = sorted({c["name"] for c in visible})
         raise LookupError(f"command {name!r} (type {type}) is not synced for guild {gid}; synced: {known}")
 
     # ------------------------------------------------------------------------------------- gateway
@@ -1582,6 +1588,74 @@ class DiscordEmulator:
              "permissions": str(self.member_permissions(self.bot_user, g.id)), "features": []}
             for g in guilds
         ])
+
+    async def _leave_guild(self, request: web.Request) -> web.Response:
+        """Leave Guild: the bot stops being a member; GUILD_DELETE (no ``unavailable``) follows."""
+        self._require_bot(request)
+        gid = int(request.match_info["guild_id"])
+        guild = self.guilds.get(gid)
+        if guild is None or self.bot_user.id not in guild.members:
+            raise DiscordAPIError(404, 10004, "Unknown Guild")
+        del guild.members[self.bot_user.id]
+        self.left_guilds.append(gid)
+        self._notify()
+        await self.dispatch("GUILD_DELETE", {"id": str(gid)}, guild_id=gid)
+        return web.Response(status=204)
+
+    async def join_guild(self, guild_id: int | None = None, name: str = "Joined Guild", *,
+                         channel_name: str = "general", owner: EmuUser | None = None) -> EmuGuild:
+        """The bot is added to a new guild while connected: :meth:`add_guild`, then GUILD_CREATE."""
+        guild = self.add_guild(guild_id, name, channel_name=channel_name, owner=owner)
+        data = self._guild_dict(guild, full=True)
+        del data["unavailable"]  # a join, not an outage ending (discord.py: guild_join, not guild_available)
+        await self.dispatch("GUILD_CREATE", data, guild_id=guild.id)
+        return guild
+
+    def dm_channel(self, user: EmuUser | int) -> dict[str, Any]:
+        """The DM channel (type 1) between ``user`` and the bot (made on first use)."""
+        user = self._resolve_user(user)
+        channel = self.dm_channels.get(user.id)
+        if channel is None:
+            channel = {"id": str(self.snowflake()), "type": 1, "last_message_id": None, "flags": 0,
+                       "recipients": [user.to_dict()]}
+            self.dm_channels[user.id] = channel
+        return channel
+
+    def find_dm_command(self, name: str, type: int = 1) -> dict[str, Any]:
+        """The global command ``name`` as a user sees it in a DM with the bot (contexts include 1)."""
+        visible = [c for c in self.global_commands if c.get("dm_permission") is not False
+                   and (c.get("contexts") is None or 1 in c["contexts"])]
+        for cmd in visible:
+            if cmd["name"] == name and int(cmd.get("type", 1)) == type:
+                return cmd
+        raise LookupError(f"command {name!r} (type {type}) is not available in DMs; "
+                          f"available: {sorted(c['name'] for c in visible)}")
+
+    async def dm_slash(self, user: EmuUser | int, command: str, subcommand: str | None = None,
+                       options: Mapping[str, Any] | None = None, *, validate: bool = True) -> EmuInteraction:
+        """``user`` runs ``/command`` in their DM with the bot: context 1, ``user`` instead of ``member``, no
+        ``guild_id``, a ``channel`` of type 1 (string, number and boolean options)."""
+        user = self._resolve_user(user)
+        cmd = self.find_dm_command(command)
+        path, defs = self._command_path(cmd, subcommand)
+        nowhere = EmuGuild(0, "", 0)  # DMs have no roles or members to resolve
+        resolved: dict[str, dict] = {}
+        leaf = self._convert_options(defs, dict(options or {}), nowhere, resolved, focused=None, validate=validate)
+        data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": 1,
+                                "options": self._wrap_path(path, leaf, cmd)}
+        if resolved:
+            data["resolved"] = resolved
+        channel = self.dm_channel(user)
+        payload: dict[str, Any] = {
+            "id": str(self.snowflake()), "application_id": str(self.application_id), "type": 2,
+            "token": "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(96), "version": 1,
+            "channel_id": channel["id"], "channel": dict(channel), "user": user.to_dict(), "data": data,
+            "app_permissions": str(DEFAULT_BOT_PERMISSIONS), "locale": self.locale,
+            "entitlements": [], "entitlement_sku_ids": [],
+            "authorizing_integration_owners": {"0": "0"}, "context": 1,
+            "attachment_size_limit": self.attachment_size_limit,
+        }
+        return await self._inject(payload, user)
 
     async def _get_guild(self, request: web.Request) -> web.Response:
         self._require_bot(request)
