@@ -275,6 +275,19 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
         plural = "s" if len(guilds) != 1 else ""
         result.ok(f"logged in to Discord as {name} ({bot_id}), in {len(guilds)} server{plural}")
 
+    if config.allowed_guild_ids is not None:
+        outside = [g for g in guilds
+                   if int(g["id"]) not in config.allowed_guild_ids and int(g["id"]) != config.dev_guild_id]
+        if outside:
+            shown = ", ".join(_guild_label(g) for g in outside[:5]) + (" and more" if len(outside) > 5 else "")
+            result.note(f"the bot is in {_servers(len(outside))} not in ALLOWED_GUILD_IDS ({shown}); it leaves "
+                        "them when it starts")
+        absent = sorted(config.allowed_guild_ids - {int(g["id"]) for g in guilds})
+        if absent:
+            result.note(f"the bot is not in {_servers(len(absent))} of ALLOWED_GUILD_IDS "
+                        f"({', '.join(map(str, absent[:5]))}{' and more' if len(absent) > 5 else ''}); invite it "
+                        "there if it should serve them")
+
     missing: list[str] = []
     checked = 0
     for guild in guilds[:MAX_GUILDS_CHECKED]:
@@ -288,8 +301,8 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
         if lacking:
             missing.append(f"{_guild_label(guild)}: {', '.join(lacking)}")
     if missing:
-        result.problem(f"missing permissions in {len(missing)} of {min(len(guilds), MAX_GUILDS_CHECKED)} "
-                       f"server(s): {'; '.join(missing)}; give the bot's role these permissions")
+        result.problem(f"missing permissions in {len(missing)} of {_servers(min(len(guilds), MAX_GUILDS_CHECKED))}: "
+                       f"{'; '.join(missing)}; give the bot's role these permissions")
     elif checked:
         sampled = f" (the first {checked})" if len(guilds) > checked else ""
         result.ok(f"the bot has the permissions it needs in every server checked{sampled}")
@@ -330,6 +343,10 @@ async def _guild_permissions(http: discord.http.HTTPClient, guild: dict, bot_id:
     if perms.administrator:
         return discord.Permissions.all()
     return perms
+
+
+def _servers(count: int) -> str:
+    return f"{count} server" if count == 1 else f"{count} servers"
 
 
 def _guild_label(guild: dict) -> str:

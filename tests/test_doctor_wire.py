@@ -158,7 +158,7 @@ async def test_missing_permissions_are_named_per_server(tmp_path, emu, fake_nano
     assert checked.code == 1
     assert "ok: logged in to Discord as NanoVoice" in checked.out and "in 2 servers" in checked.out
     assert checked.problems == [
-        f"problem: missing permissions in 1 of 2 server(s): Locked Down ({guild.id}): Send Messages, Embed Links, "
+        f"problem: missing permissions in 1 of 2 servers: Locked Down ({guild.id}): Send Messages, Embed Links, "
         "Attach Files, Read Message History, Send Voice Messages; give the bot's role these permissions"
     ]
 
@@ -232,3 +232,15 @@ async def test_a_check_that_never_answers_times_out_shown_as_it_runs(tmp_path, e
     assert lines.index("checking ffmpeg…") > lines.index(problem)  # the other checks still ran
     assert lines[-1] == "nanovoice check: 1 problem found"
     assert [r.path for r in fake_nanogpt.requests] == ["/check-balance"]
+
+
+async def test_servers_outside_allowed_guild_ids_are_named(tmp_path, emu, fake_nanogpt):
+    other = emu.add_guild(name="Elsewhere")
+    missing_id = emu.snowflake()
+    checked = await run_check(tmp_path, emu, fake_nanogpt, ALLOWED_GUILD_IDS=f"{emu.guild_id},{missing_id}")
+    assert checked.code == 0, checked
+    notes = [line for line in checked.lines if line.startswith("note: ")]
+    assert f"note: the bot is in 1 server not in ALLOWED_GUILD_IDS (Elsewhere ({other.id})); it leaves them " \
+           "when it starts" in notes
+    assert f"note: the bot is not in 1 server of ALLOWED_GUILD_IDS ({missing_id}); invite it there if it should " \
+           "serve them" in notes
