@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot import audio
+from bot import audio, providers
 from bot.clock import Clock
 from bot.config import TTS_MODELS, Config
 from bot.embeddings import EmbeddingHost
@@ -87,7 +87,7 @@ STOCK_VOICES: dict[str, tuple[str, ...]] = {
 }
 STOCK_EXAMPLE = "Kokoro-82m/af_bella"
 
-PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen"}
+PROVIDER_LABELS = {key: provider.label for key, provider in providers.PROVIDERS.items()}
 
 
 # -- text hygiene ----------------------------------------------------------------------------------

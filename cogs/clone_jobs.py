@@ -18,11 +18,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import interactions, providers
 from bot.errors import UserFacingError
 from bot.jobs import (
     INTERACTION_TOKEN_LIFETIME,
-    PROVIDER_LABELS,
     STATE_LABELS,
     ClipSource,
     CloneNotice,
@@ -70,6 +69,9 @@ def confirm_embed(prepared: PreparedClone) -> discord.Embed:
     embed.add_field(name="Provider", value=prepared.provider_label)
     embed.add_field(name="Price", value=format_usd(prepared.price_micros))
     embed.add_field(name="Duration", value=duration)
+    rule = providers.PROVIDERS.get(prepared.request.provider)
+    if rule is not None:
+        embed.add_field(name=f"{rule.label} accepts", value=rule.clip_rule(), inline=False)
     return embed
 
 
@@ -87,7 +89,7 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     embed = discord.Embed(title=f"Cloning {_quoted(job.voice_name)}", colour=colour)
     if job.is_open:
         embed.description = f"Started <t:{int(started)}:R>; this card updates as NanoGPT works."
-    embed.add_field(name="Provider", value=PROVIDER_LABELS.get(job.provider, job.provider))
+    embed.add_field(name="Provider", value=providers.label(job.provider))
     embed.add_field(name="State", value=STATE_LABELS.get(job.state, job.state.title()))
     embed.add_field(name="Elapsed", value=format_elapsed(end - started))
     if job.cost_micros is not None:
@@ -189,15 +191,12 @@ class CloneModal(discord.ui.Modal):
                                                placeholder="What to call the voice")
         self.provider_select = discord.ui.Select(
             custom_id="clone:provider",
-            options=[
-                discord.SelectOption(label="MiniMax: $1.00, needs 10 s–5 min of audio", value="minimax"),
-                discord.SelectOption(label="Qwen3-TTS: $0.25, needs 3 s–5 min of audio", value="qwen"),
-            ],
+            options=[discord.SelectOption(label=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()],
             min_values=1, max_values=1,
         )
         self.transcript_input = discord.ui.TextInput(
             custom_id="clone:transcript", style=discord.TextStyle.paragraph, required=False, max_length=1000,
-            placeholder="What is said in the recording (helps Qwen)",
+            placeholder="What is said in the recording (helps Qwen3-TTS)",
         )
         self.add_item(discord.ui.Label(text="Voice name", component=self.name_input))
         self.add_item(discord.ui.Label(text="Provider", component=self.provider_select))

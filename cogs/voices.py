@@ -18,9 +18,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import interactions, providers
 from bot.errors import NotFound, UserFacingError
-from bot.jobs import PROVIDER_LABELS, STATE_LABELS, validate_voice_name
+from bot.jobs import STATE_LABELS, validate_voice_name
 from bot.storage import CloneJob, DuplicateVoiceName, Voice, name_key
 
 if TYPE_CHECKING:
@@ -28,10 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = [
-    app_commands.Choice(name="MiniMax ($1.00, 10 s–5 min of audio)", value="minimax"),
-    app_commands.Choice(name="Qwen3-TTS ($0.25, 3 s–5 min of audio)", value="qwen"),
-]
+PROVIDERS = [app_commands.Choice(name=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()]
 MINIMAX_MODELS = [
     app_commands.Choice(name="speech-02-hd (best quality)", value="speech-02-hd"),
     app_commands.Choice(name="speech-02-turbo (faster)", value="speech-02-turbo"),
@@ -64,7 +61,7 @@ def ts(value: float | None, style: str = "R") -> str:
 
 
 def provider_label(provider: str) -> str:
-    return PROVIDER_LABELS.get(provider, provider)
+    return providers.label(provider)
 
 
 def format_cost(micros: int | None, source: str | None) -> str:
@@ -298,8 +295,8 @@ class Voices(commands.Cog):
     @app_commands.describe(
         audio="A recording of one person speaking (MP3, M4A, WAV, OGG, FLAC, AAC, WebM)",
         name="What to call the voice (1–32 characters)",
-        provider="MiniMax ($1.00) or Qwen3-TTS ($0.25)",
-        transcript="What is said in the recording (helps Qwen)",
+        provider=" or ".join(f"{p.label} ({p.price})" for p in providers.PROVIDERS.values()),
+        transcript="What is said in the recording (helps Qwen3-TTS)",
         model="MiniMax clone model",
         noise_reduction="Ask MiniMax to reduce background noise",
         normalize_volume="Ask MiniMax to normalise the volume",

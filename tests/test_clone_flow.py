@@ -79,7 +79,8 @@ async def test_minimax_clone_through_consent_polling_and_a_sample(world: World, 
                             provider="minimax")
     confirm = await card(world, inter, lambda m: "Confirm" in buttons(m))
     assert CONSENT in embed(confirm)["description"]
-    assert fields(confirm) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.0 s"}
+    assert fields(confirm) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.0 s",
+                               "MiniMax accepts": "10 s–5 min of audio"}
     assert buttons(confirm)["Confirm"]["style"] == 3 and not confirm.ephemeral
     assert world.nano.requests == []  # nothing is spent before consent
 
