@@ -97,11 +97,24 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     return embed
 
 
+def sample_label(job: CloneJob, notice: CloneNotice, who: str) -> str:
+    """``The attached sample is a synthetic voice: “Alice”, cloned for <@1>.``"""
+    name = _quoted(notice.voice_name or job.voice_name)
+    return f"The attached sample is a synthetic voice: {name}, cloned for {who}."
+
+
+def sample_alt_text(job: CloneJob, notice: CloneNotice) -> str:
+    """The sample file's description (alt text): it stays with the file wherever it is shown."""
+    return f"Synthetic voice sample: {notice.voice_name or job.voice_name}"[:1024]
+
+
 def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embed:
     embed = status_embed(job, now)
     if notice.outcome == "completed" and notice.voice_name:
         embed.title = f"Voice {_quoted(notice.voice_name)} is ready"
     embed.description = discord.utils.escape_markdown(notice.message)
+    if notice.sample is not None:
+        embed.set_footer(text=f"🔊 {sample_label(job, notice, 'you')}")  # footers show no mentions
     return embed
 
 
@@ -343,7 +356,8 @@ class CloneJobs(commands.Cog):
         def files() -> list[discord.File]:
             if notice.sample is None:
                 return []
-            return [discord.File(io.BytesIO(notice.sample), filename=notice.sample_filename)]
+            return [discord.File(io.BytesIO(notice.sample), filename=notice.sample_filename,
+                                 description=sample_alt_text(job, notice))]
 
         embed = notice_embed(job, notice, self.bot.clock.now())
         if self.bot.clones.token_alive(job):
@@ -360,8 +374,11 @@ class CloneJobs(commands.Cog):
             return
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
+            content = f"<@{job.user_id}> {discord.utils.escape_markdown(notice.message)}"
+            if notice.sample is not None:
+                content += f"\n-# 🔊 {sample_label(job, notice, f'<@{job.user_id}>')}"
             await channel.send(
-                f"<@{job.user_id}> {discord.utils.escape_markdown(notice.message)}", files=files(),
+                content, files=files(),
                 nonce=notice_nonce(job),  # with enforce_nonce: Discord drops a resend after a crash
                 allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
                                                          users=[discord.Object(job.user_id)]),
