@@ -80,12 +80,12 @@ EMBEDDING_MAX_BYTES = 20 * 1024 * 1024
 SAMPLE_TEXT = "Hello! This is my new voice. How do I sound?"
 
 LOST_AFTER_RESTART = (
-    "The bot restarted while submitting your clone, so I can't tell whether NanoGPT received (and charged) it; "
-    "it was not resubmitted to avoid a double charge; ask the operator to check the NanoGPT dashboard."
+    "I restarted while sending your clone, so I can't tell whether NanoGPT got it and charged for it. "
+    "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard."
 )
 LOST_AFTER_TIMEOUT = (
-    "NanoGPT stopped answering after your clone was sent, so I can't tell whether it was received (and charged); "
-    "it was not resubmitted to avoid a double charge; ask the operator to check the NanoGPT dashboard."
+    "NanoGPT stopped answering after I sent your clone, so I can't tell whether it got it and charged for it. "
+    "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard."
 )
 TIMED_OUT = "NanoGPT did not finish the clone within 30 minutes."
 FAILED_WITHOUT_REASON = "NanoGPT reported that the clone failed without giving a reason."

@@ -86,6 +86,7 @@ STOCK_VOICES: dict[str, tuple[str, ...]] = {
     "Elevenlabs-Turbo-V2.5": _ELEVENLABS_VOICES,
 }
 STOCK_EXAMPLE = "Kokoro-82m/af_bella"
+STOCK_EXAMPLE_2 = "tts-1/nova"
 
 PROVIDER_LABELS = {key: provider.label for key, provider in providers.PROVIDERS.items()}
 
@@ -306,8 +307,8 @@ def parse_stock_voice(value: str) -> tuple[str, str]:
     model = canonical_model(model_part)
     if model is None:
         raise UserFacingError(
-            f"“{_short(model_part)}” is not a NanoGPT speech model; write a stock voice as model/voice with one "
-            f"of {', '.join(TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
+            f"“{_short(model_part)}” is not a speech model I know. Write a stock voice as model/voice, "
+            f"e.g. {STOCK_EXAMPLE} or {STOCK_EXAMPLE_2}; see /say's voice suggestions for more."
         )
     voice = voice_part.strip()
     if not voice:

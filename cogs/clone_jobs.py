@@ -62,8 +62,8 @@ def confirm_embed(prepared: PreparedClone) -> discord.Embed:
         duration = f"{clip.source_duration:.1f} s, trimmed to the first {clip.duration:.0f} s"
     embed = discord.Embed(
         title=f"Clone {_quoted(prepared.request.name)}?",
-        description=f"{CONSENT}\n\nPress **Confirm** to spend {format_usd(prepared.price_micros)} of this bot's "
-                    f"NanoGPT balance on this clone.",
+        description=f"{CONSENT}\n\nPress **Confirm** and I'll spend {format_usd(prepared.price_micros)} of "
+                    f"the NanoGPT balance on this clone.",
         colour=COLOUR_WAITING,
     )
     embed.add_field(name="Provider", value=prepared.provider_label)

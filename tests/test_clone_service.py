@@ -248,7 +248,9 @@ async def test_submit_answer_lost_marks_the_job_lost_and_keeps_the_reservation(e
     env.fake.fail_next("/voice-clone/minimax", drop=True)
     with pytest.raises(UserFacingError) as info:
         await env.clone("Ghost", "minimax")
-    assert str(info.value) == LOST_AFTER_TIMEOUT
+    assert str(info.value) == LOST_AFTER_TIMEOUT == (
+        "NanoGPT stopped answering after I sent your clone, so I can't tell whether it got it and charged for it. "
+        "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard.")
     (job,) = await env.db.user_jobs(1)
     assert job.state == "lost" and job.run_id is None
     assert [r["state"] for r in await env.ledger()] == ["reserved"]
@@ -341,6 +343,9 @@ async def test_a_submit_cut_off_by_a_crash_is_lost_not_resubmitted(env):
     await env.start()
     job, notice = await env.events.wait()
     assert notice.outcome == "lost" and notice.message == LOST_AFTER_RESTART and job.state == "lost"
+    assert LOST_AFTER_RESTART == (
+        "I restarted while sending your clone, so I can't tell whether NanoGPT got it and charged for it. "
+        "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard.")
     await env.stop()
     await env.start()  # and again: told once only
     await asyncio.sleep(0.3)
