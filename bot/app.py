@@ -38,6 +38,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.speech",
     "cogs.usage",
     "cogs.admin",
+    "cogs.help",
 )
 
 COMMAND_HASH_KEY = "global_command_hash"
