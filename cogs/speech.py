@@ -264,7 +264,10 @@ class Speech(commands.Cog):
         """Post a real voice message in the channel (Create Message), then remove the "thinking…"
         reply; a plain attachment where Discord refuses voice messages (50173, 403)."""
         perms = interaction.app_permissions
-        if not (perms.send_voice_messages and perms.attach_files and perms.send_messages):
+        # In a thread (a forum post too) Discord asks for Send Messages in Threads, not Send Messages.
+        may_send = perms.send_messages_in_threads if isinstance(interaction.channel, discord.Thread) \
+            else perms.send_messages
+        if not (perms.send_voice_messages and perms.attach_files and may_send):
             note = "-# I may not send voice messages here, so here is the audio as a file."
             await self._send_file(interaction, speech, note)
             return
