@@ -7,12 +7,14 @@ The user-visible flows (cards, buttons, modals, restarts of a real process) are 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 
 import aiohttp
 import pytest
 
+from bot import providers
 from bot.clock import Clock
 from bot.config import Config, Secret
 from bot.embeddings import EmbeddingHost
@@ -366,3 +368,15 @@ async def test_guild_policy_and_daily_limit_refuse_before_any_request(env):
     with pytest.raises(LimitExceeded, match="resets"):
         await env.clone("one-too-many", "qwen", seconds=4)
     assert len(env.fake.submits) == 3
+
+
+async def test_the_reserved_price_and_the_clip_rule_come_from_the_provider_table(env, monkeypatch):
+    cheaper = dataclasses.replace(providers.PROVIDERS["minimax"], price_micros=700_000, min_s=15)
+    monkeypatch.setitem(providers.PROVIDERS, "minimax", cheaper)
+    with pytest.raises(UserFacingError) as short:  # 12 s was enough before, not with a 15 s minimum
+        await env.service.prepare(env.request("Short"), env.clip("mp3", 12.0))
+    assert "MiniMax needs at least 15 seconds" in str(short.value)
+    env.fake.fail_next("/voice-clone/minimax", drop=True)  # the reservation stays, so we can read its amount
+    with pytest.raises(UserFacingError):
+        await env.clone("Priced", "minimax", seconds=16.0)
+    assert await env.ledger() == [{"kind": "clone", "state": "reserved", "amount_micros": 700_000}]
