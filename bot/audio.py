@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ACCEPTED_FORMATS",
     "MAX_UPLOAD_BYTES",
-    "PROVIDER_RULES",
     "AudioError",
     "DurationRule",
     "NormalizedAudio",
@@ -52,6 +51,7 @@ __all__ = [
     "extension_for",
     "normalize_clone_audio",
     "precheck",
+    "provider_rule",
 ]
 
 # -- rules -----------------------------------------------------------------------------------------
@@ -73,8 +73,6 @@ def provider_rule(provider: str) -> DurationRule | None:
         return None
     return DurationRule(min_s=described.min_s, max_s=described.max_s, trim_to=described.trim_to)
 
-
-PROVIDER_RULES: dict[str, DurationRule] = {key: provider_rule(key) for key in providers.PROVIDERS}  # type: ignore[misc]
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACCEPTED_FORMATS = "MP3, M4A, WAV, OGG, FLAC, AAC or WebM"
