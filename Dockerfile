@@ -3,7 +3,8 @@
 #   docker run -d --name nanovoice --env-file .env -v nanovoice-data:/app/data nanovoice
 # or `docker compose up -d` with compose.yaml. `docker run --rm --env-file .env nanovoice nanovoice check`
 # diagnoses the setup (token, key, permissions, ffmpeg, database).
-FROM python:3.11-slim
+# Pinned by Debian codename, so a rebuild does not move to a new Debian release silently.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,14 +16,23 @@ RUN groupadd --system --gid 10001 nanovoice \
  && useradd --system --uid 10001 --gid nanovoice --home-dir /app --no-create-home \
       --shell /usr/sbin/nologin nanovoice
 
-# Install the project itself (dependencies come as wheels, ffmpeg comes inside imageio-ffmpeg),
-# then drop the sources so only the installed package is importable.
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes, not on every
+# code change. The list is read from pyproject.toml itself (tomllib is in Python 3.11), so it is never
+# copied by hand. Dependencies come as wheels; ffmpeg comes inside imageio-ffmpeg.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
+ && python -c "import imageio_ffmpeg, subprocess; subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-version'], check=True, capture_output=True)"
+
+# Then the code: the project itself without dependencies (they are installed above), then drop the
+# sources so only the installed package is importable.
+COPY README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install . \
- && python -c "import imageio_ffmpeg, subprocess; subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-version'], check=True, capture_output=True)" \
+RUN pip install --no-deps . \
  && rm -rf /src
 
 WORKDIR /app

@@ -41,6 +41,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.usage",
     "cogs.admin",
     "cogs.owner",
+    "cogs.help",
 )
 
 COMMAND_HASH_KEY = "global_command_hash"

@@ -34,6 +34,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from bot import providers
 from bot.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ACCEPTED_FORMATS",
     "MAX_UPLOAD_BYTES",
-    "PROVIDER_RULES",
     "AudioError",
     "DurationRule",
     "NormalizedAudio",
@@ -51,6 +51,7 @@ __all__ = [
     "extension_for",
     "normalize_clone_audio",
     "precheck",
+    "provider_rule",
 ]
 
 # -- rules -----------------------------------------------------------------------------------------
@@ -65,11 +66,13 @@ class DurationRule:
     trim_to: float | None = None
 
 
-PROVIDER_RULES: dict[str, DurationRule] = {
-    "minimax": DurationRule(min_s=10, max_s=300, trim_to=None),
-    "qwen": DurationRule(min_s=3, max_s=300, trim_to=30),
-}
-PROVIDER_NAMES = {"minimax": "MiniMax", "qwen": "Qwen"}
+def provider_rule(provider: str) -> DurationRule | None:
+    """The clip rule of ``provider`` from :mod:`bot.providers` (read at call time: one source)."""
+    described = providers.PROVIDERS.get(provider)
+    if described is None:
+        return None
+    return DurationRule(min_s=described.min_s, max_s=described.max_s, trim_to=described.trim_to)
+
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACCEPTED_FORMATS = "MP3, M4A, WAV, OGG, FLAC, AAC or WebM"
@@ -544,7 +547,7 @@ async def normalize_clone_audio(
     real length, rejects it when too short or too long for the provider, and trims Qwen clips to
     their first 30 s. Raises :class:`AudioError` with one user-facing sentence on any problem.
     """
-    rule = PROVIDER_RULES.get(provider)
+    rule = provider_rule(provider)
     if rule is None:
         raise ValueError(f"unknown provider {provider!r}")
     kind = precheck(data, filename)
@@ -581,7 +584,7 @@ async def normalize_clone_audio(
         log.info("upload %r (%s) decoded to %.2f s / %d MP3 bytes", filename, kind, source_duration, len(mp3))
         raise _unreadable()
 
-    name = PROVIDER_NAMES.get(provider, provider)
+    name = providers.label(provider)
     if source_duration > rule.max_s + LENGTH_TOLERANCE_S:
         # We decoded only just past the maximum; the header's claim is good enough for the message.
         claimed = await asyncio.to_thread(_header_duration, data)

@@ -42,12 +42,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bot import audio
+from bot import audio, providers
 from bot.clock import Clock
 from bot.config import Config
 from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
-from bot.limits import Limits, estimate_clone_micros
+from bot.limits import Limits
 from bot.nanogpt import (
     ContentPolicyError,
     DownloadTooLarge,
@@ -62,8 +62,8 @@ from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("minimax", "qwen")
-PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen3-TTS"}
+PROVIDERS = tuple(providers.PROVIDERS)
+PROVIDER_LABELS = {key: provider.label for key, provider in providers.PROVIDERS.items()}
 STATE_LABELS = {
     "submitting": "Submitting",
     "pending": "Queued",
@@ -80,12 +80,12 @@ EMBEDDING_MAX_BYTES = 20 * 1024 * 1024
 SAMPLE_TEXT = "Hello! This is my new voice. How do I sound?"
 
 LOST_AFTER_RESTART = (
-    "The bot restarted while submitting your clone, so I can't tell whether NanoGPT received (and charged) it; "
-    "it was not resubmitted to avoid a double charge; ask the operator to check the NanoGPT dashboard."
+    "I restarted while sending your clone, so I can't tell whether NanoGPT got it and charged for it. "
+    "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard."
 )
 LOST_AFTER_TIMEOUT = (
-    "NanoGPT stopped answering after your clone was sent, so I can't tell whether it was received (and charged); "
-    "it was not resubmitted to avoid a double charge; ask the operator to check the NanoGPT dashboard."
+    "NanoGPT stopped answering after I sent your clone, so I can't tell whether it got it and charged for it. "
+    "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard."
 )
 TIMED_OUT = "NanoGPT did not finish the clone within 30 minutes."
 FAILED_WITHOUT_REASON = "NanoGPT reported that the clone failed without giving a reason."
@@ -171,7 +171,7 @@ class PreparedClone:
 
     @property
     def provider_label(self) -> str:
-        return PROVIDER_LABELS[self.request.provider]
+        return providers.label(self.request.provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +273,7 @@ class CloneService:
         Asked early so the user is not asked to confirm a clone that cannot run; the real, atomic
         reservation happens right before the submit.
         """
-        await self.limits.check_clone(request.user_id, request.guild_id, estimate_clone_micros(request.provider))
+        await self.limits.check_clone(request.user_id, request.guild_id, providers.price_micros(request.provider))
 
     async def prepare(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
         """Every check that costs nothing, then download and normalise the clip."""
@@ -302,7 +302,7 @@ class CloneService:
         """Download and normalise the clip of a request that passed :meth:`check`."""
         data = await clip.read()  # normalize_clone_audio sniffs the header first
         normalized = await audio.normalize_clone_audio(data, request.provider, filename=clip.filename)
-        return PreparedClone(request, normalized, estimate_clone_micros(request.provider))
+        return PreparedClone(request, normalized, providers.price_micros(request.provider))
 
     # -- submit ----------------------------------------------------------------------------------
 

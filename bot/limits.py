@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from bot import providers
 from bot.clock import Clock
 from bot.config import Config
 from bot.errors import UserFacingError
@@ -32,9 +33,6 @@ from bot.storage import Database
 log = logging.getLogger(__name__)
 
 MICROS_PER_UNIT = 1_000_000
-
-# What one clone run costs (NanoGPT docs: $1.00 MiniMax, $0.25 Qwen); reserved before submitting.
-CLONE_PRICE_MICROS: dict[str, int] = {"minimax": 1_000_000, "qwen": 250_000}
 
 # Documented TTS prices in micro-dollars per 1,000 characters, keyed by lower-cased model name.
 # Models not listed (MiniMax and Qwen TTS: prices undocumented) use TTS_DEFAULT_MICROS_PER_1K, a
@@ -75,11 +73,8 @@ def tts_price_text(model: str) -> str:
 
 
 def estimate_clone_micros(provider: str) -> int:
-    """The price of one clone run with ``provider`` ('minimax' or 'qwen')."""
-    try:
-        return CLONE_PRICE_MICROS[provider.lower()]
-    except KeyError:
-        raise ValueError(f"unknown clone provider {provider!r}") from None
+    """The price of one clone run with ``provider`` ('minimax' or 'qwen'), from :mod:`bot.providers`."""
+    return providers.price_micros(provider)
 
 
 def estimate_tts_micros(model: str, chars: int) -> int:
@@ -368,7 +363,6 @@ class Cooldown:
 
 
 __all__ = [
-    "CLONE_PRICE_MICROS",
     "TTS_DEFAULT_MICROS_PER_1K",
     "TTS_MICROS_PER_1K_CHARS",
     "Cooldown",

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot import audio
+from bot import audio, providers
 from bot.clock import Clock
 from bot.config import TTS_MODELS, Config
 from bot.embeddings import EmbeddingHost
@@ -94,8 +94,9 @@ STOCK_VOICES: dict[str, tuple[str, ...]] = {
     "Elevenlabs-Turbo-V2.5": _ELEVENLABS_VOICES,
 }
 STOCK_EXAMPLE = "Kokoro-82m/af_bella"
+STOCK_EXAMPLE_2 = "tts-1/nova"
 
-PROVIDER_LABELS = {"minimax": "MiniMax", "qwen": "Qwen3-TTS"}
+PROVIDER_LABELS = {key: provider.label for key, provider in providers.PROVIDERS.items()}
 
 
 # -- text hygiene ----------------------------------------------------------------------------------
@@ -308,6 +309,14 @@ def canonical_model(name: str) -> str | None:
 BOT_VOICE_ID = re.compile(r"^nv\d[0-9a-f]{16}$", re.IGNORECASE)
 
 
+def stock_examples(models: tuple[str, ...]) -> str:
+    """Two stock voices of ``models`` for people (``Kokoro-82m/af_bella or tts-1/nova`` by default)."""
+    if set(models) >= {STOCK_EXAMPLE.split("/")[0], STOCK_EXAMPLE_2.split("/")[0]}:
+        return f"{STOCK_EXAMPLE} or {STOCK_EXAMPLE_2}"
+    examples = [f"{m}/{STOCK_VOICES[m][0]}" for m in models if STOCK_VOICES.get(m)][:2]
+    return " or ".join(examples) or STOCK_EXAMPLE
+
+
 def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple[str, str]:
     """``"kokoro-82m/af_bella"`` → ``("Kokoro-82m", "af_bella")``; a clear sentence otherwise (naming
     ``models``, the models this bot offers)."""
@@ -315,8 +324,8 @@ def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple
     model = canonical_model(model_part)
     if model is None:
         raise UserFacingError(
-            f"“{_short(model_part)}” is not a NanoGPT speech model; write a stock voice as model/voice with one "
-            f"of {', '.join(models or TTS_MODELS)} (e.g. {STOCK_EXAMPLE})."
+            f"“{_short(model_part)}” is not a speech model I know. Write a stock voice as model/voice, "
+            f"e.g. {stock_examples(models)}; see /say's voice suggestions for more."
         )
     voice = voice_part.strip()
     if not voice:
@@ -476,7 +485,7 @@ class SpeechService:
             return _stock(model, voice)
         raise NotFound(
             f"You have no voice named “{_short(value)}”; pick one of your voices (/voice list) or a stock voice "
-            f"such as {STOCK_EXAMPLE}."
+            f"such as {self.default_stock_voice().label}."
         )
 
     async def voice_choices(self, user_id: int, current: str) -> list[tuple[str, str]]:

@@ -18,11 +18,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import interactions, providers
 from bot.errors import UserFacingError
 from bot.jobs import (
     INTERACTION_TOKEN_LIFETIME,
-    PROVIDER_LABELS,
     STATE_LABELS,
     ClipSource,
     CloneNotice,
@@ -63,13 +62,16 @@ def confirm_embed(prepared: PreparedClone) -> discord.Embed:
         duration = f"{clip.source_duration:.1f} s, trimmed to the first {clip.duration:.0f} s"
     embed = discord.Embed(
         title=f"Clone {_quoted(prepared.request.name)}?",
-        description=f"{CONSENT}\n\nPress **Confirm** to spend {format_usd(prepared.price_micros)} of this bot's "
-                    f"NanoGPT balance on this clone.",
+        description=f"{CONSENT}\n\nPress **Confirm** and I'll spend {format_usd(prepared.price_micros)} of "
+                    f"the NanoGPT balance on this clone.",
         colour=COLOUR_WAITING,
     )
     embed.add_field(name="Provider", value=prepared.provider_label)
     embed.add_field(name="Price", value=format_usd(prepared.price_micros))
     embed.add_field(name="Duration", value=duration)
+    rule = providers.PROVIDERS.get(prepared.request.provider)
+    if rule is not None:
+        embed.add_field(name=f"{rule.label} accepts", value=rule.clip_rule(), inline=False)
     return embed
 
 
@@ -87,7 +89,7 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     embed = discord.Embed(title=f"Cloning {_quoted(job.voice_name)}", colour=colour)
     if job.is_open:
         embed.description = f"Started <t:{int(started)}:R>; this card updates as NanoGPT works."
-    embed.add_field(name="Provider", value=PROVIDER_LABELS.get(job.provider, job.provider))
+    embed.add_field(name="Provider", value=providers.label(job.provider))
     embed.add_field(name="State", value=STATE_LABELS.get(job.state, job.state.title()))
     embed.add_field(name="Elapsed", value=format_elapsed(end - started))
     if job.cost_micros is not None:
@@ -95,11 +97,24 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     return embed
 
 
+def sample_label(job: CloneJob, notice: CloneNotice, who: str) -> str:
+    """``The attached sample is a synthetic voice: “Alice”, cloned for <@1>.``"""
+    name = _quoted(notice.voice_name or job.voice_name)
+    return f"The attached sample is a synthetic voice: {name}, cloned for {who}."
+
+
+def sample_alt_text(job: CloneJob, notice: CloneNotice) -> str:
+    """The sample file's description (alt text): it stays with the file wherever it is shown."""
+    return f"Synthetic voice sample: {notice.voice_name or job.voice_name}"[:1024]
+
+
 def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embed:
     embed = status_embed(job, now)
     if notice.outcome == "completed" and notice.voice_name:
         embed.title = f"Voice {_quoted(notice.voice_name)} is ready"
     embed.description = discord.utils.escape_markdown(notice.message)
+    if notice.sample is not None:
+        embed.set_footer(text=f"🔊 {sample_label(job, notice, 'you')}")  # footers show no mentions
     return embed
 
 
@@ -189,15 +204,12 @@ class CloneModal(discord.ui.Modal):
                                                placeholder="What to call the voice")
         self.provider_select = discord.ui.Select(
             custom_id="clone:provider",
-            options=[
-                discord.SelectOption(label="MiniMax: $1.00, needs 10 s–5 min of audio", value="minimax"),
-                discord.SelectOption(label="Qwen3-TTS: $0.25, needs 3 s–5 min of audio", value="qwen"),
-            ],
+            options=[discord.SelectOption(label=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()],
             min_values=1, max_values=1,
         )
         self.transcript_input = discord.ui.TextInput(
             custom_id="clone:transcript", style=discord.TextStyle.paragraph, required=False, max_length=1000,
-            placeholder="What is said in the recording (helps Qwen)",
+            placeholder="What is said in the recording (helps Qwen3-TTS)",
         )
         self.add_item(discord.ui.Label(text="Voice name", component=self.name_input))
         self.add_item(discord.ui.Label(text="Provider", component=self.provider_select))
@@ -344,7 +356,8 @@ class CloneJobs(commands.Cog):
         def files() -> list[discord.File]:
             if notice.sample is None:
                 return []
-            return [discord.File(io.BytesIO(notice.sample), filename=notice.sample_filename)]
+            return [discord.File(io.BytesIO(notice.sample), filename=notice.sample_filename,
+                                 description=sample_alt_text(job, notice))]
 
         embed = notice_embed(job, notice, self.bot.clock.now())
         if self.bot.clones.token_alive(job):
@@ -361,8 +374,11 @@ class CloneJobs(commands.Cog):
             return
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
+            content = f"<@{job.user_id}> {discord.utils.escape_markdown(notice.message)}"
+            if notice.sample is not None:
+                content += f"\n-# 🔊 {sample_label(job, notice, f'<@{job.user_id}>')}"
             await channel.send(
-                f"<@{job.user_id}> {discord.utils.escape_markdown(notice.message)}", files=files(),
+                content, files=files(),
                 nonce=notice_nonce(job),  # with enforce_nonce: Discord drops a resend after a crash
                 allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
                                                          users=[discord.Object(job.user_id)]),

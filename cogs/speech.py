@@ -28,6 +28,7 @@ MESSAGE_LIMIT = 2000  # Discord's content limit
 VOICE_MESSAGE_FILENAME = "voice-message.ogg"
 VOICE_MESSAGES_REFUSED = 50173  # "Cannot send voice messages in this channel"
 NO_PINGS = discord.AllowedMentions.none()
+ATTRIBUTION_SHOWN = "nanovoice.attribution_shown"  # key in Interaction.extras: the answer is the attribution line
 
 
 class VoiceMessageFile(discord.File):
@@ -45,11 +46,15 @@ class VoiceMessageFile(discord.File):
         return payload
 
 
-def voice_message_parameters(ogg: bytes, duration: float, waveform: str) -> discord.http.MultipartParameters:
-    """Create Message parameters for a voice message (flag 8192, one ``audio/ogg`` part, no content)."""
+def voice_message_parameters(ogg: bytes, duration: float, waveform: str,
+                             reference: discord.MessageReference | None = None) -> discord.http.MultipartParameters:
+    """Create Message parameters for a voice message (flag 8192, one ``audio/ogg`` part, no content),
+    optionally a reply to ``reference`` (replying never pings: allowed mentions none)."""
     file = VoiceMessageFile(ogg, VOICE_MESSAGE_FILENAME, duration=duration, waveform=waveform)
     params = discord.http.handle_message_parameters(file=file, flags=discord.MessageFlags(voice=True),
-                                                    allowed_mentions=NO_PINGS)
+                                                    allowed_mentions=NO_PINGS,
+                                                    message_reference=reference.to_message_reference_dict()
+                                                    if reference is not None else discord.utils.MISSING)
     for part in params.multipart or ():
         if part.get("name") == "files[0]":
             part["content_type"] = "audio/ogg"  # Discord ignores the voice metadata unless this is audio/*
@@ -118,9 +123,19 @@ class DiscordNames:
         return any(uid in self.users for uid in unknown)
 
 
-def render_reply(speech: SpokenAudio, note: str | None = None) -> str:
-    """The spoken text as a block quote, then a small line naming the voice (≤ 2,000 characters)."""
-    footer = f"-# {discord.utils.escape_markdown(speech.voice.label)}"
+def attribution(speech: SpokenAudio, requester: str) -> str:
+    """``🔊 Synthetic voice “Alice” for <@1>``: says the audio is synthetic and who asked for it.
+
+    Every answer carries it (the voice message is a reply to it), so nobody takes the audio for a real
+    recording. ``requester`` is a mention, sent with allowed mentions none: it shows the name, never pings.
+    """
+    kind = "voice" if speech.voice.saved is not None else "stock voice"
+    return f"🔊 Synthetic {kind} “{discord.utils.escape_markdown(speech.voice.label)}” for {requester}"
+
+
+def render_reply(speech: SpokenAudio, requester: str, note: str | None = None) -> str:
+    """The spoken text as a block quote, then a small line: synthetic, which voice, who asked (≤ 2,000)."""
+    footer = f"-# {attribution(speech, requester)}"
     if speech.speed != 1.0:
         footer += f" · {speed_text(speech.speed)}× speed"
     if note:
@@ -225,19 +240,34 @@ class Speech(commands.Cog):
     async def _send_file(self, interaction: discord.Interaction, speech: SpokenAudio, note: str | None = None) -> None:
         limit = interaction.filesize_limit
         if len(speech.audio) > limit:
+            self._drop_attribution_on_error(interaction)
             raise UserFacingError(
                 f"The speech came out at {format_size(len(speech.audio))}, over this server's "
                 f"{format_size(limit)} upload limit; try a shorter text."
             )
         file = discord.File(io.BytesIO(speech.audio), filename=speech.filename)
-        await interactions.send(interaction, render_reply(speech, note), ephemeral=False, file=file,
-                                allowed_mentions=NO_PINGS)
+        content = render_reply(speech, interaction.user.mention, note)
+        if interaction.extras.get(ATTRIBUTION_SHOWN):
+            # The answer already is the attribution line (a refused voice message): it becomes the file answer.
+            if await interactions.edit_original(interaction, content=content, attachments=[file]) is not None:
+                return
+            file = discord.File(io.BytesIO(speech.audio), filename=speech.filename)
+        await interactions.send(interaction, content, ephemeral=False, file=file, allowed_mentions=NO_PINGS)
+
+    @staticmethod
+    def _drop_attribution_on_error(interaction: discord.Interaction) -> None:
+        """An attribution line with no audio under it goes away with the error (``send_error`` removes it)."""
+        if interaction.extras.get(ATTRIBUTION_SHOWN):
+            interaction.extras[interactions.PUBLIC_PLACEHOLDER] = True
 
     async def _send_voice_message(self, interaction: discord.Interaction, speech: SpokenAudio) -> None:
         """Post a real voice message in the channel (Create Message), then remove the "thinking…"
         reply; a plain attachment where Discord refuses voice messages (50173, 403)."""
         perms = interaction.app_permissions
-        if not (perms.send_voice_messages and perms.attach_files and perms.send_messages):
+        # In a thread (a forum post too) Discord asks for Send Messages in Threads, not Send Messages.
+        may_send = perms.send_messages_in_threads if isinstance(interaction.channel, discord.Thread) \
+            else perms.send_messages
+        if not (perms.send_voice_messages and perms.attach_files and may_send):
             note = "-# I may not send voice messages here, so here is the audio as a file."
             await self._send_file(interaction, speech, note)
             return
@@ -250,7 +280,16 @@ class Speech(commands.Cog):
         if len(encoded.ogg) > interaction.filesize_limit:
             await self._send_file(interaction, speech)
             return
-        params = voice_message_parameters(encoded.ogg, encoded.duration, encoded.waveform_b64)
+        # A voice message can have no content and can't be edited, so the attribution is the interaction's
+        # answer (the "thinking…" reply becomes it) and the voice message is a reply to that line.
+        line = attribution(speech, interaction.user.mention)
+        answer = await interactions.edit_original(interaction, content=line)
+        interaction.extras[ATTRIBUTION_SHOWN] = answer is not None
+        reference = None
+        if answer is not None:
+            reference = discord.MessageReference(message_id=answer.id, channel_id=answer.channel.id,
+                                                 fail_if_not_exists=False)
+        params = voice_message_parameters(encoded.ogg, encoded.duration, encoded.waveform_b64, reference)
         try:
             with params:
                 await self.bot.http.send_message(interaction.channel_id, params=params)
@@ -261,12 +300,12 @@ class Speech(commands.Cog):
                 await self._send_file(interaction, speech,
                                       "-# Voice messages aren't allowed here, so here is the audio as a file.")
                 return
+            self._drop_attribution_on_error(interaction)
             raise
-        try:
-            await interaction.delete_original_response()
-            interactions.placeholder_replaced(interaction)
-        except discord.HTTPException:
-            await interactions.edit_original(interaction, content="Sent as a voice message.")
+        if answer is None:  # no answer to reply to (token gone): the attribution follows the voice message
+            channel = interaction.channel
+            if channel is not None and hasattr(channel, "send"):
+                await channel.send(line, allowed_mentions=NO_PINGS)
 
 
 async def setup(bot: NanoVoice) -> None:

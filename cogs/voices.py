@@ -18,9 +18,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interactions
+from bot import interactions, providers
 from bot.errors import NotFound, UserFacingError
-from bot.jobs import PROVIDER_LABELS, STATE_LABELS, validate_voice_name
+from bot.jobs import STATE_LABELS, validate_voice_name
 from bot.storage import CloneJob, DuplicateVoiceName, Voice, name_key
 
 if TYPE_CHECKING:
@@ -28,10 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = [
-    app_commands.Choice(name="MiniMax ($1.00, 10 s–5 min of audio)", value="minimax"),
-    app_commands.Choice(name="Qwen3-TTS ($0.25, 3 s–5 min of audio)", value="qwen"),
-]
+PROVIDERS = [app_commands.Choice(name=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()]
 MINIMAX_MODELS = [
     app_commands.Choice(name="speech-02-hd (best quality)", value="speech-02-hd"),
     app_commands.Choice(name="speech-02-turbo (faster)", value="speech-02-turbo"),
@@ -45,7 +42,7 @@ CLEAR_DEFAULT_WORDS = ("none", "off", "clear", "stock")
 COLOUR = discord.Colour.blurple()
 COLOUR_DANGER = discord.Colour.red()
 COLOUR_DONE = discord.Colour.dark_grey()
-REHOST_NOTE = "Stored voice embedding kept by nanovoice so Qwen voices keep working. Please don't delete it."
+REHOST_NOTE = "Stored voice embedding kept by nanovoice so Qwen3-TTS voices keep working. Please don't delete it."
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -59,12 +56,17 @@ def shown(name: str, limit: int = 40) -> str:
     return f"“{discord.utils.escape_markdown(name)}”"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 voice``, ``2 voices``, ``0 voices``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def ts(value: float | None, style: str = "R") -> str:
     return f"<t:{int(value)}:{style}>" if value is not None else "never"
 
 
 def provider_label(provider: str) -> str:
-    return PROVIDER_LABELS.get(provider, provider)
+    return providers.label(provider)
 
 
 def format_cost(micros: int | None, source: str | None) -> str:
@@ -298,8 +300,8 @@ class Voices(commands.Cog):
     @app_commands.describe(
         audio="A recording of one person speaking (MP3, M4A, WAV, OGG, FLAC, AAC, WebM)",
         name="What to call the voice (1–32 characters)",
-        provider="MiniMax ($1.00) or Qwen3-TTS ($0.25)",
-        transcript="What is said in the recording (helps Qwen)",
+        provider=" or ".join(f"{p.label} ({p.price})" for p in providers.PROVIDERS.values()),
+        transcript="What is said in the recording (helps Qwen3-TTS)",
         model="MiniMax clone model",
         noise_reduction="Ask MiniMax to reduce background noise",
         normalize_volume="Ask MiniMax to normalise the volume",
@@ -368,24 +370,25 @@ class Voices(commands.Cog):
                 embed.add_field(name="Clone model", value=voice.clone_model)
             unused_since = voice.last_used_at or voice.created_at
             deadline = unused_since + MINIMAX_UNUSED_DAYS * 86_400
-            verb = "Use it before" if deadline > now else "It was unused for 7 days by"
+            if deadline > now:
+                keeping = f"Use it with /say by {ts(deadline, 'f')} ({ts(deadline)}) to keep it."
+            else:
+                keeping = f"It went unused for 7 days ({ts(deadline)}), so it may be gone."
             embed.add_field(name="Keeping it", inline=False,
-                            value=f"MiniMax deletes voices that go unused for 7 days. {verb} {ts(deadline)}"
-                                  + (": /say keeps it alive." if deadline > now else "; it may be gone."))
+                            value=f"MiniMax deletes voices that go unused for 7 days. {keeping}")
         else:
             transcript = voice.transcript or "none given"
             embed.add_field(name="Transcript", inline=False,
                             value=discord.utils.escape_markdown(transcript[:1000]))
             stops = self.bot.embeddings.expires_at(voice)
             if stops is None:
-                durability = "Stored by the bot: keeps working after NanoGPT's copy expires."
+                durability = "I keep a copy, so it keeps working after NanoGPT's copy expires."
             elif stops > now:
-                durability = (f"Stops working {ts(stops)} ({ts(stops, 'f')}): NanoGPT keeps Qwen voices about "
-                              "7 days and this bot has nowhere durable to keep it (the operator can set "
-                              "PUBLIC_BASE_URL or EMBEDDING_CHANNEL_ID).")
+                durability = (f"Stops working {ts(stops)} ({ts(stops, 'f')}). NanoGPT keeps Qwen3-TTS voices about "
+                              "7 days, and I have nowhere to keep a copy. The bot's operator can give me one.")
             else:
-                durability = (f"Stopped working {ts(stops)}: NanoGPT's copy has expired and this bot has nowhere "
-                              "durable to keep it; clone it again.")
+                durability = (f"Stopped working {ts(stops)}. NanoGPT's copy has expired and I have no copy of my own; "
+                              "clone it again.")
             embed.add_field(name="Durable", value=durability, inline=False)
         await interactions.send(interaction, embed=embed, ephemeral=True)
 
@@ -421,8 +424,8 @@ class Voices(commands.Cog):
             remote = ("NanoGPT offers no way to delete the clone remotely; MiniMax deletes voices that go unused "
                       "for 7 days.")
         else:
-            remote = ("NanoGPT offers no way to delete the clone remotely; its copy of the Qwen voice expires "
-                      "after about 7 days. The copy this bot stored is deleted now.")
+            remote = ("NanoGPT offers no way to delete the clone remotely; its copy of the Qwen3-TTS voice expires "
+                      "after about 7 days. I delete my own copy now.")
         text = (f"Delete your {provider_label(voice.provider)} voice {shown(voice.name)}? {remote} "
                 f"Deleting frees the name {shown(voice.name)} for a new voice.")
         if default is not None and default.id == voice.id:
@@ -495,11 +498,11 @@ class Voices(commands.Cog):
             await interactions.send(interaction, "I have nothing stored about you.", ephemeral=True)
             return
         lines = [
-            f"• {counts['voices']} voice(s)",
-            f"• {counts['clone_jobs']} clone job record(s) (running clones are abandoned)",
-            f"• {counts['tts_cache']} cached speech clip(s)",
+            f"• {plural(counts['voices'], 'voice')}",
+            f"• {plural(counts['clone_jobs'], 'clone job record')} (running clones are abandoned)",
+            f"• {plural(counts['tts_cache'], 'cached speech clip')}",
             f"• your settings{'' if counts['user_settings'] else ' (none saved)'}",
-            f"• {counts['stored_files']} stored file(s) (voice embeddings)",
+            f"• {plural(counts['stored_files'], 'stored file')} (voice embeddings)",
         ]
         embed = discord.Embed(
             title="Forget everything about you?",
@@ -512,9 +515,11 @@ class Voices(commands.Cog):
         async def do_forget() -> str:
             done = await self.bot.embeddings.forget_user(user_id)
             log.info("user %s used /forget-me: %s", user_id, done)
-            return (f"Done: I deleted {done.get('voices', 0)} voice(s), {done.get('clone_jobs', 0)} clone job "
-                    f"record(s), {done.get('tts_cache', 0)} cached speech clip(s), "
-                    f"{done.get('user_settings', 0)} setting(s) and {done.get('stored_files', 0)} stored file(s).")
+            return (f"Done: I deleted {plural(done.get('voices', 0), 'voice')}, "
+                    f"{plural(done.get('clone_jobs', 0), 'clone job record')}, "
+                    f"{plural(done.get('tts_cache', 0), 'cached speech clip')}, "
+                    f"{plural(done.get('user_settings', 0), 'setting')} and "
+                    f"{plural(done.get('stored_files', 0), 'stored file')}.")
 
         view = ConfirmView(interaction, do_forget, confirm_label="Delete everything",
                            cancelled_text="Cancelled; nothing was deleted.")

@@ -36,10 +36,12 @@ def test_consent_card_shows_provider_price_duration_and_the_sentence():
     embed = confirm_embed(_prepared())
     assert CONSENT in embed.description and "$0.25" in embed.description
     assert _fields(embed) == {"Provider": "Qwen3-TTS", "Price": "$0.25",
-                              "Duration": "95.0 s, trimmed to the first 30 s"}
+                              "Duration": "95.0 s, trimmed to the first 30 s",
+                              "Qwen3-TTS accepts": "3 s–5 min of audio; only the first 30 s is used"}
     assert "\\*bold\\*" in embed.title  # names are not markdown
     minimax = confirm_embed(_prepared("minimax", 12.3, 12.3, False))
-    assert _fields(minimax) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.3 s"}
+    assert _fields(minimax) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.3 s",
+                                "MiniMax accepts": "10 s–5 min of audio"}
 
 
 def test_status_card_shows_state_and_elapsed_time():

@@ -79,7 +79,8 @@ async def test_minimax_clone_through_consent_polling_and_a_sample(world: World, 
                             provider="minimax")
     confirm = await card(world, inter, lambda m: "Confirm" in buttons(m))
     assert CONSENT in embed(confirm)["description"]
-    assert fields(confirm) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.0 s"}
+    assert fields(confirm) == {"Provider": "MiniMax", "Price": "$1.00", "Duration": "12.0 s",
+                               "MiniMax accepts": "10 s–5 min of audio"}
     assert buttons(confirm)["Confirm"]["style"] == 3 and not confirm.ephemeral
     assert world.nano.requests == []  # nothing is spent before consent
 
@@ -93,6 +94,8 @@ async def test_minimax_clone_through_consent_polling_and_a_sample(world: World, 
     done = await card(world, inter, is_ready)
     print(f"\nMiniMax: Confirm → completion notice in {time.monotonic() - started:.2f} s")
     assert embed(done)["title"] == "Voice “Alice Voice” is ready" and fields(done)["State"] == "Completed"
+    footer = "🔊 The attached sample is a synthetic voice: “Alice Voice”, cloned for you."
+    assert embed(done)["footer"]["text"] == footer
     (sample,) = done.files
     assert sample.filename == "sample.mp3" and sample.data[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
     assert done.pinged_user_ids == [] and done.components == []
@@ -282,6 +285,9 @@ async def test_notice_goes_to_the_channel_once_the_token_has_expired(world: Worl
     (message,) = notice()
     assert message.pinged_user_ids == [alice.id] and "“Later” is ready" in message.content
     assert message.files and message.files[0].filename.startswith("sample.")
+    label = f"The attached sample is a synthetic voice: “Later”, cloned for <@{alice.id}>."
+    assert message.content.endswith(f"\n-# 🔊 {label}")
+    assert message.attachments[0]["description"] == "Synthetic voice sample: Later"
 
 
 # -- crashes: a real process, SIGKILL -------------------------------------------------------------------------

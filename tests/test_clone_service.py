@@ -7,12 +7,14 @@ The user-visible flows (cards, buttons, modals, restarts of a real process) are 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 
 import aiohttp
 import pytest
 
+from bot import providers
 from bot.clock import Clock
 from bot.config import Config, Secret
 from bot.embeddings import EmbeddingHost
@@ -248,7 +250,9 @@ async def test_submit_answer_lost_marks_the_job_lost_and_keeps_the_reservation(e
     env.fake.fail_next("/voice-clone/minimax", drop=True)
     with pytest.raises(UserFacingError) as info:
         await env.clone("Ghost", "minimax")
-    assert str(info.value) == LOST_AFTER_TIMEOUT
+    assert str(info.value) == LOST_AFTER_TIMEOUT == (
+        "NanoGPT stopped answering after I sent your clone, so I can't tell whether it got it and charged for it. "
+        "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard.")
     (job,) = await env.db.user_jobs(1)
     assert job.state == "lost" and job.run_id is None
     assert [r["state"] for r in await env.ledger()] == ["reserved"]
@@ -341,6 +345,9 @@ async def test_a_submit_cut_off_by_a_crash_is_lost_not_resubmitted(env):
     await env.start()
     job, notice = await env.events.wait()
     assert notice.outcome == "lost" and notice.message == LOST_AFTER_RESTART and job.state == "lost"
+    assert LOST_AFTER_RESTART == (
+        "I restarted while sending your clone, so I can't tell whether NanoGPT got it and charged for it. "
+        "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard.")
     await env.stop()
     await env.start()  # and again: told once only
     await asyncio.sleep(0.3)
@@ -361,3 +368,15 @@ async def test_guild_policy_and_daily_limit_refuse_before_any_request(env):
     with pytest.raises(LimitExceeded, match="resets"):
         await env.clone("one-too-many", "qwen", seconds=4)
     assert len(env.fake.submits) == 3
+
+
+async def test_the_reserved_price_and_the_clip_rule_come_from_the_provider_table(env, monkeypatch):
+    cheaper = dataclasses.replace(providers.PROVIDERS["minimax"], price_micros=700_000, min_s=15)
+    monkeypatch.setitem(providers.PROVIDERS, "minimax", cheaper)
+    with pytest.raises(UserFacingError) as short:  # 12 s was enough before, not with a 15 s minimum
+        await env.service.prepare(env.request("Short"), env.clip("mp3", 12.0))
+    assert "MiniMax needs at least 15 seconds" in str(short.value)
+    env.fake.fail_next("/voice-clone/minimax", drop=True)  # the reservation stays, so we can read its amount
+    with pytest.raises(UserFacingError):
+        await env.clone("Priced", "minimax", seconds=16.0)
+    assert await env.ledger() == [{"kind": "clone", "state": "reserved", "amount_micros": 700_000}]

@@ -30,11 +30,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_invite_permissions_are_exactly_the_six_needed():
-    assert INVITE_PERMISSIONS == (1 << 10) + (1 << 11) + (1 << 14) + (1 << 15) + (1 << 16) + (1 << 46)
-    assert INVITE_PERMISSIONS == 70368744295424
+def test_invite_permissions_are_exactly_the_seven_needed():
+    assert INVITE_PERMISSIONS == (1 << 10) + (1 << 11) + (1 << 14) + (1 << 15) + (1 << 16) + (1 << 38) + (1 << 46)
+    assert INVITE_PERMISSIONS == 70643622202368
     assert invite_url(42) == ("https://discord.com/oauth2/authorize?client_id=42"
-                              "&scope=bot+applications.commands&permissions=70368744295424")
+                              "&scope=bot+applications.commands&permissions=70643622202368")
 
 
 async def test_nanogpt_balance(fake_nanogpt):

@@ -10,7 +10,6 @@ import pytest
 from bot.clock import Clock
 from bot.errors import UserFacingError
 from bot.limits import (
-    CLONE_PRICE_MICROS,
     Cooldown,
     LimitExceeded,
     Limits,
@@ -27,8 +26,8 @@ NOON = 1764072000.0
 MIDNIGHT = 1764115200
 USER, OTHER_USER = 111, 222
 GUILD, OTHER_GUILD = 9001, 9002
-MINIMAX = CLONE_PRICE_MICROS["minimax"]
-QWEN = CLONE_PRICE_MICROS["qwen"]
+MINIMAX = estimate_clone_micros("minimax")
+QWEN = estimate_clone_micros("qwen")
 
 
 @pytest.fixture

@@ -102,8 +102,8 @@ async def test_stock_voice_replies_with_exact_bytes_quoted_and_without_pings(liv
     reply = await live.answer(inter)
     assert live.fake.tts_requests == [{"text": "hello there", "model": "Kokoro-82m", "voice": "af_bella"}]
     assert attachment_bytes(live, reply) == [("speech.mp3", make_tone(1.0, "mp3"))]
-    assert reply.content.startswith("> hello there\n")
-    assert not reply.ephemeral and reply.allowed_mentions == {"parse": []}
+    assert reply.content == f"> hello there\n-# 🔊 Synthetic stock voice “Kokoro-82m/af\\_bella” for {alice.mention}"
+    assert not reply.ephemeral and reply.allowed_mentions == {"parse": []} and reply.pinged_user_ids == []
 
 
 async def test_default_voice_and_fallback_stock_voice(live):
@@ -122,7 +122,7 @@ async def test_saved_minimax_voice_with_speed(live):
     reply = await live.answer(await live.say(alice, "read it", voice="narrator", speed=1.5))
     assert live.fake.tts_requests == [{"text": "read it", "model": "Minimax-Speech-02-HD", "voice": MINIMAX_ID,
                                        "speed": 1.5}]
-    assert "1.5× speed" in reply.content and "Narrator" in reply.content
+    assert reply.content == f"> read it\n-# 🔊 Synthetic voice “Narrator” for {alice.mention} · 1.5× speed"
     assert (await live.db.get_voice(alice.id, voice_id)).last_used_at is not None
 
 
@@ -196,7 +196,9 @@ async def test_mentions_never_ping_and_become_names(live):
     reply = await live.answer(await live.say(alice, text))
     spoken = live.fake.tts_requests[0]["text"]
     assert spoken == "everyone here hi @bob and @Moderators party time link"
-    assert not MENTION.search(reply.content)
+    quote, footer = reply.content.split("\n")
+    assert not MENTION.search(quote)  # the only mention is the requester's, in the attribution (never a ping)
+    assert footer == f"-# 🔊 Synthetic stock voice “Kokoro-82m/af\\_bella” for {alice.mention}"
     assert reply.allowed_mentions == {"parse": []}
     assert reply.pinged_user_ids == [] and reply.data["mention_roles"] == [] and not reply.data["mention_everyone"]
 
@@ -262,17 +264,30 @@ async def test_voice_message_payload(live):
     assert 0.9 < entry["duration_secs"] < 1.2
     waveform = base64.b64decode(entry["waveform"])
     assert 1 <= len(waveform) <= 256 and len(set(waveform)) > 1  # never a flat line
-    await live.emu.wait_until(lambda: inter.original is None or inter.original.deleted, 5, "the thinking reply gone")
     [message] = [m for m in live.emu.channel_messages() if m.is_voice_message]
     assert message.files[0].content_type == "audio/ogg" and message.allowed_mentions == {"parse": []}
+    # The voice message can carry no text, so it replies to the interaction's answer, which says who asked
+    # for it and that the voice is synthetic (no ping).
+    answer = inter.original
+    assert answer is not None and not answer.deleted and not answer.loading and not answer.ephemeral
+    assert answer.content == f"🔊 Synthetic stock voice “Kokoro-82m/af\\_bella” for {alice.mention}"
+    assert answer.pinged_user_ids == [] and message.pinged_user_ids == []
+    assert int(payload["message_reference"]["message_id"]) == answer.id
+    assert message.data["message_reference"]["message_id"] == payload["message_reference"]["message_id"]
 
 
 async def test_voice_message_falls_back_to_a_file_on_50173(live):
     live.emu.refuse_voice_messages[live.emu.channel_id] = True
-    reply = await live.answer(await live.say(live.emu.add_user(name="alice"), "no voice here", voice_message=True))
+    alice = live.emu.add_user(name="alice")
+    inter = await live.say(alice, "no voice here", voice_message=True)
+    await live.emu.wait_until(lambda: inter.original is not None and inter.original.files, 10, "the file answer")
+    reply = inter.original
     assert attachment_bytes(live, reply) == [("speech.mp3", make_tone(1.0, "mp3"))]
-    assert "Voice messages aren't allowed here" in reply.content
+    assert reply.content == ("> no voice here\n-# Voice messages aren't allowed here, so here is the audio as a file."
+                             f"\n-# 🔊 Synthetic stock voice “Kokoro-82m/af\\_bella” for {alice.mention}")
     assert not [m for m in live.emu.channel_messages() if m.is_voice_message]
+    # One answer: the attribution line became the file answer (no stray line left behind).
+    assert [m.id for m in live.emu.channel_messages()] == [reply.id]
 
 
 async def test_voice_message_without_permission_sends_a_file(live):
@@ -294,7 +309,9 @@ async def test_speak_this_message_uses_the_default_voice_and_cleans(live):
     reply = await live.answer(await live.emu.message_context(alice, "Speak this message", target))
     assert live.fake.tts_requests == [{"text": "hey @alice look at link !!!", "model": "Minimax-Speech-02-HD",
                                        "voice": MINIMAX_ID}]
-    assert reply.files[0].filename == "speech.mp3" and not MENTION.search(reply.content)
+    quote, footer = reply.content.split("\n")
+    assert reply.files[0].filename == "speech.mp3" and not MENTION.search(quote)
+    assert footer == f"-# 🔊 Synthetic voice “Narrator” for {alice.mention}" and reply.pinged_user_ids == []
 
 
 async def test_speak_this_message_without_text(live):
@@ -310,7 +327,9 @@ async def test_voice_message_403_falls_back_to_a_file(live):
     live.emu.set_member_permissions(live.emu.bot_user, SEND_MESSAGES | (1 << 10) | (1 << 15))
     inter = await live.emu.slash(live.emu.add_user(name="alice"), "say",
                                  options={"text": "refused", "voice_message": True}, app_permissions=(1 << 47) - 1)
-    reply = await live.answer(inter)
+    await live.emu.wait_until(lambda: inter.original is not None and inter.original.files, 10, "the file answer")
+    reply = inter.original
+    assert "-# 🔊 Synthetic stock voice" in reply.content and reply.content.startswith("> refused\n")
     assert attachment_bytes(live, reply) == [("speech.mp3", make_tone(1.0, "mp3"))]
     assert live.emu.find_requests("POST", r"^/channels/\d+/messages$")[0].status == 403
 

@@ -23,6 +23,7 @@ EXPECTED_SLASH = {
     "usage": [],
     "forget-me": [],
     "nanovoice": {"settings": None},  # its options are ours to choose
+    "help": [],
 }
 EXPECTED_MESSAGE_MENUS = {"Clone this voice", "Speak this message"}
 

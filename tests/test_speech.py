@@ -176,8 +176,10 @@ def test_quote_fits_and_escapes():
 def test_stock_voice_parsing():
     assert parse_stock_voice("kokoro-82M/af_bella") == ("Kokoro-82m", "af_bella")
     assert parse_stock_voice("tts-1-hd/nova") == ("tts-1-hd", "nova")
-    with pytest.raises(UserFacingError, match="not a NanoGPT speech model"):
+    with pytest.raises(UserFacingError) as refused:
         parse_stock_voice("gpt-5/alloy")
+    assert str(refused.value) == ("“gpt-5” is not a speech model I know. Write a stock voice as model/voice, "
+                                  "e.g. Kokoro-82m/af_bella or tts-1/nova; see /say's voice suggestions for more.")
     with pytest.raises(UserFacingError, match="Add a voice after the model"):
         parse_stock_voice("Kokoro-82m/ ")
     assert len(TTS_MODELS) == 11

@@ -158,7 +158,10 @@ async def test_info_of_a_minimax_voice(world: World):
     assert info["Default"].startswith("Yes")
     assert info["Clone cost"] == "$1.00"
     assert info["Last used"] == "never"
-    assert "unused for 7 days" in info["Keeping it"]
+    created = int((await world.db.get_voice(alice.id, voice_id)).created_at)
+    deadline = created + 7 * 86_400
+    assert info["Keeping it"] == (f"MiniMax deletes voices that go unused for 7 days. Use it with /say by "
+                                  f"<t:{deadline}:f> (<t:{deadline}:R>) to keep it.")
 
 
 async def test_info_of_a_qwen_voice_without_durable_storage_says_when_it_stops(world: World):
@@ -171,8 +174,10 @@ async def test_info_of_a_qwen_voice_without_durable_storage_says_when_it_stops(w
     info = fields(message)
     assert info["Provider"] == "Qwen3-TTS" and info["Transcript"] == "the quick brown fox"
     assert info["Clone cost"] == "$0.25" and info["Default"] == "No"
-    assert f"Stops working <t:{int(now + 7 * DAY)}:R>" in info["Durable"]
-    assert "PUBLIC_BASE_URL" in info["Durable"]
+    stops = int(now + 7 * DAY)
+    assert info["Durable"] == (f"Stops working <t:{stops}:R> (<t:{stops}:f>). NanoGPT keeps Qwen3-TTS voices about "
+                               "7 days, and I have nowhere to keep a copy. The bot's operator can give me one.")
+    assert "_" not in info["Durable"]  # no environment-variable names for members
 
 
 async def test_info_of_a_qwen_voice_with_durable_storage(world: World):
@@ -182,7 +187,7 @@ async def test_info_of_a_qwen_voice_with_durable_storage(world: World):
     await insert_qwen_voice(world.db, alice.id, "Grandma", embedding_url="http://127.0.0.1:9/e",
                             now=world.clock.now())
     _, message = await run(world, alice, "info", {"name": "grandma"})
-    assert fields(message)["Durable"].startswith("Stored by the bot")
+    assert fields(message)["Durable"] == "I keep a copy, so it keeps working after NanoGPT's copy expires."
 
 
 # -- isolation and autocomplete ---------------------------------------------------------------------
@@ -283,7 +288,8 @@ async def test_delete_confirmed_frees_the_name_file_and_default(world: World):
     await world.db.set_default_voice(alice.id, voice_id, world.clock.now())
     _, message = await run(world, alice, "delete", {"name": "grandma"})
     body = text_of(message)
-    assert "Qwen voice expires after about 7 days" in body and "your default voice" in body
+    assert "Qwen3-TTS voice expires after about 7 days. I delete my own copy now." in body
+    assert "your default voice" in body
     confirm = await press(world, alice, message, "Delete")
     await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Deleted"), 5,
                                "the deletion result")
@@ -337,7 +343,7 @@ async def test_forget_me_cancel_keeps_everything(world: World):
     alice = world.user("alice")
     await insert_minimax_voice(world.db, alice.id, "Narrator", now=world.clock.now())
     _, message = await run(world, alice, None, command="forget-me")
-    assert "1 voice(s)" in text_of(message)
+    assert "• 1 voice\n" in text_of(message) and "(s)" not in text_of(message)
     await press(world, alice, message, "Cancel")
     assert world.emu.messages[message.id].content == "Cancelled; nothing was deleted."
     assert await world.db.count_user_rows(alice.id) == 1
@@ -369,15 +375,15 @@ async def test_forget_me_deletes_every_row_and_file_and_running_clones_do_not_co
 
     _, message = await run(world, alice, None, command="forget-me")
     body = text_of(message)
-    for expected in ("2 voice(s)", "2 clone job record(s)", "1 cached speech clip(s)", "your settings",
-                     "1 stored file(s)"):
+    for expected in ("• 2 voices\n", "• 2 clone job records (", "• 1 cached speech clip\n", "your settings",
+                     "• 1 stored file (voice embeddings)"):
         assert expected in body, (expected, body)
     await press(world, alice, message, "Delete everything")
     await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Done"), 5,
                                "the forget-me result")
     assert world.emu.messages[message.id].content == (
-        "Done: I deleted 2 voice(s), 2 clone job record(s), 1 cached speech clip(s), 1 setting(s) and "
-        "1 stored file(s).")
+        "Done: I deleted 2 voices, 2 clone job records, 1 cached speech clip, 1 setting and "
+        "1 stored file.")
     assert await world.db.count_user_rows(alice.id) == 0
     assert await world.db.user_files(alice.id) == []
 

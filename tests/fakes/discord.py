@@ -61,13 +61,17 @@ SPEAK = 1 << 21
 MANAGE_GUILD = 1 << 5
 ADMINISTRATOR = 1 << 3
 USE_APPLICATION_COMMANDS = 1 << 31
+SEND_MESSAGES_IN_THREADS = 1 << 38
 SEND_VOICE_MESSAGES = 1 << 46
 ALL_PERMISSIONS = (1 << 51) - 1
 
 DEFAULT_EVERYONE_PERMISSIONS = (
     ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
     | USE_EXTERNAL_EMOJIS | CONNECT | SPEAK | USE_APPLICATION_COMMANDS | SEND_VOICE_MESSAGES
+    | SEND_MESSAGES_IN_THREADS
 )
+THREAD_TYPES = (10, 11, 12)  # announcement, public and private threads (a forum post is a public thread)
+FORUM_TYPES = (15, 16)  # forum and media channels: posts only, no messages of their own
 DEFAULT_BOT_PERMISSIONS = DEFAULT_EVERYONE_PERMISSIONS
 
 # Message flags
@@ -252,6 +256,7 @@ class EmuGuild:
     roles: dict[int, dict[str, Any]] = field(default_factory=dict)
     channels: dict[int, dict[str, Any]] = field(default_factory=dict)
     members: dict[int, EmuMember] = field(default_factory=dict)
+    threads: dict[int, dict[str, Any]] = field(default_factory=dict)  # active threads, in GUILD_CREATE
 
 
 @dataclass
@@ -680,8 +685,31 @@ class DiscordEmulator:
                    "last_message_id": None, "rate_limit_per_user": 0, "flags": 0}
         if type == 2:
             channel.update(bitrate=64000, user_limit=0, rtc_region=None)
+        if type in FORUM_TYPES:
+            channel.update(available_tags=[], default_reaction_emoji=None, default_sort_order=None,
+                           default_forum_layout=0, default_thread_rate_limit_per_user=0)
         guild.channels[cid] = channel
         return channel
+
+    def add_thread(self, name: str, *, parent_id: int | None = None, type: int = 11,
+                   owner: EmuUser | int | None = None, guild_id: int | None = None) -> dict[str, Any]:
+        """An active thread in ``parent_id`` (default: the default channel), sent in GUILD_CREATE's ``threads``.
+        A thread whose parent is a forum channel (type 15) is a forum post. Add threads before the bot connects."""
+        gid = guild_id or self.guild_id
+        guild = self.guilds[gid]
+        parent = guild.channels[parent_id or self.channel_id]
+        tid = self.snowflake()
+        now = _iso(self.now())
+        thread = {"id": str(tid), "type": type, "guild_id": str(gid), "name": name, "parent_id": parent["id"],
+                  "owner_id": str(_as_id(owner) if owner is not None else self.owner.id),
+                  "last_message_id": None, "rate_limit_per_user": 0, "flags": 0, "message_count": 0,
+                  "member_count": 1, "total_message_sent": 0, "nsfw": False,
+                  "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": now,
+                                      "locked": False, "invitable": type != 12, "create_timestamp": now}}
+        if parent["type"] in FORUM_TYPES:
+            thread["applied_tags"] = []
+        guild.threads[tid] = thread
+        return thread
 
     def add_role(self, name: str, permissions: int | str = 0, *, guild_id: int | None = None) -> dict[str, Any]:
         guild = self.guilds[guild_id or self.guild_id]
@@ -746,13 +774,14 @@ class DiscordEmulator:
         return data
 
     def _guild_of_channel(self, channel_id: int) -> EmuGuild | None:
-        return next((g for g in self.guilds.values() if channel_id in g.channels), None)
+        return next((g for g in self.guilds.values() if channel_id in g.channels or channel_id in g.threads), None)
 
     def _channel(self, channel_id: int) -> dict[str, Any]:
+        """A channel or a thread."""
         guild = self._guild_of_channel(channel_id)
         if guild is None:
             raise DiscordAPIError(404, 10003, "Unknown Channel")
-        return guild.channels[channel_id]
+        return guild.channels.get(channel_id) or guild.threads[channel_id]
 
     def _guild_dict(self, guild: EmuGuild, *, full: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -773,7 +802,8 @@ class DiscordEmulator:
                 "joined_at": _iso(bot_member.joined_at if bot_member else time.time()), "large": False,
                 "unavailable": False, "member_count": len(guild.members),
                 "members": [self._member_dict(m) for m in guild.members.values()],
-                "channels": list(guild.channels.values()), "threads": [], "presences": [], "voice_states": [],
+                "channels": list(guild.channels.values()), "threads": list(guild.threads.values()),
+                "presences": [], "voice_states": [],
                 "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
             })
         return data
@@ -1289,7 +1319,11 @@ class DiscordEmulator:
         self.messages[mid] = msg
         guild = self._guild_of_channel(channel_id)
         if guild is not None:
-            guild.channels[channel_id]["last_message_id"] = str(mid)
+            where = self._channel(channel_id)
+            where["last_message_id"] = str(mid)
+            if channel_id in guild.threads:  # threads count their messages
+                where["message_count"] += 1
+                where["total_message_sent"] += 1
         return msg
 
     def _apply_mentions(self, msg: EmuMessage) -> None:
@@ -1448,7 +1482,12 @@ class DiscordEmulator:
         perms = self.member_permissions(self.bot_user, guild.id)
         if not perms & VIEW_CHANNEL:
             raise DiscordAPIError(403, 50001, "Missing Access")
-        if not perms & SEND_MESSAGES or (files and not perms & ATTACH_FILES):
+        kind = self._channel(channel_id)["type"]
+        if kind in FORUM_TYPES:  # messages go into a post (a thread), never into the forum itself
+            raise DiscordAPIError(400, 50008, "Cannot send messages in a non-text channel")
+        # Discord: in a thread, Send Messages in Threads is what counts, not Send Messages.
+        needed = SEND_MESSAGES_IN_THREADS if kind in THREAD_TYPES else SEND_MESSAGES
+        if not perms & needed or (files and not perms & ATTACH_FILES):
             raise DiscordAPIError(403, 50013, "Missing Permissions")
 
     async def _create_message(self, request: web.Request) -> web.Response:
