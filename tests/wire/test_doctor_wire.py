@@ -21,7 +21,7 @@ from tests.fakes.nanogpt import FakeNanoGPT
 
 pytest_plugins = ["tests.fixtures_nanogpt"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

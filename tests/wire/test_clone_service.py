@@ -1,7 +1,8 @@
 """CloneService without Discord: real SQLite, real audio, the real NanoGPT client against the fake.
 
 The user-visible flows (cards, buttons, modals, restarts of a real process) are in
-``test_clone_flow.py``; here the service's money and polling rules are pinned down directly.
+``test_clone_flow.py``; here the service's money and polling rules are pinned down directly. Its pure
+helpers (voice ids, names) are in ``tests/unit/test_clone_service.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from bot.jobs import (
     CloneService,
     InteractionRef,
     make_custom_voice_id,
-    validate_voice_name,
 )
 from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import InvalidRequest, NanoGPTClient
@@ -130,30 +130,6 @@ async def env(tmp_path, fake_nanogpt, audio_corpus):
     yield environment
     while environment.pollers:
         await environment.stop()
-
-
-# -- pure helpers ----------------------------------------------------------------------------------
-
-
-def test_custom_voice_ids_are_valid_unique_and_contain_a_digit():
-    ids = {make_custom_voice_id() for _ in range(2000)}
-    assert len(ids) == 2000
-    assert all(VOICE_ID.match(i) and any(c.isdigit() for c in i) for i in ids)
-
-
-@pytest.mark.parametrize("name", ["a" * 33, "   ", "", "bad\x07bell", "zero\u200bwidth", "evil\u202eoverride",
-                                  "line\nbreak", "iso\u2066late", "bom\ufeff"])
-def test_bad_names_are_one_sentence(name):
-    with pytest.raises(UserFacingError) as info:
-        validate_voice_name(name)
-    message = str(info.value)
-    assert message.endswith(".") and message.count(". ") == 0
-
-
-def test_names_are_trimmed_and_keep_unicode():
-    assert validate_voice_name("  Zoë   the  Bard ") == "Zoë the Bard"
-    assert validate_voice_name("日本語の声") == "日本語の声"
-    assert len(validate_voice_name("x" * 32)) == 32
 
 
 # -- the happy paths ---------------------------------------------------------------------------------

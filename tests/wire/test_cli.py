@@ -16,7 +16,7 @@ import pytest
 
 from bot.__main__ import version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.Gabcde.secret-token-value-0123456789"
 KEY = "sk-nano-00000000-cli-secret"
 

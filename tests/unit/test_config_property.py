@@ -185,7 +185,7 @@ def test_any_text_is_refused_in_one_line_or_usable(name, value):
 
 
 def test_readme_and_env_example_document_every_variable():
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     table = readme[readme.index("## Configuration"):readme.index("## Performance")]
     rows = [line for line in table.splitlines() if line.startswith("| `")]

@@ -9,7 +9,7 @@ import pytest
 from bot import audio, jobs, providers
 from bot.limits import format_usd
 from cogs import clone_jobs, voices
-from tests.test_clone_cards import _fields, _prepared
+from tests.unit.test_clone_cards import _fields, _prepared
 
 
 def test_the_table_and_its_rendering():

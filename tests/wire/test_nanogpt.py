@@ -1,5 +1,6 @@
 """bot.nanogpt against the fake NanoGPT (a real local server): every endpoint, every response form,
-every error shape, the retry policy and the secret hygiene."""
+every error shape, the retry policy and the secret hygiene. Its pure helpers are in
+``tests/unit/test_nanogpt.py``."""
 
 from __future__ import annotations
 
@@ -33,10 +34,6 @@ from bot.nanogpt import (
     RateLimited,
     SpeechResult,
     UpstreamUnavailable,
-    dumps_json,
-    extension_for,
-    normalize_content_type,
-    parse_retry_after,
 )
 from tests.fakes.nanogpt import OPENAPI_FILE, FakeNanoGPT, Step, make_tone
 
@@ -609,33 +606,6 @@ async def test_the_key_never_appears_in_logs_errors_or_reprs(session, fake_nanog
         assert key not in record.getMessage()
     assert key not in caplog.text
     assert fake_nanogpt.credential_leaks == []
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-
-
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("5") == 5 and parse_retry_after("1.5") == 1.5
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert parse_retry_after("-3") == 0
-    now = 1_700_000_000.0
-    assert parse_retry_after(email.utils.formatdate(now + 42, usegmt=True), now=now) == pytest.approx(42)
-    assert parse_retry_after(email.utils.formatdate(now - 42, usegmt=True), now=now) == 0
-
-
-def test_content_types_and_extensions() -> None:
-    assert normalize_content_type("audio/mp3") == "audio/mpeg"
-    assert normalize_content_type("Audio/X-WAV; charset=binary") == "audio/wav"
-    assert [extension_for(t) for t in ("audio/mpeg", "audio/wav", "audio/ogg", "audio/opus", "audio/aac",
-                                       "audio/flac", "application/json")] == \
-        ["mp3", "wav", "ogg", "ogg", "aac", "flac", "bin"]
-
-
-def test_decimals_round_trip_exactly() -> None:
-    assert dumps_json({"cost": Decimal("0.0050388"), "n": [Decimal("1.0"), 2]}) == '{"cost":0.0050388,"n":[1.0,2]}'
-    ticket = CloneTicket("r", "pending", None, Decimal("0.0050388"), "USD", True, None, None, {})
-    assert ticket.cost_micros == 5039
-    assert CloneTicket("r", "pending", None, None, None, None, None, None, {}).cost_micros is None
 
 
 # -- the fake itself --------------------------------------------------------------------------------

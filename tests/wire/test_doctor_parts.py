@@ -1,24 +1,21 @@
-"""`nanovoice check` pieces that need no Discord: NanoGPT, ffmpeg, database, and the Docker health check."""
+"""`nanovoice check` pieces against local servers: NanoGPT (the fake), the Docker health check asking the
+bot's ``/healthz``, and checks that time out on a server that never answers. The pieces that need no server
+are in ``tests/unit/test_doctor_parts.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
 
 from bot import doctor
 from bot.config import Secret
-from bot.doctor import INVITE_PERMISSIONS, check_database, check_ffmpeg, check_nanogpt, health, invite_url
-from bot.storage import Database
+from bot.doctor import check_nanogpt, health
 from tests.fixtures_db import make_config
 
 pytest_plugins = ["tests.fixtures_nanogpt"]
@@ -28,13 +25,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def test_invite_permissions_are_exactly_the_seven_needed():
-    assert INVITE_PERMISSIONS == (1 << 10) + (1 << 11) + (1 << 14) + (1 << 15) + (1 << 16) + (1 << 38) + (1 << 46)
-    assert INVITE_PERMISSIONS == 70643622202368
-    assert invite_url(42) == ("https://discord.com/oauth2/authorize?client_id=42"
-                              "&scope=bot+applications.commands&permissions=70643622202368")
 
 
 async def test_nanogpt_balance(fake_nanogpt):
@@ -70,45 +60,7 @@ async def test_nanogpt_unreachable():
     assert result.lines[0].startswith(f"problem: NanoGPT at {base} is not answering (")
 
 
-async def test_ffmpeg():
-    result = await check_ffmpeg(make_config())
-    assert result.problems == 0, result.lines
-    assert result.lines[0].startswith("ok: ffmpeg version ") and "libmp3lame, libopus" in result.lines[0]
-
-
-async def test_database_created_migrated_and_written(tmp_path):
-    path = tmp_path / "deep" / "dir" / "db.sqlite3"
-    result = await check_database(make_config(database_path=path))
-    assert result.problems == 0
-    assert result.lines == [f"ok: database {path} (schema version {len(Database.migrations())}) is writable"]
-
-
-async def test_database_unwritable(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    result = await check_database(make_config(database_path=blocker / "db.sqlite3"))
-    assert result.problems == 1
-    assert result.lines[0].startswith(f"problem: cannot open the database {blocker / 'db.sqlite3'}")
-
-
 # -- the Docker HEALTHCHECK ------------------------------------------------------------------------
-
-
-async def test_health_without_http_server_checks_the_database(tmp_path):
-    path = tmp_path / "nanovoice.sqlite3"
-    assert health({"DATABASE_PATH": str(path)}) == 1  # the bot has not created it yet
-    db = await Database(path).connect()
-    try:
-        assert health({"DATABASE_PATH": str(path)}) == 0  # readable while the bot holds it open (WAL)
-    finally:
-        await db.close()
-    assert health({"DATABASE_PATH": str(path)}) == 0
-    other = tmp_path / "empty.sqlite3"
-    sqlite3.connect(other).close()  # exists but never migrated
-    assert health({"DATABASE_PATH": str(other)}) == 1
-    garbage = tmp_path / "garbage.sqlite3"
-    garbage.write_bytes(b"not a database at all" * 100)
-    assert health({"DATABASE_PATH": str(garbage)}) == 1
 
 
 async def test_health_asks_healthz_when_the_http_server_runs(tmp_path):
@@ -132,16 +84,6 @@ async def test_health_asks_healthz_when_the_http_server_runs(tmp_path):
     finally:
         await runner.cleanup()
     assert health({**env, "HTTP_PORT": str(closed_port())}) == 1
-
-
-def test_health_module_entry_point(tmp_path):
-    path = tmp_path / "nanovoice.sqlite3"
-    sqlite3.connect(path).execute("PRAGMA user_version = 1").connection.close()
-    env = {"DATABASE_PATH": str(path), "PATH": "/usr/bin:/bin"}
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "bot.doctor", "health"], cwd=root, env=env,
-                          capture_output=True, timeout=60)
-    assert done.returncode == 0, done.stderr
 
 
 # -- every check is announced before it runs and given up after CHECK_TIMEOUT without an answer ------------

@@ -15,7 +15,7 @@ from bot.embeddings import NO_DURABLE_STORAGE_WARNING
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import make_tone
 from tests.fixtures_bot import World
-from tests.test_embeddings import EMBEDDING, free_port, insert_minimax_voice, insert_qwen_voice
+from tests.wire.test_embeddings import EMBEDDING, free_port, insert_minimax_voice, insert_qwen_voice
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_bot"]
 
