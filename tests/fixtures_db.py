@@ -16,7 +16,7 @@ TEST_NANOGPT_KEY = "sk-nano-test"
 
 
 def make_config(**changes: object) -> Config:
-    """The defaults of SPEC §2 with test secrets, and ``changes`` applied."""
+    """The configuration defaults (``Config()``) with test secrets, and ``changes`` applied."""
     base = Config(discord_token=Secret(TEST_DISCORD_TOKEN), nanogpt_api_key=Secret(TEST_NANOGPT_KEY))
     return dataclasses.replace(base, **changes)
 

@@ -4,7 +4,7 @@
     ...
     await stop_client(bot)                  # closes it; raises if connect() had died
 
-The recipe follows ``/work/shared/docs/discord-testing.md``: point ``Route.BASE`` and
+The recipe: point ``Route.BASE`` and
 ``DiscordWebSocket.DEFAULT_GATEWAY`` at the emulator (fine if the bot already did from its config),
 no-op ``before_identify_hook``, a short ``guild_ready_timeout``, ``login`` then ``connect`` in a task,
 and race ``wait_until_ready`` against that task so a crash in a gateway parser is not silent.

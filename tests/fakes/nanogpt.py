@@ -5,7 +5,7 @@
     ...
     await fake.close()
 
-Bodies follow ``docs/nanogpt-api.md``; every request is validated against NanoGPT's own OpenAPI
+Bodies are shaped as NanoGPT's own answers are; every request is validated against NanoGPT's own OpenAPI
 (``tests/data/nanogpt-openapi-subset.json``) and problems land in ``fake.schema_violations``. The
 fake's own storage (``/storage/…``) serves ``audioUrl`` files, clone previews and speaker embeddings
 and notes in ``fake.credential_leaks`` any download that carried credentials. Both lists must stay
@@ -68,12 +68,12 @@ TTS_PRICES_PER_1K = {
     "tts-1-hd": Decimal("0.030"),
     "Elevenlabs-Turbo-V2.5": Decimal("0.06"),
 }
-TTS_DEFAULT_PRICE_PER_1K = Decimal("0.10")  # MiniMax / Qwen: undocumented [I]
+TTS_DEFAULT_PRICE_PER_1K = Decimal("0.10")  # MiniMax / Qwen: no published price, so a guess
 TTS_CHAR_LIMITS = {"Kokoro-82m": 10_000, "Elevenlabs-Turbo-V2.5": 10_000, "tts-1": 4096, "tts-1-hd": 4096,
                    "gpt-4o-mini-tts": 4096}
 TTS_DEFAULT_CHAR_LIMIT = 10_000
 MINIMAX_SYSTEM_VOICES = frozenset({"Wise_Woman", "Calm_Woman", "Friendly_Person", "Deep_Voice_Man", "Casual_Guy"})
-# Spellings the docs allow besides the OpenAPI property names.
+# Spellings NanoGPT's docs allow besides the OpenAPI property names.
 FIELD_ALIASES = {
     "/voice-clone/minimax": {"custom_voice_id", "model", "previewText"},
     "/voice-clone/qwen": {"audio_url", "reference_text"},

@@ -1,4 +1,4 @@
-"""Configuration: SPEC §2 names and defaults, exit code 2 with one line, secrets never shown."""
+"""Configuration: the fixed variable names and their defaults, exit code 2 with one line, secrets never shown."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bot.config import ConfigError, load_config
 BASE = {"DISCORD_TOKEN": "discord-token-abcdef", "NANOGPT_API_KEY": "sk-nano-00000000-secret"}
 
 
-def test_defaults_match_the_spec():
+def test_defaults_are_the_documented_ones():
     config = load_config(BASE)
     assert config.nanogpt_base_url == "https://nano-gpt.com/api"
     assert config.database_path == Path("data/nanovoice.sqlite3")

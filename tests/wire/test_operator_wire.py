@@ -1,4 +1,4 @@
-"""The operator's controls over the wire (issue 9): GUILD_DAILY_BUDGET_USD is a ceiling servers may only
+"""The operator's controls over the wire: GUILD_DAILY_BUDGET_USD is a ceiling servers may only
 tighten, BOT_DAILY_BUDGET_USD across every server, ALLOWED_GUILD_IDS, ALLOWED_TTS_MODELS, prices in the
 voice autocomplete, and the owner's /owner commands and blocks. The real bot against the Discord emulator
 and the fake NanoGPT; assertions are on what people see and on what reached NanoGPT."""

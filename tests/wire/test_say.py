@@ -152,7 +152,7 @@ async def test_three_response_forms(live, mode, fmt):
      "The bot's NanoGPT balance is too low; please tell the bot's operator."),
     (429, None, {"Retry-After": "12"}, "NanoGPT is rate limiting; try again in 12 s."),
 ])
-async def test_nanogpt_errors_show_the_spec_sentence(live, status, body, headers, sentence):
+async def test_nanogpt_errors_show_their_fixed_sentence(live, status, body, headers, sentence):
     live.fake.fail_next("/tts", status, body, headers=headers)
     inter = await live.say(live.emu.add_user(name="alice"), "hello")
     reply = await live.answer(inter)

@@ -1,4 +1,4 @@
-"""The real bot against the emulator: start-up, the command set of SPEC §3, one round trip."""
+"""The real bot against the emulator: start-up, the fixed command set, one round trip."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from tests.fixtures_bot import World
 
-# SPEC §3: command → subcommand → option names (required ones first, as Discord demands).
+# The fixed command set: command → subcommand → option names (required ones first, as Discord demands).
+# These names are a contract with server members and operators: they never change.
 EXPECTED_SLASH = {
     "voice": {
         "clone": ["audio", "name", "provider", "transcript", "model", "noise_reduction", "normalize_volume"],
@@ -32,8 +33,8 @@ def _options(command):
     return [o["name"] for o in command.get("options", [])]
 
 
-async def test_synced_commands_match_the_spec(world: World):
-    # What a server's members can see; the owner's DM-only /owner is not part of SPEC's commands.
+async def test_synced_commands_are_the_fixed_set(world: World):
+    # What a server's members can see; the owner's DM-only /owner is not in that set.
     commands = [c for c in world.emu.global_commands if c.get("contexts") is None or 0 in c["contexts"]]
     slash = {c["name"]: c for c in commands if c.get("type", 1) == 1}
     menus = {c["name"] for c in commands if c.get("type") == 3}

@@ -251,7 +251,7 @@ async def test_402_releases_and_logs_the_balance(env, caplog):
     (401, None, AuthError, "The bot's NanoGPT key was rejected; please tell the bot's operator."),
     (429, None, RateLimited, "NanoGPT is rate limiting; try again in 7 s."),
 ])
-async def test_errors_carry_the_spec_sentence(env, status, body, error, sentence):
+async def test_errors_carry_their_fixed_sentence(env, status, body, error, sentence):
     env.fake.fail_next("/tts", status, body, headers={"Retry-After": "7"} if status == 429 else None)
     with pytest.raises(error) as err:
         await env.say(ALICE, GUILD, "hello", None)

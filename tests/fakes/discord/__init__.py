@@ -1,7 +1,7 @@
 """A local Discord: a real aiohttp server on 127.0.0.1 speaking the REST API, the gateway and a CDN.
 
 A real discord.py client (REST client, webhook adapter, gateway websocket, command tree) runs against
-it; see ``/work/shared/docs/discord-testing.md`` and ``tests/harness.py`` (``start_client``)::
+it; ``tests/harness.py`` (``start_client``) points discord.py at it and starts the client::
 
     emu = DiscordEmulator()
     await emu.start()        # emu.api_base == "http://127.0.0.1:PORT/api/v10", emu.gateway_url == "ws://…/gateway"

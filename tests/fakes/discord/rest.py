@@ -196,7 +196,7 @@ class RestMixin:
         filename = entry.get("filename") or part.filename or "unknown"
         part_type = (part.content_type or "").split(";")[0].strip()
         content_type = part_type if part_type.startswith("audio/") else mimetypes.guess_type(filename)[0]
-        # Discord keeps voice metadata only when the part itself is audio/* (see the testing doc)
+        # Discord keeps voice metadata (duration, waveform) only when the part itself is audio/*
         keep_meta = voice and part_type.startswith("audio/")
         return self._store_file(part.data, filename, content_type, channel_id,
                                 duration_secs=entry.get("duration_secs") if keep_meta else None,
