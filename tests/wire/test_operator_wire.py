@@ -11,9 +11,10 @@ import pytest
 
 from bot.config import TTS_MODELS
 from bot.limits import TTS_MICROS_PER_1K_CHARS, estimate_tts_micros, format_usd
-from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, DEFAULT_EVERYONE_PERMISSIONS, MANAGE_GUILD
+from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS
 from tests.fakes.nanogpt import Step, make_tone
 from tests.fixtures_bot import World
+from tests.wire.test_admin_wire import manager, settings
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_bot"]
 
@@ -33,17 +34,6 @@ def midnight(world: World) -> int:
 def fields(message) -> dict[str, str]:
     [embed] = message.embeds
     return {f["name"]: f["value"] for f in embed["fields"]}
-
-
-def manager(world: World, name: str = "manager"):
-    user = world.user(name)
-    world.emu.set_member_permissions(user, DEFAULT_EVERYONE_PERMISSIONS | MANAGE_GUILD)
-    return user
-
-
-async def settings(world: World, user, **options):
-    inter = await world.emu.slash(user, "nanovoice", subcommand="settings", options=options)
-    return await inter.wait_final(10)
 
 
 async def say(world: World, user, text: str = "hello there", channel_id: int | None = None, **options):
