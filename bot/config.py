@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
+from typing import overload
 
 from yarl import URL
 
@@ -231,6 +232,10 @@ def _usd(micros: int) -> str:
     return f"${amount:,.2f}" if amount >= Decimal("0.01") else f"${amount.normalize():f}"
 
 
+@overload
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...], example: str) -> str: ...
+@overload
+def _url(env: Mapping[str, str], name: str, default: None, schemes: tuple[str, ...], example: str) -> str | None: ...
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...],
          example: str) -> str | None:
     raw = _get(env, name)

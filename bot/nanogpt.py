@@ -48,6 +48,16 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 Provider = Literal["minimax", "qwen"]
 
+
+def clone_provider(value: str) -> Provider:
+    """``value`` (a stored provider key) as a :data:`Provider`; ValueError for any other text."""
+    if value == "minimax":
+        return "minimax"
+    if value == "qwen":
+        return "qwen"
+    raise ValueError(f"unknown clone provider {value!r}")
+
+
 CUSTOM_VOICE_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{7,}$")
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_policy", "content_filter", "moderation"})
