@@ -2,8 +2,7 @@
 
 Nothing here knows about Discord. Every decode runs in the static ffmpeg shipped by imageio-ffmpeg
 as an asyncio subprocess with a hard timeout (killed on hang); file I/O and the waveform run in a
-worker thread, so the event loop never blocks. The facts and traps behind each step are in
-``docs/audio.md``; the short version:
+worker thread, so the event loop never blocks. The traps behind each step:
 
 * header durations lie (VBR without Xing, truncated files, header + garbage), so the duration that
   counts is the *decoded* one: the number of PCM samples ffmpeg produced, cross-checked against
