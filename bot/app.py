@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import discord
@@ -31,6 +31,9 @@ from bot.nanogpt import NanoGPTClient, NanoGPTError
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.speech import SpeechService
 from bot.storage import Database
+
+if TYPE_CHECKING:
+    from discord.types.interactions import Interaction as InteractionPayload
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,23 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
         log.warning("could not deliver an error message for interaction %s", interaction.id, exc_info=True)
 
 
+_T = TypeVar("_T")
+
+
+def _opened(resource: _T | None, what: str) -> _T:
+    """A resource of the bot that only exists between ``setup_hook`` and ``close``."""
+    if resource is None:
+        raise RuntimeError(f"the bot's {what} is not open: setup_hook has not run yet, or close() has")
+    return resource
+
+
+def nanovoice_of(client: discord.Client) -> NanoVoice:
+    """``interaction.client`` as the :class:`NanoVoice` it always is (discord.py types it as a plain Client)."""
+    if not isinstance(client, NanoVoice):
+        raise RuntimeError(f"expected the NanoVoice bot as the interaction's client, not {type(client).__name__}")
+    return client
+
+
 class NanoVoice(commands.Bot):
     """The nanovoice bot. Construct with a :class:`Config`; ``start``/``close`` as any discord.py bot."""
 
@@ -139,13 +159,14 @@ class NanoVoice(commands.Bot):
         self.clock = clock or Clock()
         self.http_host = http_host
         self.session: aiohttp.ClientSession | None = None
-        self.db: Database | None = None
-        self.nanogpt: NanoGPTClient | None = None
-        self.limits: Limits | None = None
-        self.embeddings: EmbeddingHost | None = None
-        self.speech: SpeechService | None = None
-        self.clones: CloneService | None = None
-        self.blocks: Blocks | None = None
+        # Opened in setup_hook; read through the properties below, which say so when one is missing.
+        self._db: Database | None = None
+        self._nanogpt: NanoGPTClient | None = None
+        self._limits: Limits | None = None
+        self._embeddings: EmbeddingHost | None = None
+        self._speech: SpeechService | None = None
+        self._clones: CloneService | None = None
+        self._blocks: Blocks | None = None
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
         self._leaving: set[int] = set()
@@ -159,29 +180,59 @@ class NanoVoice(commands.Bot):
             connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"},
         )
-        self.db = await Database(self.config.database_path).connect()
-        self.nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)
-        self.limits = Limits(self.db, self.config, self.clock)
-        self.embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session, http_host=self.http_host)
+        self._db = await Database(self.config.database_path).connect()
+        self._nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)
+        self._limits = Limits(self.db, self.config, self.clock)
+        self._embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session, http_host=self.http_host)
         await self.embeddings.start()
-        self.speech = SpeechService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.embeddings)
-        self.clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
-                                   self.embeddings)
-        self.blocks = await Blocks(self.db).load()
+        self._speech = SpeechService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.embeddings)
+        self._clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
+                                    self.embeddings)
+        self._blocks = await Blocks(self.db).load()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
 
     async def close(self) -> None:
         await super().close()  # unloads extensions (cogs cancel their tasks) and closes the gateway
-        if self.embeddings is not None:
-            await self.embeddings.close()
-        if self.db is not None:
-            await self.db.close()
-            self.db = None
+        if self._embeddings is not None:
+            await self._embeddings.close()
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+    # -- the resources setup_hook opens ---------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        return _opened(self._db, "database")
+
+    @property
+    def nanogpt(self) -> NanoGPTClient:
+        return _opened(self._nanogpt, "NanoGPT client")
+
+    @property
+    def limits(self) -> Limits:
+        return _opened(self._limits, "limits service")
+
+    @property
+    def embeddings(self) -> EmbeddingHost:
+        return _opened(self._embeddings, "embedding host")
+
+    @property
+    def speech(self) -> SpeechService:
+        return _opened(self._speech, "speech service")
+
+    @property
+    def clones(self) -> CloneService:
+        return _opened(self._clones, "clone service")
+
+    @property
+    def blocks(self) -> Blocks:
+        return _opened(self._blocks, "block list")
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
 
@@ -196,7 +247,7 @@ class NanoVoice(commands.Bot):
         Synchronous on purpose (the blocks are kept in memory): it runs in front of every interaction."""
         if guild_id is not None and not self.guild_allowed(guild_id):
             return GUILD_BLOCKED
-        return self.blocks.refusal(user_id, guild_id) if self.blocks is not None else None
+        return self._blocks.refusal(user_id, guild_id) if self._blocks is not None else None
 
     def _gate_components(self) -> None:
         """Refuse buttons, selects and modal submits from blocked users and servers before any view sees them.
@@ -213,7 +264,9 @@ class NanoVoice(commands.Bot):
                 guild_id = int(data["guild_id"]) if data.get("guild_id") else None
                 refusal = self.refusal(int(user["id"]) if user.get("id") else None, guild_id)
                 if refusal is not None:
-                    interaction = discord.Interaction(data=data, state=self._connection)
+                    # The raw INTERACTION_CREATE payload discord.py would have parsed into this very object.
+                    payload = cast("InteractionPayload", data)
+                    interaction = discord.Interaction(data=payload, state=self._connection)
                     task = asyncio.create_task(refuse(interaction, refusal), name=f"refuse-{interaction.id}")
                     self._refusals.add(task)
                     task.add_done_callback(self._refusals.discard)

@@ -2,8 +2,7 @@
 
 Nothing here knows about Discord. Every decode runs in the static ffmpeg shipped by imageio-ffmpeg
 as an asyncio subprocess with a hard timeout (killed on hang); file I/O and the waveform run in a
-worker thread, so the event loop never blocks. The facts and traps behind each step are in
-``docs/audio.md``; the short version:
+worker thread, so the event loop never blocks. The traps behind each step:
 
 * header durations lie (VBR without Xing, truncated files, header + garbage), so the duration that
   counts is the *decoded* one: the number of PCM samples ffmpeg produced, cross-checked against
@@ -199,7 +198,7 @@ def check_size(size: int, upload_limit: int | None) -> None:
         )
 
 
-_NOT_AUDIO_MAGIC: tuple[tuple[bytes, str], ...] = (
+_NOT_AUDIO_MAGIC: tuple[tuple[bytes, str | None], ...] = (
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF87a", "a GIF image"),
@@ -349,7 +348,8 @@ async def ffmpeg_exe() -> str:
     if _ffmpeg_path is None:
         import imageio_ffmpeg  # runs `ffmpeg -version` once to validate: keep it off the loop
 
-        _ffmpeg_path = await asyncio.to_thread(imageio_ffmpeg.get_ffmpeg_exe)
+        found: str = await asyncio.to_thread(imageio_ffmpeg.get_ffmpeg_exe)  # the package ships no types
+        _ffmpeg_path = found
         log.info("using ffmpeg at %s", _ffmpeg_path)
     return _ffmpeg_path
 
@@ -511,6 +511,8 @@ def _mp3_duration(mp3: bytes) -> float:
     by_size = len(mp3) * 8 / CLONE_BITRATE
     try:
         info = mutagen.mp3.MP3(io.BytesIO(mp3)).info
+        if not isinstance(info, mutagen.mp3.MPEGInfo):  # mutagen declares FileType.info as None until loaded
+            raise TypeError("mutagen found no MPEG stream information")
         length = float(info.length)
     except Exception:  # mutagen raises several types on odd data
         log.warning("mutagen could not read our own MP3 output (%d bytes); using its size", len(mp3))

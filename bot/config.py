@@ -1,7 +1,8 @@
 """Configuration: one frozen, typed object built once from the environment (and ``.env``).
 
-Every name and default here is fixed by SPEC §2. Every variable has a documented range or format
-(README's configuration table), checked completely here: ``load_config`` raises :class:`ConfigError`
+Every name and default here is documented in README's configuration table (and docs/operating.md),
+which operators' ``.env`` files follow, so none is ever renamed. Every variable has a documented range
+or format there, checked completely here: ``load_config`` raises :class:`ConfigError`
 with one printable line naming the offending variable and what it accepts (a secret's value is never
 shown); ``bot.__main__`` turns that into exit code 2. Nothing out of range gets past start-up.
 """
@@ -16,12 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
+from typing import overload
 
 from yarl import URL
 
 DISCORD_GATEWAY_DEFAULT = "wss://gateway.discord.gg/"
 
-# The documented NanoGPT TTS model enum (docs/nanogpt-api.md), in the spelling NanoGPT uses.
+# The TTS models NanoGPT documents for POST /tts (its model enum), in the spelling NanoGPT uses.
 TTS_MODELS: tuple[str, ...] = (
     "Kokoro-82m",
     "Elevenlabs-Turbo-V2.5",
@@ -71,7 +73,7 @@ class Config:
     http_port: int = 8080
     embedding_channel_id: int | None = None
     log_level: str = "INFO"
-    # Operator controls (issue 9). None / 0 mean "no restriction" as documented in README.
+    # Operator controls. None / 0 mean "no restriction" as documented in README.
     allowed_guild_ids: frozenset[int] | None = None  # ALLOWED_GUILD_IDS; None: any server
     allowed_tts_models: tuple[str, ...] | None = None  # ALLOWED_TTS_MODELS; None: the documented set
     bot_daily_budget_micros: int = 0  # BOT_DAILY_BUDGET_USD, all servers together; 0: unlimited
@@ -231,6 +233,10 @@ def _usd(micros: int) -> str:
     return f"${amount:,.2f}" if amount >= Decimal("0.01") else f"${amount.normalize():f}"
 
 
+@overload
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...], example: str) -> str: ...
+@overload
+def _url(env: Mapping[str, str], name: str, default: None, schemes: tuple[str, ...], example: str) -> str | None: ...
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...],
          example: str) -> str | None:
     raw = _get(env, name)

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -41,6 +42,9 @@ import discord
 from bot.config import Config
 from bot.limits import cost_to_micros, format_usd
 from bot.logs import redact, redaction_list
+
+if TYPE_CHECKING:
+    from discord.types.guild import Guild as GuildPayload
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +178,8 @@ async def _guarded(check: Callable[[Config], Awaitable[CheckResult]], config: Co
     try:
         return await check(config)
     except Exception as exc:
-        if isinstance(exc, TimeoutError) and _deadline.get() is not None and _deadline.get().expired():
+        deadline = _deadline.get()
+        if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
             raise  # our own deadline: _timed says what didn't answer
         result = CheckResult()
         name = check.__name__.removeprefix("check_")
@@ -254,7 +259,7 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
     bot_id = int(me["id"])
     name = me.get("username", "?")
 
-    guilds: list[dict] = []
+    guilds: list[GuildPayload] = []
     after: int | None = None
     while True:  # 200 per page
         page = await http.get_guilds(200, after=after, with_counts=False)
@@ -324,7 +329,7 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
             result.ok(f"EMBEDDING_CHANNEL_ID {config.embedding_channel_id} is readable")
 
 
-async def _guild_permissions(http: discord.http.HTTPClient, guild: dict, bot_id: int) -> discord.Permissions:
+async def _guild_permissions(http: discord.http.HTTPClient, guild: GuildPayload, bot_id: int) -> discord.Permissions:
     """The bot's server-level permissions: @everyone plus its roles (channel overwrites not included).
 
     ``GET /guilds/{id}`` carries the roles and the owner; ``GET /guilds/{id}/members/{bot}`` the bot's roles.
@@ -350,7 +355,7 @@ def _servers(count: int) -> str:
     return f"{count} server" if count == 1 else f"{count} servers"
 
 
-def _guild_label(guild: dict) -> str:
+def _guild_label(guild: GuildPayload) -> str:
     return f"{_one_line(str(guild.get('name') or '?'), 60)} ({guild['id']})"
 
 

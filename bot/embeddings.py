@@ -172,15 +172,15 @@ class EmbeddingHost:
             raise ValueError(f"voice {voice.id} is not a Qwen voice")
         now = self.clock.now()
         trusted_until = self.provider_trusted_until(voice)
-        provider_ok = trusted_until is not None and now < trusted_until
+        provider_url = voice.embedding_url if trusted_until is not None and now < trusted_until else None
         stored = await self._stored_file(voice)
-        can_fall_back = stored is not None and self.durable
-        if provider_ok and can_fall_back and not await self._provider_alive(voice, now):
-            provider_ok = False
-        if provider_ok:
-            return self._remember(voice, voice.embedding_url)
-        if can_fall_back:
-            url = await self._own_url(stored)
+        fallback = stored if self.durable else None
+        if provider_url and fallback is not None and not await self._provider_alive(voice, provider_url, now):
+            provider_url = None
+        if provider_url:
+            return self._remember(voice, provider_url)
+        if fallback is not None:
+            url = await self._own_url(fallback)
             if url is not None:
                 return self._remember(voice, url)
         if voice.embedding_url:
@@ -203,7 +203,7 @@ class EmbeddingHost:
         if voice.embedding_url and url == voice.embedding_url:
             log.info("the provider's embedding URL of Qwen voice %s is gone; using the stored copy", voice.id)
             await self.db.mark_voice_embedding_expired(voice.id, now)
-            self._checks[voice.id] = _Check(url, now, False)
+            self._checks[voice.id] = _Check(voice.embedding_url, now, False)
             stored = await self._stored_file(voice)
             return stored is not None and self.durable
         stored = await self._stored_file(voice)
@@ -227,9 +227,8 @@ class EmbeddingHost:
             return None
         return file
 
-    async def _provider_alive(self, voice: Voice, now: float) -> bool:
-        """A HEAD of the provider URL, cached for CHECK_INTERVAL; a definite failure is persisted."""
-        url = voice.embedding_url
+    async def _provider_alive(self, voice: Voice, url: str, now: float) -> bool:
+        """A HEAD of the provider URL ``url``, cached for CHECK_INTERVAL; a definite failure is persisted."""
         cached = self._checks.get(voice.id)
         if cached is not None and cached.url == url and now - cached.at < CHECK_INTERVAL:
             return cached.alive

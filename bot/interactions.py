@@ -13,11 +13,26 @@ import logging
 from typing import Any
 
 import discord
+from discord import app_commands
 
 log = logging.getLogger(__name__)
 
 NO_PINGS = discord.AllowedMentions.none()
 PUBLIC_PLACEHOLDER = "nanovoice.public_placeholder"  # key in Interaction.extras
+
+
+def guild_id_of(interaction: discord.Interaction) -> int:
+    """The server of an interaction with a guild-only command (Discord offers those in servers only)."""
+    if interaction.guild_id is None:
+        raise app_commands.NoPrivateMessage()
+    return interaction.guild_id
+
+
+def channel_id_of(interaction: discord.Interaction) -> int:
+    """The channel an interaction came from (Discord sends one with every command)."""
+    if interaction.channel_id is None:
+        raise RuntimeError(f"Discord sent interaction {interaction.id} without a channel")
+    return interaction.channel_id
 
 
 async def defer(interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
@@ -55,7 +70,9 @@ async def send(
         if not interaction.response.is_done():
             await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
             return None
-        message = await interaction.followup.send(content, ephemeral=ephemeral, wait=True, **kwargs)
+        # discord.py types followup content as str, but it accepts None (sent as null) as send_message does.
+        message = await interaction.followup.send(content, ephemeral=ephemeral, wait=True,  # type: ignore[call-overload]
+                                                  **kwargs)
         placeholder_replaced(interaction)  # the first followup after a defer replaces the placeholder
         return message
     except discord.NotFound:

@@ -37,7 +37,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -49,12 +49,14 @@ from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
 from bot.limits import Limits
 from bot.nanogpt import (
+    CloneTicket,
     ContentPolicyError,
     DownloadTooLarge,
     InsufficientBalance,
     InvalidRequest,
     NanoGPTClient,
     NanoGPTError,
+    clone_provider,
 )
 from bot.policy import ensure_clone_allowed
 from bot.speech import SpeechService
@@ -388,9 +390,11 @@ class CloneService:
             self._schedule(job_id, 0.0)
         return job
 
-    async def _send(self, prepared: PreparedClone, custom_voice_id: str | None):
+    async def _send(self, prepared: PreparedClone, custom_voice_id: str | None) -> CloneTicket:
         request, clip = prepared.request, prepared.audio
         if request.provider == "minimax":
+            if custom_voice_id is None:
+                raise RuntimeError("a MiniMax clone needs the custom voice id reserved with its job")
             return await self.nanogpt.submit_minimax_clone(
                 clip.mp3, clip.filename, custom_voice_id=custom_voice_id, model=request.model,
                 noise_reduction=request.noise_reduction, normalize_volume=request.normalize_volume,
@@ -515,9 +519,11 @@ class CloneService:
         if now - started > self.job_deadline:
             await self._finish(job, "failed", TIMED_OUT)
             return
+        if job.run_id is None:
+            raise RuntimeError(f"clone job {job.id} is {job.state} but has no run id to poll")
         try:
             status = await self.nanogpt.clone_status(
-                job.provider, job.run_id, cost=_micros_to_units(job.cost_micros),
+                clone_provider(job.provider), job.run_id, cost=_micros_to_units(job.cost_micros),
                 payment_source=job.payment_source, is_api_request=bool(job.is_api_request),
             )
         except (InvalidRequest, ContentPolicyError) as exc:  # a definitive 4xx about this run
@@ -538,8 +544,8 @@ class CloneService:
             new_state = "processing" if state == "processing" else "pending"
             delay = self.default_poll_after if status.poll_after is None else float(status.poll_after)
             delay = max(self.min_poll_after, delay)
-            changes = dict(state=new_state, poll_count=job.poll_count + 1, last_polled_at=now, failures=0,
-                           next_poll_at=now + delay)
+            changes: dict[str, Any] = dict(state=new_state, poll_count=job.poll_count + 1, last_polled_at=now,
+                                           failures=0, next_poll_at=now + delay)
             await self.db.update_job(job.id, **changes)
             self._schedule(job.id, delay)
             await self._show_progress(replace(job, **changes), changed=new_state != job.state)

@@ -3,8 +3,9 @@
 Nothing here knows Discord. The :class:`aiohttp.ClientSession` belongs to the caller (``bot.app``);
 this module never creates or closes one.
 
-Facts come from ``docs/nanogpt-api.md``; the places that rest on inference ([I] there) are marked
-``[I]`` here so each is one place to change.
+Facts come from NanoGPT's published API documentation; the places that rest on inference instead
+(observed or tolerated behaviour NanoGPT does not document) are marked ``[I]`` here, so each is one
+place to change.
 
 Money is :class:`~decimal.Decimal` end to end: JSON is parsed with ``parse_float=Decimal`` and
 Decimals are written back into JSON with their exact text.
@@ -47,6 +48,16 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 Provider = Literal["minimax", "qwen"]
+
+
+def clone_provider(value: str) -> Provider:
+    """``value`` (a stored provider key) as a :data:`Provider`; ValueError for any other text."""
+    if value == "minimax":
+        return "minimax"
+    if value == "qwen":
+        return "qwen"
+    raise ValueError(f"unknown clone provider {value!r}")
+
 
 CUSTOM_VOICE_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{7,}$")
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -309,7 +320,8 @@ class Balance:
 
 class NanoGPTError(Exception):
     """NanoGPT refused or failed a request. ``message`` is NanoGPT's own text (or ours, when it sent
-    none); ``user_message`` is the SPEC §4 sentence to show a Discord user."""
+    none); ``user_message`` is the one sentence to show a Discord user: what went wrong and, where they
+    can do something about it, what to do."""
 
     default_message = "NanoGPT returned an error."
 

@@ -1,6 +1,6 @@
 """Who may clone where: the per-guild switch and clone role from ``/nanovoice settings``.
 
-A guild's settings override the environment defaults (SPEC §2) for that guild only:
+A guild's settings override the environment defaults (README's configuration table) for that guild only:
 
 * ``clones_enabled`` — NULL (never set) or true: members may clone; false: nobody may clone there.
 * ``clone_role_id`` — NULL: everyone may clone; a role id: only members holding that role.

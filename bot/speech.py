@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypedDict
 
 from bot import audio, providers
 from bot.clock import Clock
@@ -274,6 +275,15 @@ class ResolvedVoice:
     @property
     def provider(self) -> str | None:
         return self.saved.provider if self.saved is not None else None
+
+
+class TTSArguments(TypedDict, total=False):
+    """The voice-dependent keyword arguments of :meth:`bot.nanogpt.NanoGPTClient.tts`."""
+
+    voice: str
+    speed: float
+    speaker_voice_embedding_file_url: str
+    reference_text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,12 +593,13 @@ class SpeechService:
             try:
                 result = await self.nanogpt.tts(text, model=voice.model, **kwargs)
             except NanoGPTError as exc:
-                if (not retried and not exc.maybe_charged and voice.provider == "qwen"
+                saved = voice.saved
+                if (not retried and not exc.maybe_charged and saved is not None and saved.provider == "qwen"
                         and _embedding_rejected(exc)
-                        and await self.embeddings.report_dead_url(voice.saved,
+                        and await self.embeddings.report_dead_url(saved,
                                                                   kwargs.get("speaker_voice_embedding_file_url"))):
                     retried = True
-                    log.info("retrying speech for Qwen voice %s with its stored embedding", voice.saved.id)
+                    log.info("retrying speech for Qwen voice %s with its stored embedding", saved.id)
                     continue
                 await self._failed(reservation, exc)
                 raise self._explain(exc, voice) from exc
@@ -605,14 +616,15 @@ class SpeechService:
                  voice.identity.split(":", 1)[0], len(result.audio), result.cost, result.payment_source or "")
         return result
 
-    async def _tts_arguments(self, voice: ResolvedVoice, speed: float) -> dict[str, object]:
-        kwargs: dict[str, object] = {}
+    async def _tts_arguments(self, voice: ResolvedVoice, speed: float) -> TTSArguments:
+        kwargs: TTSArguments = {}
         if speed != 1.0:
             kwargs["speed"] = speed
-        if voice.provider == "qwen":
-            kwargs["speaker_voice_embedding_file_url"] = await self.embedding_url(voice.saved)
-            if voice.saved.transcript:
-                kwargs["reference_text"] = voice.saved.transcript
+        saved = voice.saved
+        if saved is not None and saved.provider == "qwen":
+            kwargs["speaker_voice_embedding_file_url"] = await self.embedding_url(saved)
+            if saved.transcript:
+                kwargs["reference_text"] = saved.transcript
         elif voice.voice is not None:
             kwargs["voice"] = voice.voice
         return kwargs

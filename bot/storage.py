@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 import aiosqlite
 
@@ -131,10 +131,37 @@ class CacheEntry:
     data: bytes
 
 
-def _row_to(cls: type, row: aiosqlite.Row | None) -> Any:
+class _RowRecord(Protocol):
+    """A slotted dataclass whose fields are the columns of a row (``Voice``, ``CloneJob``, …)."""
+
+    __slots__: ClassVar[tuple[str, ...]]
+
+
+_R = TypeVar("_R", bound=_RowRecord)
+
+
+@overload
+def _row_to(cls: type[_R], row: aiosqlite.Row) -> _R: ...
+@overload
+def _row_to(cls: type[_R], row: aiosqlite.Row | None) -> _R | None: ...
+def _row_to(cls: type[_R], row: aiosqlite.Row | None) -> _R | None:
     if row is None:
         return None
     return cls(**{k: row[k] for k in cls.__slots__})
+
+
+def _present(row: aiosqlite.Row | None, what: str) -> aiosqlite.Row:
+    """``row``, which the schema guarantees (a single-row table, an aggregate); RuntimeError if missing."""
+    if row is None:
+        raise RuntimeError(f"the database returned no row for {what}")
+    return row
+
+
+def _inserted_id(cursor: aiosqlite.Cursor) -> int:
+    """The rowid an INSERT just created; RuntimeError if SQLite reports none."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the database did not report the id of an inserted row")
+    return cursor.lastrowid
 
 
 class DuplicateVoiceName(Exception):
@@ -204,7 +231,7 @@ class Database:
 
     async def schema_version(self) -> int:
         async with self.conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+            row = _present(await cur.fetchone(), "PRAGMA user_version")
         return int(row[0])
 
     async def migrate(self) -> None:
@@ -249,7 +276,7 @@ class Database:
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
         rows = await self.conn.execute_fetchall(sql, params)  # one trip to the database thread, not three
-        return rows[0] if rows else None
+        return next(iter(rows), None)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         return list(await self.conn.execute_fetchall(sql, params))
@@ -508,7 +535,8 @@ class Database:
     async def _cache_evict(self, max_bytes: int, batch: int = 64) -> int:
         evicted = 0
         async with self.transaction() as tx:
-            total = (await (await tx.execute("SELECT bytes FROM tts_cache_totals WHERE id = 1")).fetchone())[0]
+            totals = await (await tx.execute("SELECT bytes FROM tts_cache_totals WHERE id = 1")).fetchone()
+            total = _present(totals, "the TTS cache totals")[0]
             while total > max_bytes:
                 rows = await tx.execute_fetchall(CACHE_EVICTION_ORDER, (batch,))
                 victims: list[str] = []
@@ -525,7 +553,8 @@ class Database:
 
     async def cache_stats(self) -> tuple[int, int]:
         """(entries, bytes) of the TTS cache, from the trigger-kept totals."""
-        row = await self.fetchone("SELECT entries, bytes FROM tts_cache_totals WHERE id = 1")
+        row = _present(await self.fetchone("SELECT entries, bytes FROM tts_cache_totals WHERE id = 1"),
+                       "the TTS cache totals")
         return int(row[0]), int(row[1])
 
     # -- forget-me -----------------------------------------------------------------------------
@@ -607,7 +636,7 @@ class Database:
                 (provider, user_id, guild_id, channel_id, application_id, interaction_token, token_expires_at,
                  voice_name.strip(), custom_voice_id, transcript, clone_model, now),
             )
-            return cur.lastrowid, custom_voice_id
+            return _inserted_id(cur), custom_voice_id
 
     async def finish_clone_job(self, job_id: int, state: str, *, error: str | None, now: float,
                                notified: bool = False) -> bool:
@@ -657,7 +686,7 @@ class Database:
                     (job.user_id, token, filename, content_type, data, len(data),
                      hashlib.sha256(data).hexdigest(), now),
                 )
-                file_id = cur.lastrowid
+                file_id = _inserted_id(cur)
             name, number = job.voice_name, 1
             while await (await tx.execute(
                 "SELECT 1 FROM voices WHERE user_id = ? AND name_key = ?", (job.user_id, name_key(name))
@@ -672,7 +701,7 @@ class Database:
                 (job.user_id, job.guild_id, name, name_key(name), job.provider, provider_voice_id, embedding_url,
                  embedding_expires_at, file_id, job.transcript, job.clone_model, now),
             )
-            voice_id = cur.lastrowid
+            voice_id = _inserted_id(cur)
             await tx.execute(
                 "UPDATE clone_jobs SET state = 'completed', voice_id = ?, finished_at = ?, next_poll_at = NULL, "
                 "error = NULL WHERE id = ?",
@@ -763,7 +792,7 @@ class Database:
             "VALUES (?, ?, ?, ?, 'reserved', ?, 'USD', ?, ?)",
             (user_id, guild_id, kind, ref, amount_micros, day, now),
         )
-        return int(cur.lastrowid)
+        return _inserted_id(cur)
 
     async def ledger_settle(self, entry_id: int, amount_micros: int, currency: str, ref: str | None,
                             now: float) -> bool:

@@ -111,7 +111,7 @@ class Admin(commands.Cog):
         changes = self.parse_changes(daily_budget_usd, clone_role, clones_enabled, reset,
                                      ceiling_micros=self.bot.config.guild_daily_budget_micros)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        guild_id = interaction.guild_id
+        guild_id = interactions.guild_id_of(interaction)
         content = None
         if changes:
             await self.bot.db.update_guild_settings(guild_id, self.bot.clock.now(), **changes)

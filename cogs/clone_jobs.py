@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -200,14 +200,15 @@ class CloneModal(discord.ui.Modal):
         super().__init__(title="Clone this voice", timeout=600)
         self.cog = cog
         self.attachment = attachment
-        self.name_input = discord.ui.TextInput(custom_id="clone:name", min_length=1, max_length=32,
-                                               placeholder="What to call the voice")
-        self.provider_select = discord.ui.Select(
+        self.name_input: discord.ui.TextInput[CloneModal] = discord.ui.TextInput(
+            custom_id="clone:name", min_length=1, max_length=32, placeholder="What to call the voice",
+        )
+        self.provider_select: discord.ui.Select[CloneModal] = discord.ui.Select(
             custom_id="clone:provider",
             options=[discord.SelectOption(label=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()],
             min_values=1, max_values=1,
         )
-        self.transcript_input = discord.ui.TextInput(
+        self.transcript_input: discord.ui.TextInput[CloneModal] = discord.ui.TextInput(
             custom_id="clone:transcript", style=discord.TextStyle.paragraph, required=False, max_length=1000,
             placeholder="What is said in the recording (helps Qwen3-TTS)",
         )
@@ -223,7 +224,10 @@ class CloneModal(discord.ui.Modal):
             model=None, noise_reduction=False, normalize_volume=False,
         )
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    async def on_error(self, interaction: discord.Interaction, error: Exception,
+                       _item: discord.ui.Item[Any] | None = None) -> None:
+        # Modal calls this with two arguments; the optional third keeps the signature of the View base
+        # class that discord.py's Modal shares.
         from bot.app import report_error
 
         await report_error(interaction, error)
@@ -339,14 +343,18 @@ class CloneJobs(commands.Cog):
 
     # -- JobEvents: how the poller reaches the user --------------------------------------------
 
-    def _webhook(self, job: CloneJob) -> discord.Webhook:
-        return discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
+    async def _edit_card(self, job: CloneJob, **changes: Any) -> None:
+        """Edit the job's status card: the original response of its interaction, through its webhook token."""
+        if job.application_id is None or job.interaction_token is None:
+            raise RuntimeError(f"clone job {job.id} has no interaction token to edit its status card with")
+        webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
+        # "@original" is Discord's id for an interaction's first response; discord.py types message_id as int.
+        await webhook.edit_message("@original", **changes)  # type: ignore[call-overload]
 
     async def show_progress(self, job: CloneJob) -> None:
         try:
-            await self._webhook(job).edit_message(
-                "@original", embed=status_embed(job, self.bot.clock.now()), allowed_mentions=interactions.NO_PINGS,
-            )
+            await self._edit_card(job, embed=status_embed(job, self.bot.clock.now()),
+                                  allowed_mentions=interactions.NO_PINGS)
         except discord.NotFound:
             log.info("status card of clone job %s is gone", job.id)
 
@@ -362,10 +370,8 @@ class CloneJobs(commands.Cog):
         embed = notice_embed(job, notice, self.bot.clock.now())
         if self.bot.clones.token_alive(job):
             try:
-                await self._webhook(job).edit_message(
-                    "@original", content=None, embed=embed, attachments=files(), view=None,
-                    allowed_mentions=interactions.NO_PINGS,
-                )
+                await self._edit_card(job, content=None, embed=embed, attachments=files(), view=None,
+                                      allowed_mentions=interactions.NO_PINGS)
                 return
             except discord.NotFound:
                 log.info("status card of clone job %s is gone; telling the user in the channel", job.id)

@@ -100,7 +100,7 @@ class Help(commands.Cog):
     @app_commands.command(name="help", description="What each command does, and this server's limits and prices")
     @app_commands.guild_only()
     async def help(self, interaction: discord.Interaction) -> None:
-        settings = await effective_settings(self.bot.db, self.bot.config, interaction.guild_id)
+        settings = await effective_settings(self.bot.db, self.bot.config, interactions.guild_id_of(interaction))
         await interactions.send(interaction, embed=help_embed(self.bot.config, settings), ephemeral=True)
 
 

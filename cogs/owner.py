@@ -40,8 +40,10 @@ class OwnerGroup(app_commands.Group):
     """The ``/owner`` group: its check runs before every subcommand."""
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        bot = interaction.client
-        dev_guild = getattr(getattr(bot, "config", None), "dev_guild_id", None)
+        from bot.app import nanovoice_of
+
+        bot = nanovoice_of(interaction.client)
+        dev_guild = bot.config.dev_guild_id
         in_place = interaction.guild_id is None or interaction.guild_id == dev_guild
         if not in_place or not await bot.is_owner(interaction.user):
             log.warning("user %s tried /owner in %s", interaction.user.id,
@@ -119,7 +121,7 @@ class Owner(commands.Cog):
             value = f"{format_usd(total)} (the bot has no daily budget)"
         embed.add_field(name="All servers and DMs", value=value, inline=False)
 
-        lines = []
+        lines: list[str] = []
         dm_spend = 0
         for guild_id, spent in top:
             if guild_id is None:
@@ -148,7 +150,9 @@ class Owner(commands.Cog):
     async def block(self, interaction: discord.Interaction, user_id: str | None = None, server_id: str | None = None,
                     reason: app_commands.Range[str, 1, 200] | None = None) -> None:
         kind, target_id = parse_target(user_id, server_id)
-        if kind == "user" and (target_id == interaction.user.id or await self.bot.is_owner(discord.Object(target_id))):
+        # is_owner reads only the id, so a bare Object does (discord.py types it as a full User).
+        target = discord.Object(target_id)
+        if kind == "user" and (target_id == interaction.user.id or await self.bot.is_owner(target)):  # type: ignore[arg-type]
             raise UserFacingError("I can't block the bot's owner.")
         if kind == "user" and self.bot.user is not None and target_id == self.bot.user.id:
             raise UserFacingError("I can't block myself.")

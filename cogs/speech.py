@@ -292,7 +292,7 @@ class Speech(commands.Cog):
         params = voice_message_parameters(encoded.ogg, encoded.duration, encoded.waveform_b64, reference)
         try:
             with params:
-                await self.bot.http.send_message(interaction.channel_id, params=params)
+                await self.bot.http.send_message(interactions.channel_id_of(interaction), params=params)
         except discord.HTTPException as exc:
             if exc.code == VOICE_MESSAGES_REFUSED or exc.status == 403:
                 log.info("voice message refused in channel %s (HTTP %s, code %s); sending a file",

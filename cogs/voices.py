@@ -12,7 +12,7 @@ import io
 import logging
 from decimal import Decimal
 from difflib import SequenceMatcher
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import discord
 from discord import app_commands
@@ -239,6 +239,15 @@ class ConfirmView(AuthorOnlyView):
         await interaction.response.edit_message(content=self.cancelled_text, embed=None, view=None)
 
 
+@runtime_checkable
+class CloneStarter(Protocol):
+    """What /voice clone needs from the clone-jobs cog (``cogs.clone_jobs.CloneJobs``), which owns the flow."""
+
+    async def start_clone(self, interaction: discord.Interaction, *, attachment: discord.Attachment, name: str,
+                          provider: str, transcript: str | None, model: str | None, noise_reduction: bool,
+                          normalize_volume: bool) -> None: ...
+
+
 # -- the cog ----------------------------------------------------------------------------------------
 
 
@@ -250,17 +259,19 @@ class Voices(commands.Cog):
 
     async def cog_load(self) -> None:
         embeddings = self.bot.embeddings
-        if embeddings is not None and embeddings.mode == "discord":
+        if embeddings.mode == "discord":
             embeddings.set_discord_hooks(self._rehost, self._refresh, self._delete_copy)
 
     async def cog_unload(self) -> None:
-        if self.bot.embeddings is not None:
-            self.bot.embeddings.set_discord_hooks(None, None, None)
+        self.bot.embeddings.set_discord_hooks(None, None, None)
 
     # -- EMBEDDING_CHANNEL_ID: the Discord side of re-hosting --------------------------------------
 
     def _embedding_channel(self) -> discord.PartialMessageable:
-        return self.bot.get_partial_messageable(self.bot.config.embedding_channel_id)
+        channel_id = self.bot.config.embedding_channel_id
+        if channel_id is None:  # the hooks are installed only when it is set
+            raise RuntimeError("EMBEDDING_CHANNEL_ID is not set, so there is no channel to keep embeddings in")
+        return self.bot.get_partial_messageable(channel_id)
 
     async def _rehost(self, data: bytes, filename: str) -> tuple[str, float | None, int]:
         message = await self._embedding_channel().send(
@@ -319,6 +330,8 @@ class Voices(commands.Cog):
         normalize_volume: bool | None = None,
     ) -> None:
         clone_jobs = self.bot.get_cog("CloneJobs")
+        if not isinstance(clone_jobs, CloneStarter):
+            raise RuntimeError("the clone-jobs cog (cogs.clone_jobs) is not loaded")
         await clone_jobs.start_clone(
             interaction,
             attachment=audio,

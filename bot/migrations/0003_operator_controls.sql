@@ -1,4 +1,4 @@
--- 0003: operator controls (issue 9).
+-- 0003: operator controls: /owner blocks and the bot-wide daily spend (docs/operating.md, "Costs and limits").
 --
 -- Blocks set by the bot's owner with /owner block: a user or a server that may no longer use the bot.
 -- They have no user_id column on purpose: /forget-me must not lift a block.
