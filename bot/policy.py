@@ -64,7 +64,6 @@ class EffectiveSettings:
 
     guild_id: int
     daily_budget_micros: int  # what is enforced: min(server, ceiling); 0: unlimited
-    budget_from_server: bool  # False: GUILD_DAILY_BUDGET_USD
     clone_role_id: int | None  # None: everyone
     clones_enabled: bool
     clones_enabled_from_server: bool
@@ -73,21 +72,22 @@ class EffectiveSettings:
     budget_ceiling_micros: int = 0  # GUILD_DAILY_BUDGET_USD: the most a server may choose (0: no ceiling)
 
     @property
+    def budget_from_server(self) -> bool:
+        """The server chose its own budget (False: GUILD_DAILY_BUDGET_USD applies)."""
+        return self.server_budget_micros is not None
+
+    @property
     def budget_capped(self) -> bool:
         """The server's own budget is above the operator's ceiling, so the ceiling applies instead."""
-        stored = self.server_budget_micros
-        return (stored is not None and self.budget_ceiling_micros > 0
-                and (stored <= 0 or stored > self.budget_ceiling_micros))
+        return self.budget_from_server and self.daily_budget_micros != self.server_budget_micros
 
 
 async def effective_settings(db: Database, config: Config, guild_id: int) -> EffectiveSettings:
     stored = await db.get_guild_settings(guild_id)
-    from_server = stored.daily_budget_micros is not None
     ceiling = config.guild_daily_budget_micros
     return EffectiveSettings(
         guild_id=guild_id,
         daily_budget_micros=effective_guild_budget(stored.daily_budget_micros, ceiling),
-        budget_from_server=from_server,
         server_budget_micros=stored.daily_budget_micros,
         budget_ceiling_micros=ceiling,
         clone_role_id=stored.clone_role_id,
@@ -159,9 +159,6 @@ class Blocks:
         if guild_id is not None and ("guild", guild_id) in self._blocked:
             return GUILD_BLOCKED
         return None
-
-    def is_blocked(self, kind: str, target_id: int) -> bool:
-        return (kind, target_id) in self._blocked
 
     def all(self) -> list[Block]:
         return sorted(self._blocked.values(), key=lambda b: (b.created_at, b.kind, b.target_id))
