@@ -65,7 +65,6 @@ from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
 log = logging.getLogger(__name__)
 
 PROVIDERS = tuple(providers.PROVIDERS)
-PROVIDER_LABELS = {key: provider.label for key, provider in providers.PROVIDERS.items()}
 STATE_LABELS = {
     "submitting": "Submitting",
     "pending": "Queued",

@@ -97,7 +97,6 @@ STOCK_VOICES: dict[str, tuple[str, ...]] = {
 STOCK_EXAMPLE = "Kokoro-82m/af_bella"
 STOCK_EXAMPLE_2 = "tts-1/nova"
 
-PROVIDER_LABELS = {key: provider.label for key, provider in providers.PROVIDERS.items()}
 
 
 # -- text hygiene ----------------------------------------------------------------------------------
@@ -421,8 +420,7 @@ class SpeechService:
         default = f"{config.default_tts_model}/{config.default_tts_voice}"
         if default in self.stock_choices:
             self.stock_choices.remove(default)
-        if self.model_allowed(config.default_tts_model):
-            self.stock_choices.insert(0, default)
+        self.stock_choices.insert(0, default)  # the configuration guarantees its model is allowed
 
     # -- text ----------------------------------------------------------------------------------
 
@@ -444,15 +442,12 @@ class SpeechService:
 
     def check_stock_model(self, model: str) -> None:
         """One sentence, before any NanoGPT call, when the operator doesn't allow this stock voice's model."""
-        if self.model_allowed(model):
-            return
-        instead = f"pick another voice, such as {self.stock_choices[0]}" if self.stock_choices \
-            else "use one of your own voices (/voice list)"
-        raise UserFacingError(f"{model} voices are turned off on this bot; {instead}.")
+        if not self.model_allowed(model):
+            raise UserFacingError(f"{model} voices are turned off on this bot; pick another voice, such as "
+                                  f"{self.stock_choices[0]}.")
 
     def default_stock_voice(self) -> ResolvedVoice:
         model = canonical_model(self.config.default_tts_model) or self.config.default_tts_model
-        self.check_stock_model(model)
         return _stock(model, self.config.default_tts_voice)
 
     @staticmethod
@@ -509,7 +504,7 @@ class SpeechService:
             if score is None:
                 continue
             marker = ", default" if is_default else ""
-            label = f"{name} (your {PROVIDER_LABELS.get(provider, provider)} voice{marker})"
+            label = f"{name} (your {providers.label(provider)} voice{marker})"
             bonus = 0.5 if is_default and not current else 0.0
             mine.append((score + bonus, -index, label[:CHOICE_MAX], name[:CHOICE_MAX]))
         mine.sort(reverse=True)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from bot import audio, jobs, providers
+from bot import audio, providers
 from bot.limits import format_usd
 from cogs import clone_jobs, voices
 from tests.unit.test_clone_cards import _fields, _prepared
@@ -42,4 +42,4 @@ def test_changing_a_price_in_the_table_changes_the_card_and_the_reserved_price(m
     assert _fields(card)["Price"] == "$0.75" and "$0.75" in card.description
     assert _fields(card)["MiniMax accepts"] == "5 s–5 min of audio"
     assert audio.provider_rule("minimax") == audio.DurationRule(min_s=5, max_s=300, trim_to=None)
-    assert jobs.PROVIDER_LABELS["minimax"] == "MiniMax"
+    assert providers.label("minimax") == "MiniMax"
