@@ -236,16 +236,11 @@ class NanoVoice(commands.Bot):
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
 
-    def guild_allowed(self, guild_id: int) -> bool:
-        """Whether the bot may serve this server: any without ALLOWED_GUILD_IDS; DEV_GUILD_ID always."""
-        allowed = self.config.allowed_guild_ids
-        return allowed is None or guild_id in allowed or guild_id == self.config.dev_guild_id
-
     def refusal(self, user_id: int | None, guild_id: int | None) -> str | None:
         """The one sentence refusing an interaction from this user in this server, or None to go ahead.
 
         Synchronous on purpose (the blocks are kept in memory): it runs in front of every interaction."""
-        if guild_id is not None and not self.guild_allowed(guild_id):
+        if guild_id is not None and not self.config.guild_allowed(guild_id):
             return GUILD_BLOCKED
         return self._blocks.refusal(user_id, guild_id) if self._blocks is not None else None
 
@@ -277,7 +272,7 @@ class NanoVoice(commands.Bot):
 
     async def leave_if_not_allowed(self, guild: discord.Guild) -> bool:
         """Leave a server that is not in ALLOWED_GUILD_IDS; True when it was left."""
-        if self.guild_allowed(guild.id) or guild.id in self._leaving or self.get_guild(guild.id) is None:
+        if self.config.guild_allowed(guild.id) or guild.id in self._leaving or self.get_guild(guild.id) is None:
             return False  # allowed, being left, or already gone (GUILD_DELETE)
         self._leaving.add(guild.id)  # on_ready and a guild event may both see it
         try:

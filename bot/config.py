@@ -78,6 +78,11 @@ class Config:
     allowed_tts_models: tuple[str, ...] | None = None  # ALLOWED_TTS_MODELS; None: the documented set
     bot_daily_budget_micros: int = 0  # BOT_DAILY_BUDGET_USD, all servers together; 0: unlimited
 
+    def guild_allowed(self, guild_id: int) -> bool:
+        """Whether the bot may serve this server: any without ALLOWED_GUILD_IDS; DEV_GUILD_ID always."""
+        allowed = self.allowed_guild_ids
+        return allowed is None or guild_id in allowed or guild_id == self.dev_guild_id
+
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line or a message."""

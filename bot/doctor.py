@@ -42,6 +42,7 @@ import discord
 from bot.config import Config
 from bot.limits import cost_to_micros, format_usd
 from bot.logs import redact, redaction_list
+from bot.text import plural
 
 if TYPE_CHECKING:
     from discord.types.guild import Guild as GuildPayload
@@ -141,7 +142,7 @@ async def run_check(config: Config, *, report: Report = _printer) -> int:
     finally:
         quiet()
     if total.problems:
-        report(f"nanovoice check: {total.problems} problem{'s' if total.problems != 1 else ''} found")
+        report(f"nanovoice check: {plural(total.problems, 'problem')} found")
         return 1
     report("nanovoice check: everything looks ready")
     return 0
@@ -278,19 +279,17 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
         result.ok(f"logged in to Discord as {name} ({bot_id}), in no server yet")
         result.note(f"invite the bot with {invite_url(application_id)}")
     else:
-        plural = "s" if len(guilds) != 1 else ""
-        result.ok(f"logged in to Discord as {name} ({bot_id}), in {len(guilds)} server{plural}")
+        result.ok(f"logged in to Discord as {name} ({bot_id}), in {plural(len(guilds), 'server')}")
 
     if config.allowed_guild_ids is not None:
-        outside = [g for g in guilds
-                   if int(g["id"]) not in config.allowed_guild_ids and int(g["id"]) != config.dev_guild_id]
+        outside = [g for g in guilds if not config.guild_allowed(int(g["id"]))]
         if outside:
             shown = ", ".join(_guild_label(g) for g in outside[:5]) + (" and more" if len(outside) > 5 else "")
-            result.note(f"the bot is in {_servers(len(outside))} not in ALLOWED_GUILD_IDS ({shown}); it leaves "
+            result.note(f"the bot is in {plural(len(outside), 'server')} not in ALLOWED_GUILD_IDS ({shown}); it leaves "
                         "them when it starts")
         absent = sorted(config.allowed_guild_ids - {int(g["id"]) for g in guilds})
         if absent:
-            result.note(f"the bot is not in {_servers(len(absent))} of ALLOWED_GUILD_IDS "
+            result.note(f"the bot is not in {plural(len(absent), 'server')} of ALLOWED_GUILD_IDS "
                         f"({', '.join(map(str, absent[:5]))}{' and more' if len(absent) > 5 else ''}); invite it "
                         "there if it should serve them")
 
@@ -307,8 +306,9 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
         if lacking:
             missing.append(f"{_guild_label(guild)}: {', '.join(lacking)}")
     if missing:
-        result.problem(f"missing permissions in {len(missing)} of {_servers(min(len(guilds), MAX_GUILDS_CHECKED))}: "
-                       f"{'; '.join(missing)}; give the bot's role these permissions")
+        checked_of = plural(min(len(guilds), MAX_GUILDS_CHECKED), "server")
+        result.problem(f"missing permissions in {len(missing)} of {checked_of}: {'; '.join(missing)}; give the "
+                       "bot's role these permissions")
     elif checked:
         sampled = f" (the first {checked})" if len(guilds) > checked else ""
         result.ok(f"the bot has the permissions it needs in every server checked{sampled}")
@@ -349,10 +349,6 @@ async def _guild_permissions(http: discord.http.HTTPClient, guild: GuildPayload,
     if perms.administrator:
         return discord.Permissions.all()
     return perms
-
-
-def _servers(count: int) -> str:
-    return f"{count} server" if count == 1 else f"{count} servers"
 
 
 def _guild_label(guild: GuildPayload) -> str:

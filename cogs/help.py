@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot import interactions, providers
 from bot.limits import TTS_DEFAULT_MICROS_PER_1K, TTS_MICROS_PER_1K_CHARS, format_usd
 from bot.policy import EffectiveSettings, effective_settings
+from bot.text import plural
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
@@ -37,10 +38,6 @@ COMMANDS = (
     ("Speak this message", "Message menu (Apps): I read a message out in your default voice."),
     ("/help", "This card."),
 )
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} second" if value == 1 else f"{value:g} seconds"
 
 
 def _tts_price(model: str) -> str:
@@ -69,8 +66,7 @@ def help_embed(config: Config, settings: EffectiveSettings) -> discord.Embed:
     elif not settings.clones_enabled:
         clones = "Voice cloning is turned off on this server."
     else:
-        runs = "1 clone" if config.clone_daily_limit == 1 else f"{config.clone_daily_limit} clones"
-        clones = f"You may start {runs} a day (UTC)."
+        clones = f"You may start {plural(config.clone_daily_limit, 'clone')} a day (UTC)."
         if settings.clone_role_id is not None and settings.clone_role_id != settings.guild_id:
             clones += f" Only members with <@&{settings.clone_role_id}> may clone."
     embed.add_field(name="Your daily clone limit", value=clones, inline=False)
@@ -81,7 +77,7 @@ def help_embed(config: Config, settings: EffectiveSettings) -> discord.Embed:
 
     embed.add_field(name="/say", inline=False,
                     value=f"Up to {config.say_max_chars:,} characters, one line every "
-                          f"{_seconds(config.say_cooldown_seconds)}.")
+                          f"{plural(config.say_cooldown_seconds, 'second')}.")
     embed.add_field(
         name="Speech prices", inline=False,
         value="NanoGPT charges speech by the character, and it counts toward the server's budget. "

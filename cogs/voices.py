@@ -22,6 +22,7 @@ from bot import interactions, providers
 from bot.errors import NotFound, UserFacingError
 from bot.jobs import STATE_LABELS, validate_voice_name
 from bot.storage import CloneJob, DuplicateVoiceName, Voice, name_key
+from bot.text import plural
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
@@ -54,11 +55,6 @@ def shown(name: str, limit: int = 40) -> str:
     if len(name) > limit:
         name = name[: limit - 1] + "…"
     return f"“{discord.utils.escape_markdown(name)}”"
-
-
-def plural(count: int, noun: str) -> str:
-    """``1 voice``, ``2 voices``, ``0 voices``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def ts(value: float | None, style: str = "R") -> str:
