@@ -21,6 +21,8 @@ from typing import overload
 
 from yarl import URL
 
+from bot.text import format_usd
+
 DISCORD_GATEWAY_DEFAULT = "wss://gateway.discord.gg/"
 
 # The TTS models NanoGPT documents for POST /tts (its model enum), in the spelling NanoGPT uses.
@@ -123,6 +125,11 @@ _DIGITS = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _MODEL_BY_KEY = {m.casefold(): m for m in TTS_MODELS}
+
+
+def canonical_model(name: str) -> str | None:
+    """A documented TTS model in NanoGPT's spelling (case-insensitive), else None."""
+    return _MODEL_BY_KEY.get(name.strip().casefold())
 
 
 def _show(raw: str, limit: int = 40) -> str:
@@ -228,14 +235,9 @@ def _money(env: Mapping[str, str], name: str, default_micros: int) -> int:
         if micros == 0 or BUDGET_MIN_MICROS <= micros <= BUDGET_MAX_MICROS:
             return micros
     # Never rounded: an amount below the smallest budget is refused, so it can't become 0 = unlimited.
-    raise ConfigError(f"{name} must be 0 (no limit) or a dollar amount from {_usd(BUDGET_MIN_MICROS)} to "
-                      f"{_usd(BUDGET_MAX_MICROS)} written like 5.00 (digits, at most {MONEY_DECIMALS} decimals, "
+    raise ConfigError(f"{name} must be 0 (no limit) or a dollar amount from {format_usd(BUDGET_MIN_MICROS)} to "
+                      f"{format_usd(BUDGET_MAX_MICROS)} written like 5.00 (digits, at most {MONEY_DECIMALS} decimals, "
                       f"no $ or sign), not {_show(raw)}")
-
-
-def _usd(micros: int) -> str:
-    amount = Decimal(micros) / 1_000_000
-    return f"${amount:,.2f}" if amount >= Decimal("0.01") else f"${amount.normalize():f}"
 
 
 @overload
@@ -302,7 +304,7 @@ def _model(env: Mapping[str, str], name: str, default: str, *, family: str = "")
     if raw is None:
         return default
     allowed = [m for m in TTS_MODELS if m.startswith(family)]
-    model = _MODEL_BY_KEY.get(raw.casefold())
+    model = canonical_model(raw)
     if model not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {_show(raw)}")
     return model
@@ -340,7 +342,7 @@ def _model_list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
         return None
     models: dict[str, None] = {}
     for part in raw.replace(",", " ").split():
-        model = _MODEL_BY_KEY.get(part.casefold())
+        model = canonical_model(part)
         if model is None:
             raise ConfigError(f"{name} must list models separated by commas, each one of {', '.join(TTS_MODELS)}; "
                               f"not {_show(part)}")

@@ -29,10 +29,9 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.errors import UserFacingError
 from bot.storage import Database
+from bot.text import MICROS_PER_UNIT, format_usd
 
 log = logging.getLogger(__name__)
-
-MICROS_PER_UNIT = 1_000_000
 
 # Documented TTS prices in micro-dollars per 1,000 characters, keyed by lower-cased model name.
 # Models not listed (MiniMax and Qwen TTS: prices undocumented) use TTS_DEFAULT_MICROS_PER_1K, a
@@ -96,27 +95,6 @@ def cost_to_micros(cost: float | int | str | Decimal) -> int:
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"not a cost: {cost!r}")
     return int((amount * MICROS_PER_UNIT).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def format_usd(micros: int) -> str:
-    """Dollars for people: ``$1.00``, ``$0.25``, ``$0.0035``, ``$1,234.50``.
-
-    From a dollar up: two decimals. Below a dollar: up to four decimals (trailing zeros dropped, at
-    least two kept) so sub-cent TTS costs stay visible. Rounded half up; exact (Decimal, no float).
-    A positive amount too small to show becomes ``<$0.0001``.
-    """
-    sign = "-" if micros < 0 else ""
-    amount = Decimal(abs(int(micros))) / MICROS_PER_UNIT
-    if amount >= 1:
-        text = f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,.2f}"
-    else:
-        shown = amount.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
-        if shown == 0 and amount > 0:
-            return f"{sign}<$0.0001"
-        text = f"{shown:.4f}"
-        while text.endswith("0") and len(text.split(".")[1]) > 2:
-            text = text[:-1]
-    return f"{sign}${text}"
 
 
 def format_money(micros: int, currency: str = "USD") -> str:

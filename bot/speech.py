@@ -38,7 +38,7 @@ from typing import TypedDict
 
 from bot import audio, providers
 from bot.clock import Clock
-from bot.config import TTS_MODELS, Config
+from bot.config import TTS_MODELS, Config, canonical_model
 from bot.embeddings import EmbeddingHost
 from bot.errors import NotFound, UserFacingError
 from bot.limits import (
@@ -74,8 +74,6 @@ RUN_CAP = 3  # longest run of one repeated (non-digit) character kept
 AUTOCOMPLETE_LIMIT = 25  # Discord's maximum number of choices
 CHOICE_MAX = 100  # Discord's maximum length of a choice name and value
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
-
-_MODEL_BY_KEY = {m.casefold(): m for m in TTS_MODELS}
 
 _KOKORO_VOICES = (
     "af_bella", "af_nova", "af_sarah", "am_adam", "am_onyx", "bf_emma", "bm_george",
@@ -306,11 +304,6 @@ class Speech:
     @property
     def filename(self) -> str:
         return f"speech.{self.extension}"
-
-
-def canonical_model(name: str) -> str | None:
-    """A documented TTS model in NanoGPT's spelling (case-insensitive), else None."""
-    return _MODEL_BY_KEY.get(name.strip().casefold())
 
 
 # The shape of the MiniMax voice ids the bot generates for clones (bot.jobs.make_custom_voice_id). A
