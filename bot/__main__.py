@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Config, ConfigError, load_config
+from bot.text import shorten
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
@@ -187,8 +188,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _one_line(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def _fail(message: str, config: Config) -> int:

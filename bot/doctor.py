@@ -42,7 +42,7 @@ import discord
 from bot.config import Config
 from bot.limits import cost_to_micros, format_usd
 from bot.logs import redact, redaction_list
-from bot.text import plural
+from bot.text import plural, shorten
 
 if TYPE_CHECKING:
     from discord.types.guild import Guild as GuildPayload
@@ -204,8 +204,7 @@ def _quiet_loggers() -> Callable[[], None]:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 # -- configuration -------------------------------------------------------------------------------

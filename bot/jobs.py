@@ -61,6 +61,7 @@ from bot.nanogpt import (
 from bot.policy import ensure_clone_allowed
 from bot.speech import SpeechService
 from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
+from bot.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -716,10 +717,7 @@ def _micros_to_units(micros: int | None) -> Decimal | None:
 
 
 def _one_line(text: str | None, limit: int = 300) -> str | None:
-    if not text:
-        return None
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(str(text), limit) if text else None
 
 
 __all__ = [

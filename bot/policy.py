@@ -28,6 +28,7 @@ from bot.config import Config
 from bot.errors import Forbidden, UserFacingError
 from bot.limits import effective_guild_budget, format_usd
 from bot.storage import Block, Database
+from bot.text import shorten
 
 CLONES_DISABLED = "Voice cloning is turned off in this server."
 MAX_BUDGET_MICROS = 10_000 * 1_000_000  # $10,000 a day (with no operator ceiling): anything above is a typo
@@ -177,5 +178,4 @@ class Blocks:
 
 
 def _shown(text: str, limit: int = 40) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text or "", limit)

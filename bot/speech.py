@@ -59,6 +59,7 @@ from bot.nanogpt import (
     extension_for,
 )
 from bot.storage import Database, Voice
+from bot.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +341,7 @@ def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple
 
 
 def _short(text: str, limit: int = 40) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def _stock(model: str, voice: str) -> ResolvedVoice:

@@ -14,6 +14,13 @@ def plural(count: float, noun: str) -> str:
     return f"{shown} {noun}" if count == 1 else f"{shown} {noun}s"
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line (runs of white space, line breaks included, become one space), cut to ``limit``
+    characters with "…" at the end when it is longer."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_usd(micros: int) -> str:
     """Dollars for people: ``$1.00``, ``$0.25``, ``$0.0035``, ``$1,234.50``.
 
