@@ -29,6 +29,7 @@ from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
 from bot.policy import GUILD_BLOCKED, Blocks
+from bot.privacy import Privacy
 from bot.speech import SpeechService
 from bot.storage import Database
 
@@ -167,6 +168,7 @@ class NanoVoice(commands.Bot):
         self._speech: SpeechService | None = None
         self._clones: CloneService | None = None
         self._blocks: Blocks | None = None
+        self._privacy: Privacy | None = None
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
         self._leaving: set[int] = set()
@@ -189,6 +191,10 @@ class NanoVoice(commands.Bot):
         self._clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
                                     self.embeddings)
         self._blocks = await Blocks(self.db).load()
+        self._privacy = Privacy(self.db)  # /forget-me: the repositories, and these holders of user data
+        self.privacy.register("embeddings", self.embeddings)
+        self.privacy.register("speech", self.speech)
+        self.privacy.register("clones", self.clones)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -233,6 +239,10 @@ class NanoVoice(commands.Bot):
     @property
     def blocks(self) -> Blocks:
         return _opened(self._blocks, "block list")
+
+    @property
+    def privacy(self) -> Privacy:
+        return _opened(self._privacy, "privacy service")
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
 
