@@ -83,8 +83,8 @@ async def test_another_users_voice_is_never_resolvable(world: World, audio_corpu
     alice, bob = world.user("alice"), world.user("bob")
     await wait_ready(world, await clone(world, alice, audio_corpus("mp3", 12), "Alice Secret", "minimax"))
     await wait_ready(world, await clone(world, alice, audio_corpus("mp3", 4), "Alice Qwen"))
-    secret = await world.db.get_voice_by_name(alice.id, "alice secret")
-    qwen = await world.db.get_voice_by_name(alice.id, "alice qwen")
+    secret = await world.db.voices.by_name(alice.id, "alice secret")
+    qwen = await world.db.voices.by_name(alice.id, "alice qwen")
     assert (await final(world, alice, "voice", "default", name="Alice Secret")).content.startswith("“Alice Secret”")
     alice_message = await world.emu.create_user_message(None, alice, "hello from alice, read me out")
     alice_ids = {secret.provider_voice_id}
@@ -123,9 +123,9 @@ async def test_another_users_voice_is_never_resolvable(world: World, audio_corpu
         assert "speaker_voice_embedding_file_url" not in body, body
         assert body["model"] == "Kokoro-82m", body
     # Alice's voices are exactly as she left them.
-    assert sorted(v.name for v in await world.db.list_voices(alice.id)) == ["Alice Qwen", "Alice Secret"]
-    assert (await world.db.get_default_voice(alice.id)).id == secret.id
-    assert await world.db.list_voices(bob.id) == [] and await world.db.get_default_voice(bob.id) is None
+    assert sorted(v.name for v in await world.db.voices.list(alice.id)) == ["Alice Qwen", "Alice Secret"]
+    assert (await world.db.user_settings.default_voice(alice.id)).id == secret.id
+    assert await world.db.voices.list(bob.id) == [] and await world.db.user_settings.default_voice(bob.id) is None
     assert qwen.embedding_file_id is not None
 
 
@@ -330,9 +330,9 @@ async def test_embedding_urls_are_unguessable_and_nothing_is_listable(world: Wor
     alice, bob = world.user("alice"), world.user("bob")
     await wait_ready(world, await clone(world, alice, audio_corpus("mp3", 4), "Mine"))
     await wait_ready(world, await clone(world, bob, audio_corpus("mp3", 4), "Mine"))
-    voice = await world.db.get_voice_by_name(alice.id, "mine")
-    other = await world.db.get_voice_by_name(bob.id, "mine")
-    embedding = await world.db.get_file_data(voice.embedding_file_id)
+    voice = await world.db.voices.by_name(alice.id, "mine")
+    other = await world.db.voices.by_name(bob.id, "mine")
+    embedding = await world.db.files.data(voice.embedding_file_id)
 
     # Once NanoGPT's copy is near its 7 days, NanoGPT is handed the bot's own URL.
     world.clock.advance(6.5 * 86_400)
