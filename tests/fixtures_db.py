@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,13 @@ async def make_0001_database_with_cache(path: Path, sizes: list[int]) -> None:
             "VALUES (?, 1, 'audio/mpeg', ?, ?, 0, 0)", [(f"k{i}", b"y" * size, size) for i, size in enumerate(sizes)],
         )
         await conn.commit()
+
+
+def sqlite_file_at_version(path: Path, user_version: int = 0) -> None:
+    """An SQLite file whose ``PRAGMA user_version`` says ``user_version`` and holds nothing else (0: never
+    migrated). Raw SQL on purpose: it stands for a database some other (older) program left behind."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"PRAGMA user_version = {int(user_version)}")
+    finally:
+        conn.close()

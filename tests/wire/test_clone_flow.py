@@ -14,6 +14,7 @@ from bot.jobs import LOST_AFTER_RESTART
 from cogs.clone_jobs import CONSENT
 from tests.fakes.nanogpt import Step
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_qwen_voice, ledger_rows
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_audio", "tests.fixtures_bot"]
 
@@ -187,9 +188,7 @@ async def test_too_big_for_the_upload_limit_is_refused_before_download(world: Wo
 
 async def test_a_duplicate_name_is_refused(world: World, audio_corpus):
     alice = world.user("alice")
-    async with world.db.transaction() as tx:
-        await tx.execute("INSERT INTO voices (user_id, name, name_key, provider, created_at) "
-                         "VALUES (?, 'Narrator', 'narrator', 'qwen', 0)", (alice.id,))
+    await add_qwen_voice(world.db, alice.id, "Narrator")
     inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="NARRATOR ",
                             provider="qwen")
     assert "already have a voice called “NARRATOR”" in await one_sentence(inter)
@@ -219,7 +218,7 @@ async def test_cancel_and_expiry_cost_nothing(world: World, audio_corpus):
         await world.emu.click(alice, expired, buttons(expired)["Confirm"]["custom_id"])
 
     assert world.nano.requests == []
-    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE state != 'released'")
+    held = sum(r["state"] != "released" for r in await ledger_rows(world.db))
     assert held == 0 and await world.db.jobs.for_user(alice.id) == []
 
 
@@ -346,7 +345,7 @@ async def test_sigkill_between_sending_and_recording_the_submit_loses_the_job_ho
         "PATCH", rf"/webhooks/\d+/{re.escape(inter.token)}/messages/@original",
         predicate=lambda r: LOST_AFTER_RESTART in str(r.payload))
     assert len(lost_edits) == 1 and len(world.nano.submits) == 1  # told once; never resubmitted
-    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE kind = 'clone' AND state = 'reserved'")
+    held = sum(r["kind"] == "clone" and r["state"] == "reserved" for r in await ledger_rows(world.db))
     assert held == 1  # it may have been charged: the reservation stays
 
 

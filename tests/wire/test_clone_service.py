@@ -34,6 +34,7 @@ from bot.nanogpt import InvalidRequest, NanoGPTClient
 from bot.speech import SpeechService
 from bot.storage import Database
 from tests.fakes.nanogpt import Step
+from tests.fixtures_db import add_qwen_voice, ledger_rows
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_audio"]
 
@@ -120,7 +121,7 @@ class Env:
         return await self.service.submit(prepared, where)
 
     async def ledger(self):
-        return [dict(r) for r in await self.db.fetchall("SELECT kind, state, amount_micros FROM ledger ORDER BY id")]
+        return [{k: r[k] for k in ("kind", "state", "amount_micros")} for r in await ledger_rows(self.db)]
 
 
 @pytest.fixture
@@ -247,9 +248,7 @@ async def test_notice_is_retried_when_discord_fails_and_sent_once(env):
 async def test_name_taken_while_cloning_is_saved_with_a_suffix(env):
     env.fake.clone_script = [Step("processing", poll_after=0.3), Step("completed")]
     job = await env.clone("Echo", "qwen", seconds=4)
-    async with env.db.transaction() as tx:  # e.g. a rename landed meanwhile
-        await tx.execute("INSERT INTO voices (user_id, name, name_key, provider, created_at) "
-                         "VALUES (1, 'ECHO', 'echo', 'qwen', 0)")
+    await env.db.voices.rename(1, await add_qwen_voice(env.db, 1, "Other"), "ECHO")  # a rename landed meanwhile
     _, notice = await env.events.wait()
     assert notice.voice_name == "Echo (2)" and "saved as “Echo (2)”" in notice.message
     assert (await env.db.voices.by_name(1, "echo (2)")).id == (await env.db.jobs.get(job.id)).voice_id

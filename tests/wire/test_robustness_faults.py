@@ -21,6 +21,7 @@ from bot.jobs import LOST_AFTER_RESTART, LOST_AFTER_TIMEOUT
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import Step, make_tone
 from tests.fixtures_bot import World
+from tests.fixtures_db import ledger_rows
 
 NOT_ANSWERING = "NanoGPT is not answering; try again in a moment."
 KEY_REJECTED = "The bot's NanoGPT key was rejected; please tell the bot's operator."
@@ -134,7 +135,7 @@ async def test_say_answers_every_nanogpt_fault_with_one_sentence_and_never_repea
     message = await say(world, alice, f"fault {fault}")
     assert_sentence(message, sentence)
     assert len(tts_posts(world)) == 1  # a paid call is never sent twice
-    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE state = 'reserved'")
+    held = sum(r["state"] == "reserved" for r in await ledger_rows(world.db))
     assert held == 0  # released or settled, never left hanging
     # The bot is fine afterwards: the next /say speaks.
     assert_speech(await say(world, alice, "after the fault"), "after the fault")

@@ -15,6 +15,7 @@ import pytest
 
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_minimax_voice, table_count
 from tests.unit.test_robustness_input import FRAGMENTS, ID, RAW_MENTION, assert_sentence, invisible
 
 SAY_MAX_CHARS = 1000  # the default
@@ -177,12 +178,8 @@ async def test_hostile_names_through_the_context_menu_modal(world: World, audio_
 
 
 async def add_voice(world: World, user_id: int, name: str, voice_id: str) -> int:
-    async with world.db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-            "VALUES (?, ?, ?, ?, 'minimax', ?, ?)",
-            (user_id, world.emu.guild_id, name, name.casefold(), voice_id, world.clock.now()))
-        return cur.lastrowid
+    return await add_minimax_voice(world.db, user_id, name, voice_id=voice_id, guild_id=world.emu.guild_id,
+                                   now=world.clock.now())
 
 
 async def voice_command(world: World, user, sub: str, **options) -> EmuMessage:
@@ -232,7 +229,7 @@ async def test_sql_metacharacters_are_just_characters(world: World, audio_corpus
         current = name
     # Nothing else moved: bob's voices are untouched, every table is still there.
     assert sorted(v.name for v in await world.db.voices.list(bob.id)) == ["Abc", "Mine"]
-    assert await world.db.fetchval("SELECT COUNT(*) FROM voices") == 3
+    assert await table_count(world.db, "voices") == 3
     assert_no_pings_anywhere(world)
 
 

@@ -24,6 +24,7 @@ import pytest
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import Step
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_minimax_voice
 
 QUICK = [Step("processing", poll_after=0.05), Step("completed")]
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43,}$")
@@ -135,11 +136,8 @@ async def test_a_minimax_voice_id_cannot_be_borrowed_as_a_stock_voice(world: Wor
     alice, bob = world.user("alice"), world.user("bob")
     voice_id = "nv7" + secrets.token_hex(8)
     world.nano.voices[voice_id] = "run-alice"
-    async with world.db.transaction() as tx:
-        await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-            "VALUES (?, ?, 'Alice Secret', 'alice secret', 'minimax', ?, ?)",
-            (alice.id, world.emu.guild_id, voice_id, world.clock.now()))
+    await add_minimax_voice(world.db, alice.id, "Alice Secret", voice_id=voice_id, guild_id=world.emu.guild_id,
+                            now=world.clock.now())
     for model in ("Minimax-Speech-02-HD", "minimax-speech-02-hd", "Minimax-Speech-2.8-Turbo"):
         reply = await final(world, bob, "say", text="borrowed voice", voice=f"{model}/{voice_id}")
         assert not reply.files, f"bob spoke in alice's voice through {model}/{voice_id}"
@@ -343,7 +341,7 @@ async def test_embedding_urls_are_unguessable_and_nothing_is_listable(world: Wor
     token, filename = url.removeprefix(f"{base}/embeddings/").split("/")
     assert TOKEN_RE.match(token), token
     assert world.nano.embedding_fetches[-1] == (url, 200)
-    bob_token = (await world.db.fetchval("SELECT token FROM stored_files WHERE id = ?", (other.embedding_file_id,)))
+    bob_token = (await world.db.files.get(other.embedding_file_id)).token
     assert TOKEN_RE.match(bob_token) and bob_token != token
     digest = hashlib.sha256(embedding).hexdigest()
     assert str(alice.id) not in token and digest[:12] not in token  # not derived from who or what

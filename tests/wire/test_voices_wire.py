@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from bot.embeddings import NO_DURABLE_STORAGE_WARNING
+from tests import fixtures_db
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import make_tone
 from tests.fixtures_bot import World
@@ -70,16 +71,17 @@ async def press(world: World, user, message: EmuMessage, label: str) -> EmuInter
 async def add_job(world: World, user_id: int, name: str, *, state: str, provider: str = "qwen",
                   voice_id: int | None = None, error: str | None = None, cost_micros: int = 250_000,
                   created_at: float | None = None) -> int:
+    """A clone job of ``user_id``; with ``voice_id``, the (paid) job that made that voice."""
     now = created_at if created_at is not None else world.clock.now()
-    async with world.db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO clone_jobs (provider, user_id, guild_id, voice_name, state, error, created_at, submitted_at, "
-            "cost_micros, payment_source, voice_id, finished_at, notified_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'USD', ?, ?, ?)",
-            (provider, user_id, world.emu.guild_id, name, state, error, now, now, cost_micros, voice_id,
-             None if state in ("pending", "processing") else now, now),
-        )
-        return cur.lastrowid
+    paid = {"cost_micros": cost_micros, "payment_source": "USD", "submitted_at": now}
+    if voice_id is not None:  # the voice was saved by its own clone job (tests.fixtures_db): record what it cost
+        job = await world.db.jobs.for_voice(user_id, voice_id)
+        assert job is not None and job.state == state == "completed"
+        await world.db.jobs.update(job.id, **paid)
+        return job.id
+    return await fixtures_db.add_job(world.db, user_id, name, state=state, provider=provider,
+                                     guild_id=world.emu.guild_id, now=now, error=error, notified_at=now,
+                                     finished_at=None if state in ("pending", "processing") else now, **paid)
 
 
 def sync_emulator_clock(world: World) -> None:
@@ -346,7 +348,8 @@ async def test_forget_me_cancel_keeps_everything(world: World):
     assert "• 1 voice\n" in text_of(message) and "(s)" not in text_of(message)
     await press(world, alice, message, "Cancel")
     assert world.emu.messages[message.id].content == "Cancelled; nothing was deleted."
-    assert await world.db.count_user_rows(alice.id) == 1
+    stored = await world.bot.privacy.stored(alice.id)
+    assert {k: n for k, n in stored.items() if n} == {"voices": 1, "clone_jobs": 1}  # the voice and its clone job
 
 
 async def test_forget_me_with_nothing_stored(world: World):
@@ -375,24 +378,62 @@ async def test_forget_me_deletes_every_row_and_file_and_running_clones_do_not_co
 
     _, message = await run(world, alice, None, command="forget-me")
     body = text_of(message)
-    for expected in ("• 2 voices\n", "• 2 clone job records (", "• 1 cached speech clip\n", "your settings",
+    # Clone job records: the two that made her voices and the running one.
+    for expected in ("• 2 voices\n", "• 3 clone job records (", "• 1 cached speech clip\n", "your settings",
                      "• 1 stored file (voice embeddings)"):
         assert expected in body, (expected, body)
     await press(world, alice, message, "Delete everything")
     await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Done"), 5,
                                "the forget-me result")
     assert world.emu.messages[message.id].content == (
-        "Done: I deleted 2 voices, 2 clone job records, 1 cached speech clip, 1 setting and "
+        "Done: I deleted 2 voices, 3 clone job records, 1 cached speech clip, 1 setting and "
         "1 stored file.")
-    assert await world.db.count_user_rows(alice.id) == 0
+    assert not any((await world.bot.privacy.stored(alice.id)).values())
+    assert await world.db.ledger.count_user_data(alice.id) == 0  # her spending is kept, detached from her
     assert await world.db.files.for_user(alice.id) == []
 
     await asyncio.sleep(1.2)  # the clone completes at NanoGPT meanwhile; the poller must let it go
-    assert await world.db.count_user_rows(alice.id) == 0
+    assert not any((await world.bot.privacy.stored(alice.id)).values())
+    assert await world.db.ledger.count_user_data(alice.id) == 0
     assert await world.db.voices.list(alice.id) == []
-    assert await world.db.count_user_rows(bob.id) == 2  # bob's voice and file are untouched
+    bobs = await world.bot.privacy.stored(bob.id)  # bob's voice, its job and its file are untouched
+    assert {k: n for k, n in bobs.items() if n} == {"voices": 1, "clone_jobs": 1, "stored_files": 1}
     notices = [m for m in world.emu.channel_messages() if str(alice.id) in m.content]
     assert notices == []
+
+
+@pytest.mark.env(SAY_COOLDOWN_SECONDS="60")
+async def test_forget_me_empties_what_is_kept_in_memory_for_that_user_only(world: World):
+    """Besides the rows: the embedding host's remembered URLs, the speech service's voice-message encodings
+    and cooldown, and the clone service's notice samples go for alice; bob keeps his."""
+    world.bot.nanogpt.tts_poll_interval = 0.02
+    alice, bob = world.user("alice"), world.user("bob")
+    speech, embeddings, clones = world.bot.speech, world.bot.embeddings, world.bot.clones
+    voices, jobs, keys = {}, {}, {}
+    for user in (alice, bob):
+        url = world.nano.put_storage(f"emb/{user.id}.safetensors", EMBEDDING, "application/octet-stream")
+        voices[user.id] = await insert_qwen_voice(world.db, user.id, "Mine", embedding_url=url, now=world.clock.now())
+        said = await world.emu.slash(user, "say", options={"text": f"hello from {user.id}", "voice": "Mine",
+                                                           "voice_message": True})
+        await said.wait_final(10)
+        keys[user.id] = set(await world.db.cache.user_keys(user.id))
+        # A finished clone whose notice is still to be delivered keeps its sample (speech in the new voice).
+        jobs[user.id] = (await world.db.jobs.for_voice(user.id, voices[user.id])).id
+        clones._samples[jobs[user.id]] = (b"sample of " + str(user.id).encode(), "audio/mpeg")
+    for user in (alice, bob):
+        assert keys[user.id] and keys[user.id] <= set(speech._voice_messages), "the voice message was not kept"
+        assert voices[user.id] in embeddings._last_url and user.id in speech.cooldown._last
+
+    _, message = await run(world, alice, None, command="forget-me")
+    await press(world, alice, message, "Delete everything")
+    await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Done"), 5,
+                               "the forget-me result")
+
+    assert not keys[alice.id] & set(speech._voice_messages) and keys[bob.id] <= set(speech._voice_messages)
+    assert voices[alice.id] not in embeddings._last_url and voices[alice.id] not in embeddings._checks
+    assert voices[bob.id] in embeddings._last_url
+    assert jobs[alice.id] not in clones._samples and jobs[bob.id] in clones._samples
+    assert alice.id not in speech.cooldown._last and bob.id in speech.cooldown._last
 
 
 # -- durable Qwen voices ----------------------------------------------------------------------------
