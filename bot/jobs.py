@@ -343,21 +343,21 @@ class CloneService:
                     # Sent but unanswered: it may have been charged. Keep the reservation, never resubmit.
                     log.warning("clone job %s: submit timed out after sending; marking it lost", job_id)
                     await self.db.jobs.finish(job_id, "lost", error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
-                                                   notified=True)
+                                              notified=True)
                     raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
                 log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
                 if isinstance(exc, InsufficientBalance):
                     self.speech.report_low_balance()  # tell the operator how low the balance is
                 await self.limits.release(reservation)
                 await self.db.jobs.finish(job_id, "failed", error=exc.user_message, now=self.clock.now(),
-                                               notified=True)
+                                          notified=True)
                 raise
             except BaseException:
                 # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
                 # resubmit; the poller (or the next start) tells the user honestly.
                 log.exception("clone job %s: submit interrupted; marking it lost", job_id)
                 await asyncio.shield(self.db.jobs.finish(job_id, "lost", error=LOST_AFTER_RESTART,
-                                                              now=self.clock.now()))
+                                                         now=self.clock.now()))
                 with contextlib.suppress(RuntimeError):
                     self._schedule(job_id, 0.0)
                 raise
@@ -559,7 +559,7 @@ class CloneService:
         log.info("clone job %s: status check failed (%s: %s); retry %d in %.2f s", job.id, type(exc).__name__,
                  exc, failures, delay)
         await self.db.jobs.update(job.id, failures=failures, poll_count=job.poll_count + 1, last_polled_at=now,
-                                 next_poll_at=now + delay)
+                                  next_poll_at=now + delay)
         self._schedule(job.id, delay)
 
     async def _complete(self, job: CloneJob, status, now: float) -> None:

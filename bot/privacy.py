@@ -52,10 +52,6 @@ class Privacy:
             raise ValueError(f"a user data holder named {name!r} is already registered")
         self._holders[name] = holder
 
-    @property
-    def holders(self) -> Mapping[str, UserDataHolder]:
-        return dict(self._holders)
-
     async def stored(self, user_id: int) -> dict[str, int]:
         """Rows per repository that :meth:`forget` would delete (the ledger, detached instead, is not counted)."""
         return {repo.data_name: await repo.count_user_data(user_id)
@@ -72,7 +68,7 @@ class Privacy:
             await tx.lock(f"user:{user_id}")
             for repo in self.db.repositories():
                 rows[repo.data_name] = await repo.delete_user_data(user_id, tx)
-        log.info("forgot user %s: rows %s, in memory %s", user_id, rows, forgotten)
+        log.debug("forgot user %s: rows %s, in memory %s", user_id, rows, forgotten)
         return ForgetResult(rows, forgotten)
 
 

@@ -7,10 +7,9 @@ queries; every one of them can count and delete a user's rows (``delete_user_dat
 
 from bot.storage.base import Repository, Transaction
 from bot.storage.cache import CACHE_EVICTION_ORDER
-from bot.storage.database import MIN_SQLITE, Database
+from bot.storage.database import Database
 from bot.storage.ledger import ANONYMOUS_USER
 from bot.storage.records import (
-    OPEN_JOB_STATES,
     Block,
     CacheEntry,
     CloneJob,
@@ -24,8 +23,6 @@ from bot.storage.records import (
 __all__ = [
     "ANONYMOUS_USER",
     "CACHE_EVICTION_ORDER",
-    "MIN_SQLITE",
-    "OPEN_JOB_STATES",
     "Block",
     "CacheEntry",
     "CloneJob",

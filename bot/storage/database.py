@@ -83,12 +83,6 @@ class Database:
             await self._conn.close()
             self._conn = None
 
-    async def __aenter__(self) -> Database:
-        return await self.connect()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     @property
     def conn(self) -> aiosqlite.Connection:
         if self._conn is None:

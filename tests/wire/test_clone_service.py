@@ -313,9 +313,9 @@ async def test_a_submit_cut_off_by_a_crash_is_lost_not_resubmitted(env):
     # What a crash between "row written" and "run id recorded" leaves behind.
     db = await Database(env.path).connect()
     await db.jobs.create(user_id=1, guild_id=10, channel_id=20, application_id=30, interaction_token="t",
-                              token_expires_at=env.clock.now() + 900, voice_name="Limbo", provider="minimax",
-                              transcript=None, clone_model=None, now=env.clock.now(),
-                              make_custom_voice_id=make_custom_voice_id)
+                         token_expires_at=env.clock.now() + 900, voice_name="Limbo", provider="minimax",
+                         transcript=None, clone_model=None, now=env.clock.now(),
+                         make_custom_voice_id=make_custom_voice_id)
     await db.close()
     await env.start()
     job, notice = await env.events.wait()

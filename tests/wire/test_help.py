@@ -51,7 +51,7 @@ async def test_help_follows_the_servers_own_settings_and_the_provider_table(worl
     now = world.clock.now()
     role = world.emu.add_role("Cloners")
     await world.db.guilds.update(world.emu.guild_id, now, daily_budget_micros=2_000_000,
-                                         clone_role_id=int(role["id"]))
+                                 clone_role_id=int(role["id"]))
     monkeypatch.setitem(providers.PROVIDERS, "qwen",
                         dataclasses.replace(providers.PROVIDERS["qwen"], price_micros=300_000))
     card = fields(await ask_help(world, world.user("bob")))

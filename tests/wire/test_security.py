@@ -184,7 +184,7 @@ async def test_secrets_never_leave_their_place(world: World, audio_corpus, monke
     # An unexpected error: a short apology with an id, the traceback in the log.
     async def broken(*_args, **_kwargs):
         raise RuntimeError(f"database exploded near {world.database_path}")
-    monkeypatch.setattr(world.bot.db, "list_voices", broken)
+    monkeypatch.setattr(world.bot.db.voices, "list", broken)
     apology = await final(world, alice, "voice", "list")
     error_id = re.search(r"error id `([0-9a-f]+)`", apology.content).group(1)
     assert any(error_id in line and "Traceback" in line for line in world.logs)
