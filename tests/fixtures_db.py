@@ -95,6 +95,13 @@ async def add_job(db: Database, user_id: int, name: str, *, state: str, provider
 # -- inspecting what no public method shows --------------------------------------------------------------
 
 
+async def pragma(db: Database, name: str) -> Any:
+    """The value of ``PRAGMA name`` on the bot's connection (journal mode, foreign keys: settings of the
+    connection, which no repository reports)."""
+    assert name.isidentifier()
+    return await db.fetchval(f"PRAGMA {name}")
+
+
 async def ledger_rows(db: Database) -> list[dict[str, Any]]:
     """Every ledger row, oldest first. Raw SQL on purpose: the bot only ever sums the ledger (limits,
     /usage, /owner spend), and a test must see each row's state (reserved, charged, released)."""

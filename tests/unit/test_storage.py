@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from bot.storage import Database, DuplicateVoiceName
-from tests.fixtures_db import add_minimax_voice, ledger_rows
+from tests.fixtures_db import add_minimax_voice, ledger_rows, pragma
+
+DAY = "2026-01-01"
 
 
 @pytest.fixture
@@ -19,8 +21,8 @@ async def db(tmp_path):
 
 async def test_migrations_applied_and_pragmas(db, tmp_path):
     assert await db.schema_version() == len(Database.migrations())
-    assert (await db.fetchval("PRAGMA journal_mode")).lower() == "wal"
-    assert await db.fetchval("PRAGMA foreign_keys") == 1
+    assert (await pragma(db, "journal_mode")).lower() == "wal"
+    assert await pragma(db, "foreign_keys") == 1
     # Re-opening applies nothing twice.
     await db.close()
     again = await Database(tmp_path / "sub" / "db.sqlite3").connect()
@@ -50,31 +52,36 @@ async def test_sql_metacharacters_are_plain_data(db):
     assert [v.name for v in await db.voices.list(1)] == [name]
 
 
+async def _reserve(db, tx, amount: int = 1) -> int:
+    return await db.ledger.reserve(tx, user_id=1, guild_id=1, kind="clone", ref=None, amount_micros=amount,
+                                   day=DAY, now=0)
+
+
 async def test_transactions_serialise_check_then_write(db):
-    async def take(i):
+    """A quota check and its reservation in one transaction: ten at once never pass a limit of three."""
+    async def take():
         async with db.transaction() as tx:
-            await tx.lock("meta")  # a no-op on SQLite: BEGIN IMMEDIATE already holds every write
-            count = await tx.fetchval("SELECT COUNT(*) FROM meta")
+            await tx.lock("ledger:user:1")  # a no-op on SQLite: BEGIN IMMEDIATE already holds every write
+            count = await db.ledger.count(1, "clone", DAY, tx=tx)
             await asyncio.sleep(0)
             if count < 3:
-                await tx.execute("INSERT INTO meta (key, value) VALUES (?, '1')", (f"k{i}",))
+                await _reserve(db, tx)
 
-    await asyncio.gather(*(take(i) for i in range(10)))
-    assert [await db.get_meta(f"k{i}") for i in range(10)].count("1") == 3
+    await asyncio.gather(*(take() for _ in range(10)))
+    assert await db.ledger.count(1, "clone", DAY) == 3
 
 
 async def test_failed_transaction_rolls_back(db):
     with pytest.raises(RuntimeError):
         async with db.transaction() as tx:
-            await tx.execute("INSERT INTO meta (key, value) VALUES ('a', 'b')")
+            await _reserve(db, tx, 1_000)
             raise RuntimeError("boom")
-    assert await db.get_meta("a") is None
+    assert await db.ledger.count(1, "clone", DAY) == 0 and await db.ledger.user_spend(1) == 0
 
 
 async def test_money_is_stored_as_integers(db):
     async with db.transaction() as tx:
-        entry = await db.ledger.reserve(tx, user_id=1, guild_id=1, kind="tts", ref=None, amount_micros=5039,
-                                        day="2026-01-01", now=0)
+        entry = await _reserve(db, tx, 5039)
     assert await db.ledger.settle(entry, 5039, "USD", None, now=1)
     (row,) = await ledger_rows(db)
     assert type(row["amount_micros"]) is int and row["amount_micros"] == 5039
