@@ -92,6 +92,7 @@ class _FirstGatewayFailure(logging.Filter):
 
 async def _run(config: Config) -> None:
     import aiohttp
+    import asyncpg
     import discord
 
     from bot.app import NanoVoice
@@ -111,10 +112,10 @@ async def _run(config: Config) -> None:
                 raise
             log.debug("start-up failed", exc_info=exc)
             raise StartupFailure(line) from exc
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("start-up failed", exc_info=exc)
-            raise StartupFailure(f"can't open the database {config.database_path}: {_one_line(str(exc))}; check "
-                                 "DATABASE_PATH") from exc
+            raise StartupFailure(f"can't open the database {config.database_label}: {_one_line(str(exc))}; check "
+                                 f"{config.database_variable}") from exc
         first = _FirstGatewayFailure(client)
         client_log = logging.getLogger("discord.client")
         client_log.addFilter(first)
@@ -130,6 +131,9 @@ async def _run(config: Config) -> None:
             raise _gateway_unreachable(config, first.error)
 
 
+_UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNRESET}
+
+
 def _setup_failure(exc: BaseException, config: Config) -> str | None:
     """One line for what commonly fails in the bot's own set-up (after the Discord login), else None."""
     if not isinstance(exc, OSError) or not isinstance(exc.errno, int):
@@ -140,6 +144,9 @@ def _setup_failure(exc: BaseException, config: Config) -> str | None:
         else:
             reason = f"{os.strerror(exc.errno).lower()} ({exc.filename})"
         return f"can't open the database {config.database_path}: {reason}; check DATABASE_PATH"
+    if config.database_url and (isinstance(exc, socket.gaierror) or exc.errno in _UNREACHABLE):
+        reason = (exc.strerror or os.strerror(exc.errno)).lower()
+        return f"can't reach the database {config.database_label}: {reason}; check DATABASE_URL and that it runs"
     if config.public_base_url and exc.errno in {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}:
         return (f"can't serve HTTP on port {config.http_port}: {os.strerror(exc.errno).lower()}; choose another "
                 "HTTP_PORT")

@@ -182,7 +182,7 @@ class NanoVoice(commands.Bot):
             connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"},
         )
-        self._db = await Database(self.config.database_path).connect()
+        self._db = await Database.from_config(self.config).connect()
         self._nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)
         self._limits = Limits(self.db, self.config, self.clock)
         self._embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session, http_host=self.http_host)

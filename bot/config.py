@@ -58,6 +58,9 @@ class Config:
     nanogpt_api_key: Secret = field(repr=False)
     nanogpt_base_url: str = "https://nano-gpt.com/api"
     database_path: Path = Path("data/nanovoice.sqlite3")
+    #: DATABASE_URL: a PostgreSQL database shared by several processes instead of the SQLite file; it may
+    #: hold a password, so it is a secret (never shown, never logged).
+    database_url: Secret | None = field(default=None, repr=False)
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = DISCORD_GATEWAY_DEFAULT
     dev_guild_id: int | None = None
@@ -86,9 +89,28 @@ class Config:
         return allowed is None or guild_id in allowed or guild_id == self.dev_guild_id
 
     @property
+    def database_label(self) -> str:
+        """Where the data lives, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        if self.database_url:
+            url = URL(self.database_url)
+            return str(url.with_password("***")) if url.password else str(url)
+        return str(self.database_path)
+
+    @property
+    def database_variable(self) -> str:
+        """The variable that names the database (for "check …" advice)."""
+        return "DATABASE_URL" if self.database_url else "DATABASE_PATH"
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line or a message."""
-        return (str(self.discord_token), str(self.nanogpt_api_key))
+        found = [str(self.discord_token), str(self.nanogpt_api_key)]
+        if self.database_url:
+            found.append(str(self.database_url))
+            password = URL(self.database_url).password
+            if password:
+                found.append(password)
+        return tuple(found)
 
     def __repr__(self) -> str:  # belt and braces: dataclass repr already hides the secrets
         shown = ", ".join(
@@ -299,6 +321,36 @@ def _path(env: Mapping[str, str], name: str, default: str) -> Path:
     return path
 
 
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _database_url(env: Mapping[str, str], name: str) -> Secret | None:
+    """A ``postgresql://`` URL (user, password, host, port, database, libpq query options); never echoed,
+    since it may hold a password."""
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    accepted = (f"{name} must be a PostgreSQL URL such as postgresql://nanovoice:PASSWORD@localhost:5432/nanovoice "
+                f"(at most {URL_MAX:,} printable characters, no spaces)")
+    if len(raw) > URL_MAX or any(ch.isspace() or not ch.isprintable() for ch in raw):
+        raise ConfigError(accepted)
+    try:
+        url = URL(raw)
+        scheme, host, port, path = url.scheme, url.raw_host, url.explicit_port, url.raw_path
+        query = url.query
+    except (ValueError, TypeError, UnicodeError):
+        raise ConfigError(accepted) from None
+    if scheme not in _POSTGRES_SCHEMES:
+        raise ConfigError(f"{accepted}; it must start with postgresql://")
+    if not host and "host" not in query:
+        raise ConfigError(f"{accepted}; it names no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{accepted}; its port must be 1-65535")
+    if path.count("/") > 1 or url.raw_fragment:
+        raise ConfigError(f"{accepted}; after the host only /DATABASE and ?options may follow")
+    return Secret(raw)
+
+
 def _model(env: Mapping[str, str], name: str, default: str, *, family: str = "") -> str:
     raw = _get(env, name)
     if raw is None:
@@ -366,6 +418,10 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
     nanogpt_api_key = _required(env, "NANOGPT_API_KEY")
     allowed_models = _model_list(env, "ALLOWED_TTS_MODELS")
     default_model = _model(env, "DEFAULT_TTS_MODEL", "Kokoro-82m")
+    database_url = _database_url(env, "DATABASE_URL")
+    if database_url is not None and _get(env, "DATABASE_PATH") is not None:
+        raise ConfigError("DATABASE_URL and DATABASE_PATH are both set: set DATABASE_URL for PostgreSQL or "
+                          "DATABASE_PATH for an SQLite file, not both")
     if allowed_models is not None and default_model not in allowed_models:
         raise ConfigError(f"DEFAULT_TTS_MODEL {default_model} is not in ALLOWED_TTS_MODELS; add it there or set "
                           f"DEFAULT_TTS_MODEL to one of {', '.join(allowed_models)}")
@@ -376,6 +432,7 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
         nanogpt_base_url=_url(env, "NANOGPT_BASE_URL", "https://nano-gpt.com/api", ("https", "http"),
                               "https://nano-gpt.com/api"),
         database_path=_path(env, "DATABASE_PATH", "data/nanovoice.sqlite3"),
+        database_url=database_url,
         discord_api_base=_url(env, "DISCORD_API_BASE", "https://discord.com/api/v10", ("https", "http"),
                               "https://discord.com/api/v10"),
         discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", DISCORD_GATEWAY_DEFAULT, ("wss", "ws"),

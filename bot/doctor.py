@@ -13,7 +13,7 @@ Then, each independent of the others:
   ``DEV_GUILD_ID`` and ``EMBEDDING_CHANNEL_ID`` must be reachable when set. No gateway connection.
 * **NanoGPT** — ``POST /check-balance`` with ``NANOGPT_API_KEY``: the key works and the balance.
 * **ffmpeg** — the bundled binary runs and has the encoders the bot uses.
-* **Database** — opens ``DATABASE_PATH``, applies migrations, writes and reads back a row.
+* **Database** — opens ``DATABASE_PATH`` (or ``DATABASE_URL``), applies migrations, writes and reads back a row.
 
 Result lines start with ``ok:``, ``note:`` (worth knowing, not a failure) or ``problem:``. No secret is
 ever printed: every line is scrubbed of the token and the key before it is written.
@@ -112,8 +112,9 @@ def checks(config: Config) -> tuple[Check, ...]:
         Check(f"NanoGPT at {config.nanogpt_base_url}", check_nanogpt, f"NanoGPT at {config.nanogpt_base_url}",
               "check NANOGPT_BASE_URL and the network"),
         Check("ffmpeg", check_ffmpeg, "ffmpeg", "check that the bundled ffmpeg runs on this machine"),
-        Check(f"the database {config.database_path}", check_database, f"the database {config.database_path}",
-              "is another program holding it locked? check DATABASE_PATH"),
+        Check(f"the database {config.database_label}", check_database, f"the database {config.database_label}",
+              "check DATABASE_URL and that PostgreSQL answers" if config.database_url
+              else "is another program holding it locked? check DATABASE_PATH"),
     )
 
 
@@ -212,7 +213,7 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 def check_config(config: Config) -> CheckResult:
     result = CheckResult()
-    result.ok(f"configuration loaded (database {config.database_path}, NanoGPT at {config.nanogpt_base_url}, "
+    result.ok(f"configuration loaded (database {config.database_label}, NanoGPT at {config.nanogpt_base_url}, "
               f"Discord REST at {config.discord_api_base})")
     if config.public_base_url is None and config.embedding_channel_id is None:
         result.note("neither PUBLIC_BASE_URL nor EMBEDDING_CHANNEL_ID is set: Qwen voices stop working about "
@@ -454,12 +455,13 @@ async def check_database(config: Config) -> CheckResult:
     from bot.storage import Database
 
     result = CheckResult()
-    path = config.database_path
+    path = config.database_label
     try:
-        db = await Database(path).connect()
+        db = await Database.from_config(config).connect()
     except Exception as exc:
-        result.problem(f"cannot open the database {path}: {_one_line(str(exc)) or type(exc).__name__}; "
-                       "check DATABASE_PATH and that its directory is writable")
+        advice = ("check DATABASE_URL and that PostgreSQL answers" if config.database_url
+                  else "check DATABASE_PATH and that its directory is writable")
+        result.problem(f"cannot open the database {path}: {_one_line(str(exc)) or type(exc).__name__}; {advice}")
         return result
     try:
         version = await db.schema_version()

@@ -1,5 +1,6 @@
 """Shared building blocks for tests of ``bot/`` services without Discord: a test ``Config``, a fresh,
-migrated SQLite ``Database`` per test, and test data made through its repositories."""
+migrated ``Database`` per test (SQLite; or PostgreSQL, in a fresh schema, where a module overrides the
+``backend`` fixture with ``params=BACKENDS``), and test data made through its repositories."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from bot.config import Config, Secret
 from bot.storage import Database
+from tests.fixtures_postgres import PostgresServer, fresh_schema
 
 TEST_DISCORD_TOKEN = "discord-token-secret"
 TEST_NANOGPT_KEY = "sk-nano-test"
@@ -27,10 +29,27 @@ def make_config(**changes: object) -> Config:
 
 
 @pytest.fixture
-async def db(tmp_path) -> AsyncIterator[Database]:
-    database = await Database(tmp_path / "db.sqlite3").connect()
-    yield database
-    await database.close()
+def backend() -> str:
+    """The backend of the ``db`` fixture: SQLite, unless a module runs on both (``params=BACKENDS``)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def _db_server(request: pytest.FixtureRequest, backend: str) -> PostgresServer | None:
+    return request.getfixturevalue("postgres_server") if backend == "postgres" else None
+
+
+@pytest.fixture
+async def db(tmp_path: Path, _db_server: PostgresServer | None) -> AsyncIterator[Database]:
+    if _db_server is None:
+        database = await Database(tmp_path / "db.sqlite3").connect()
+        yield database
+        await database.close()
+        return
+    async with fresh_schema(_db_server) as url:
+        database = await Database(url).connect()
+        yield database
+        await database.close()
 
 
 # -- test data through the repositories ----------------------------------------------------------------

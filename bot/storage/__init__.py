@@ -1,4 +1,5 @@
-"""SQLite storage: one connection owner (:class:`Database`) and one repository per aggregate.
+"""Storage: one connection owner (:class:`Database`: SQLite, or PostgreSQL with ``DATABASE_URL``) and one
+repository per aggregate.
 
 All SQL lives in this package and is parameterised. ``db.voices``, ``db.user_settings``, ``db.jobs``,
 ``db.ledger``, ``db.cache``, ``db.files``, ``db.guilds`` and ``db.blocks`` each hold one aggregate's

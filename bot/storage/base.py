@@ -1,14 +1,34 @@
-"""What every repository shares: the transaction object, the query surface and row helpers."""
+"""What every repository shares: the transaction object, the query surface and row helpers.
+
+Repositories write one SQL text for both backends (:mod:`bot.storage.backends`): ``?`` placeholders
+(the PostgreSQL backend numbers them ``$1, $2 …``), ``ON CONFLICT … DO UPDATE SET x = excluded.x`` upserts,
+``UPDATE … RETURNING``, and :meth:`Transaction.insert` for a new row's id. Where the dialects differ, a
+repository asks ``db.dialect`` (:class:`~bot.storage.backends.Dialect`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
 
-import aiosqlite
+import asyncpg
 
 if TYPE_CHECKING:
     from bot.storage.database import Database
+
+
+class Row(Protocol):
+    """A result row: ``aiosqlite.Row`` on SQLite, ``asyncpg.Record`` on PostgreSQL. Both index by position
+    and by column name, iterate over their values and give ``dict(row)``."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def keys(self) -> Any: ...
+
+
+#: A constraint (unique, foreign key, check) refused a write, on either backend.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 
 class Queries(Protocol):
@@ -16,42 +36,38 @@ class Queries(Protocol):
     :class:`Transaction` (every statement inside one write transaction)."""
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None: ...
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]: ...
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
 
 
-class Transaction:
+class Transaction(Protocol):
     """One write transaction, handed out by :meth:`Database.transaction`; repositories take it as ``tx``.
 
     :meth:`lock` names what a check-then-write depends on (a user's quota, a guild's budget). SQLite needs
-    nothing more than ``BEGIN IMMEDIATE``, which already serialises every write, so it is a no-op here; a
-    backend with row-level concurrency takes its advisory locks there instead.
+    nothing more than ``BEGIN IMMEDIATE``, which already serialises every write, so it is a no-op there;
+    PostgreSQL takes transaction-scoped advisory locks (``pg_advisory_xact_lock``, in sorted order so two
+    transactions never wait on each other in a cycle), held until commit or rollback.
     """
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
 
     async def lock(self, *keys: str) -> None:
         """Hold ``keys`` until the transaction ends (no-op on SQLite: the whole database is held)."""
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell every other process sharing the database, when this transaction commits (no-op on SQLite,
+        whose database has one process)."""
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns the affected row count."""
-        return (await self._conn.execute(sql, params)).rowcount
+        ...
 
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one INSERT; returns the id of the new row."""
-        return inserted_id(await self._conn.execute(sql, params))
+        """Run one INSERT into a table with an ``id`` key; returns the id of the new row."""
+        ...
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        return next(iter(await self._conn.execute_fetchall(sql, params)), None)
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        return list(await self._conn.execute_fetchall(sql, params))
-
-    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = await self.fetchone(sql, params)
-        return None if row is None else row[0]
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
 
 
 class Repository:
@@ -88,27 +104,20 @@ _R = TypeVar("_R", bound=_RowRecord)
 
 
 @overload
-def row_to(cls: type[_R], row: aiosqlite.Row) -> _R: ...
+def row_to(cls: type[_R], row: Row) -> _R: ...
 @overload
-def row_to(cls: type[_R], row: aiosqlite.Row | None) -> _R | None: ...
-def row_to(cls: type[_R], row: aiosqlite.Row | None) -> _R | None:
+def row_to(cls: type[_R], row: Row | None) -> _R | None: ...
+def row_to(cls: type[_R], row: Row | None) -> _R | None:
     if row is None:
         return None
     return cls(**{k: row[k] for k in cls.__slots__})
 
 
-def present(row: aiosqlite.Row | None, what: str) -> aiosqlite.Row:
+def present(row: Row | None, what: str) -> Row:
     """``row``, which the schema guarantees (a single-row table, an aggregate); RuntimeError if missing."""
     if row is None:
         raise RuntimeError(f"the database returned no row for {what}")
     return row
-
-
-def inserted_id(cursor: aiosqlite.Cursor) -> int:
-    """The rowid an INSERT just created; RuntimeError if SQLite reports none."""
-    if cursor.lastrowid is None:
-        raise RuntimeError("the database did not report the id of an inserted row")
-    return cursor.lastrowid
 
 
 def placeholders(values: Iterable[Any]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from bot.storage.backends import SQLITE
 from bot.storage.base import Repository, Transaction, placeholders, present
 from bot.storage.records import CacheEntry
 
-# The eviction order: least recently used, then oldest, then first stored (from the covering index
-# tts_cache_lru of migration 0002, never the audio rows).
-CACHE_EVICTION_ORDER = "SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, rowid LIMIT ?"
+# The eviction order on SQLite: least recently used, then oldest, then first stored (from the covering index
+# tts_cache_lru of migration 0002, never the audio rows). Each dialect has its own (``db.dialect``).
+CACHE_EVICTION_ORDER = SQLITE.cache_eviction_order
 
 
 class TtsCacheRepository(Repository):
@@ -39,12 +40,14 @@ class TtsCacheRepository(Repository):
 
     async def _evict(self, max_bytes: int, batch: int = 64) -> int:
         evicted = 0
+        order = self._db.dialect.cache_eviction_order
         async with self._db.transaction() as tx:
+            await tx.lock("tts-cache:evict")  # two processes evicting at once would both evict the excess
             total = present(await tx.fetchone("SELECT bytes FROM tts_cache_totals WHERE id = 1"),
                             "the TTS cache totals")[0]
             while total > max_bytes:
                 victims: list[str] = []
-                for victim, size in await tx.fetchall(CACHE_EVICTION_ORDER, (batch,)):
+                for victim, size in await tx.fetchall(order, (batch,)):
                     if total <= max_bytes:
                         break
                     victims.append(victim)

@@ -1,4 +1,10 @@
-"""Per-server settings (/nanovoice settings), cached in memory since every paid call reads them."""
+"""Per-server settings (/nanovoice settings), cached in memory since every paid call reads them.
+
+The cache stays current across processes: a change is announced (``tx.notify``, LISTEN/NOTIFY on
+PostgreSQL) in the transaction that makes it, and every process sharing the database drops its copy
+when it hears it. While a process can't hear the others (its listening connection is being restored),
+it reads through instead of caching.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ if TYPE_CHECKING:
     from bot.storage.database import Database
 
 _COLUMNS = frozenset({"daily_budget_micros", "clone_role_id", "clones_enabled"})
+_TOPIC = "guild_settings"
 
 
 class GuildSettingsRepository(Repository):
@@ -19,15 +26,35 @@ class GuildSettingsRepository(Repository):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._cached: dict[int, GuildSettings] = {}
+        self._generation = 0  # bumped by every invalidation: a read that raced one is not cached
+        db.subscribe(self._on_notification)
 
     async def get(self, guild_id: int) -> GuildSettings:
         """A guild's settings; cached, since every paid call reads them and only this class writes them."""
         cached = self._cached.get(guild_id)
         if cached is not None:
             return cached
+        generation = self._generation
         settings = await self._load(guild_id)
-        self._cached[guild_id] = settings
+        if generation == self._generation and self._db.caches_safely:
+            self._cached[guild_id] = settings
         return settings
+
+    def _invalidate(self, guild_id: int | None) -> None:
+        """Forget one guild's cached settings (None: every guild's)."""
+        self._generation += 1
+        if guild_id is None:
+            self._cached.clear()
+        else:
+            self._cached.pop(guild_id, None)
+
+    def _on_notification(self, payload: str | None) -> None:
+        if payload is None:  # notifications may have been missed
+            self._invalidate(None)
+            return
+        topic, _, text = payload.partition(":")
+        if topic == _TOPIC and text.isdigit():
+            self._invalidate(int(text))
 
     async def _load(self, guild_id: int) -> GuildSettings:
         row = await self._db.fetchone(
@@ -45,7 +72,7 @@ class GuildSettingsRepository(Repository):
         unknown = set(changes) - _COLUMNS
         if unknown:
             raise ValueError(f"unknown guild settings {sorted(unknown)}")
-        self._cached.pop(guild_id, None)
+        self._invalidate(guild_id)
         async with self._db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO guild_settings (guild_id, updated_at) VALUES (?, ?) ON CONFLICT (guild_id) DO NOTHING",
@@ -54,11 +81,13 @@ class GuildSettingsRepository(Repository):
             for column in sorted(changes):  # column names come from the fixed set above
                 value = changes[column]
                 if column == "clones_enabled" and value is not None:
-                    value = int(bool(value))
+                    value = bool(value)  # BOOLEAN on PostgreSQL, 0/1 on SQLite
                 await tx.execute(
                     f"UPDATE guild_settings SET {column} = ?, updated_at = ? WHERE guild_id = ?",
                     (value, now, guild_id),
                 )
+            await tx.notify(_TOPIC, str(guild_id))  # other processes drop their copy once this commits
+        self._invalidate(guild_id)  # a read that raced the transaction may have cached the old row
         return await self.get(guild_id)
 
     async def count_user_data(self, user_id: int) -> int:

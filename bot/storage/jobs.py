@@ -111,7 +111,7 @@ class CloneJobRepository(Repository):
         """Move an open job to 'failed' or 'lost'; False when it was no longer open."""
         return await self._db.execute(
             "UPDATE clone_jobs SET state = ?, error = ?, finished_at = ?, next_poll_at = NULL, "
-            f"notified_at = CASE WHEN ? THEN ? ELSE notified_at END WHERE id = ? AND {_OPEN}",
+            f"notified_at = CASE WHEN ? = 1 THEN ? ELSE notified_at END WHERE id = ? AND {_OPEN}",
             (state, error, now, int(notified), now, job_id, *OPEN_JOB_STATES),
         ) == 1
 
@@ -134,6 +134,7 @@ class CloneJobRepository(Repository):
         Returns ``(voice id, saved name)``, or None when the job was not open any more.
         """
         async with self._db.transaction() as tx:
+            await tx.lock(f"job:{job_id}")  # two processes completing the same run: one saves the voice
             job = row_to(CloneJob, await tx.fetchone("SELECT * FROM clone_jobs WHERE id = ?", (job_id,)))
             if job is None or not job.is_open:
                 return None

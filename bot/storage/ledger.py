@@ -51,7 +51,7 @@ class LedgerRepository(Repository):
         """``(guild_id, spend)`` of the guilds (None: DMs) that spent most on ``day``, highest first."""
         rows = await self._db.fetchall(
             "SELECT guild_id, SUM(amount_micros) AS spend FROM ledger WHERE day = ? AND currency = ? "
-            f"AND {COUNTED} GROUP BY guild_id HAVING spend > 0 ORDER BY spend DESC, guild_id LIMIT ?",
+            f"AND {COUNTED} GROUP BY guild_id HAVING SUM(amount_micros) > 0 ORDER BY spend DESC, guild_id LIMIT ?",
             (day, currency, limit),
         )
         return [(r[0], int(r[1])) for r in rows]

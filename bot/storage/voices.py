@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-import aiosqlite
-
-from bot.storage.base import Repository, Transaction, row_to
+from bot.storage.base import INTEGRITY_ERRORS, Repository, Transaction, row_to
 from bot.storage.records import DuplicateVoiceName, Voice, name_key
 
 
@@ -37,7 +35,7 @@ class VoiceRepository(Repository):
                 "UPDATE voices SET name = ?, name_key = ? WHERE id = ? AND user_id = ?",
                 (new_name.strip(), name_key(new_name), voice_id, user_id),
             )
-        except aiosqlite.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise DuplicateVoiceName(new_name) from None
 
     async def delete(self, user_id: int, voice_id: int) -> bool:
@@ -59,8 +57,8 @@ class VoiceRepository(Repository):
     async def is_cloned_voice_id(self, provider_voice_id: str) -> bool:
         """Whether any user's cloned voice (or clone job) carries this provider voice id."""
         row = await self._db.fetchone(
-            "SELECT 1 FROM voices WHERE provider_voice_id = ? COLLATE NOCASE "
-            "UNION ALL SELECT 1 FROM clone_jobs WHERE custom_voice_id = ? COLLATE NOCASE LIMIT 1",
+            "SELECT 1 FROM voices WHERE lower(provider_voice_id) = lower(?) "
+            "UNION ALL SELECT 1 FROM clone_jobs WHERE lower(custom_voice_id) = lower(?) LIMIT 1",
             (provider_voice_id, provider_voice_id),
         )
         return row is not None
