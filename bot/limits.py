@@ -179,11 +179,12 @@ class Limits:
 
         For asking early (before a confirmation); the real, atomic check is :meth:`reserve_clone`."""
         now = self.clock.now()
+        guild_budget = 0 if guild_id is None else await self.guild_budget_micros(guild_id)
         await self._check("clone", user_id, guild_id, estimate_micros, self.clock.utc_day(now),
-                          self.clock.next_utc_midnight(now), tx=None)
+                          self.clock.next_utc_midnight(now), guild_budget, tx=None)
 
     async def _check(self, kind: str, user_id: int, guild_id: int | None, estimate_micros: int, day: str,
-                     resets_at: float, *, tx: Transaction | None) -> None:
+                     resets_at: float, guild_budget: int, *, tx: Transaction | None) -> None:
         if estimate_micros < 0:
             raise ValueError("a cost estimate cannot be negative")
         limit = self.config.clone_daily_limit
@@ -204,7 +205,7 @@ class Limits:
                 raise LimitExceeded(_bot_budget_message(kind, bot_budget, spent, resets_at), reason="bot_budget",
                                     resets_at=resets_at)
         if guild_id is not None:
-            budget = await self.guild_budget_micros(guild_id)  # same connection: inside the transaction
+            budget = guild_budget
             if budget > 0:
                 spent = await self.db.ledger.guild_spend(guild_id, day, tx=tx)
                 if spent + estimate_micros > budget:
@@ -218,10 +219,14 @@ class Limits:
         now = self.clock.now()
         day = self.clock.utc_day(now)
         resets_at = self.clock.next_utc_midnight(now)
+        # The guild's budget is a setting, not money: read (cached) before the transaction, so the
+        # transaction holds one connection and its locks only as long as the ledger needs them.
+        guild_budget = 0 if guild_id is None else await self.guild_budget_micros(guild_id)
         async with self.db.transaction() as tx:
-            # The check reads the user's count, the guild's and the bot's spend: hold them until the insert.
-            await tx.lock(f"ledger:user:{user_id}", f"ledger:guild:{guild_id}", "ledger:bot")
-            await self._check(kind, user_id, guild_id, estimate_micros, day, resets_at, tx=tx)
+            # Hold what the check reads until the insert (advisory locks on PostgreSQL, no-op on SQLite): the
+            # user's clone count, the guild's spend under a budget, the bot's spend under BOT_DAILY_BUDGET_USD.
+            await tx.lock(*self._lock_keys(kind, user_id, guild_id, guild_budget))
+            await self._check(kind, user_id, guild_id, estimate_micros, day, resets_at, guild_budget, tx=tx)
             entry_id = await self.db.ledger.reserve(
                 tx, user_id=user_id, guild_id=guild_id, kind=kind, ref=ref, amount_micros=estimate_micros,
                 day=day, now=now,
@@ -229,6 +234,18 @@ class Limits:
         log.debug("reserved %s #%d: %d micros for user %s in guild %s", kind, entry_id, estimate_micros,
                   user_id, guild_id)
         return Reservation(entry_id, kind, estimate_micros, day)
+
+    def _lock_keys(self, kind: str, user_id: int, guild_id: int | None, guild_budget: int) -> list[str]:
+        """The locks a reservation's check needs: only what it reads, so unrelated reservations (another
+        user's speech in another guild without a budget) don't wait on each other."""
+        keys = []
+        if kind == "clone":
+            keys.append(f"ledger:user:{user_id}")
+        if guild_id is not None and guild_budget > 0:
+            keys.append(f"ledger:guild:{guild_id}")
+        if self.config.bot_daily_budget_micros > 0:
+            keys.append("ledger:bot")
+        return keys
 
     async def settle(self, reservation: Reservation, actual_micros: int | None, *, currency: str = "USD",
                      ref: str | None = None) -> None:

@@ -38,6 +38,9 @@ MIN_SQLITE = (3, 35, 0)  # UPDATE … RETURNING
 #: ``max_connections`` (100 by default). Plus one more per process that only listens for notifications.
 POSTGRES_POOL_SIZE = 10
 
+#: How long closing waits for queries in flight before it drops the connections.
+POOL_CLOSE_SECONDS = 10.0
+
 #: The session-level advisory lock every process takes while it checks and applies migrations.
 MIGRATION_LOCK_KEY = 0x6E616E6F766F6963  # "nanovoic"
 
@@ -320,7 +323,11 @@ class PostgresBackend:
             self._listener = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("PostgreSQL connections still busy after %ss at shutdown: closing them", POOL_CLOSE_SECONDS)
+                pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -20,6 +20,13 @@ from bot.limits import (
     format_usd,
 )
 from tests.fixtures_db import ledger_rows, make_config
+from tests.fixtures_postgres import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return request.param
 
 # 2025-11-25 12:00:00 UTC; the next UTC midnight is 1764115200 (2025-11-26 00:00:00).
 NOON = 1764072000.0

@@ -8,18 +8,19 @@ import pytest
 
 from bot.storage import Database, DuplicateVoiceName
 from tests.fixtures_db import add_minimax_voice, ledger_rows, pragma
+from tests.fixtures_postgres import BACKENDS
 
 DAY = "2026-01-01"
 
 
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database(tmp_path / "sub" / "db.sqlite3").connect()
-    yield database
-    await database.close()
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return request.param
 
 
-async def test_migrations_applied_and_pragmas(db, tmp_path):
+async def test_migrations_applied_and_pragmas(tmp_path):
+    db = await Database(tmp_path / "sub" / "db.sqlite3").connect()
     assert await db.schema_version() == len(Database.migrations())
     assert (await pragma(db, "journal_mode")).lower() == "wal"
     assert await pragma(db, "foreign_keys") == 1
@@ -28,7 +29,6 @@ async def test_migrations_applied_and_pragmas(db, tmp_path):
     again = await Database(tmp_path / "sub" / "db.sqlite3").connect()
     assert await again.schema_version() == len(Database.migrations())
     await again.close()
-    await db.connect()
 
 
 async def test_voice_names_unique_per_user_case_insensitively(db):

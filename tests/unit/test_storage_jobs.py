@@ -6,6 +6,13 @@ import pytest
 
 from bot.storage import DuplicateVoiceName
 from tests.fixtures_db import add_qwen_voice
+from tests.fixtures_postgres import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return request.param
 
 
 async def _job(db, user_id=1, name="Alice", provider="minimax", ids=None):
