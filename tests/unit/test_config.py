@@ -259,3 +259,28 @@ def test_python_m_bot_without_environment_exits_2_naming_the_token(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "DISCORD_TOKEN" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_database_url_selects_postgresql_and_is_never_shown():
+    config = load_config({**BASE, "DATABASE_URL": "postgresql://nanovoice:s3cret-pw@db.internal:5432/nanovoice"})
+    assert config.database_url == "postgresql://nanovoice:s3cret-pw@db.internal:5432/nanovoice"
+    assert config.database_label == "postgresql://nanovoice:***@db.internal:5432/nanovoice"
+    assert "s3cret-pw" in config.secrets and "s3cret-pw" not in repr(config)
+    assert load_config(BASE).database_url is None
+
+
+def test_database_url_and_database_path_together_are_refused():
+    with pytest.raises(ConfigError) as info:
+        load_config({**BASE, "DATABASE_URL": "postgresql://db/nanovoice", "DATABASE_PATH": "data/x.sqlite3"})
+    assert str(info.value) == ("DATABASE_URL and DATABASE_PATH are both set: set DATABASE_URL for PostgreSQL or "
+                               "DATABASE_PATH for an SQLite file, not both")
+
+
+@pytest.mark.parametrize("value", ["mysql://db/x", "postgresql://", "postgresql://db:99999/x",
+                                   "postgresql://u:pw@db/a/b", "postgresql://db/x y"])
+def test_a_bad_database_url_is_one_line_without_its_value(value):
+    with pytest.raises(ConfigError) as info:
+        load_config({**BASE, "DATABASE_URL": value})
+    message = str(info.value)
+    assert message.startswith("DATABASE_URL must be a PostgreSQL URL") and "pw" not in message
+    assert value not in message.replace("postgresql://nanovoice:PASSWORD@localhost", "")  # only the example

@@ -108,6 +108,13 @@ def _path_ok(path: Path) -> None:
     os.fsencode(text)  # what sqlite3 / the file system is handed
 
 
+def _postgres_url_ok(value: str) -> None:
+    url = URL(value)
+    assert url.scheme in ("postgresql", "postgres") and (url.raw_host or "host" in url.query), value
+    assert url.port is None or 1 <= url.port <= 65535
+    assert value.isprintable() and not any(ch.isspace() for ch in value)
+
+
 def _model_ok(value: str, family: str = "") -> None:
     assert value in TTS_MODELS and value.startswith(family)
 
@@ -132,6 +139,7 @@ CHECKS: dict[str, Callable[[Config], None]] = {
     "NANOGPT_API_KEY": lambda c: _secret_ok(c.nanogpt_api_key),
     "NANOGPT_BASE_URL": lambda c: _url_ok(c.nanogpt_base_url, ("http", "https")),
     "DATABASE_PATH": lambda c: _path_ok(c.database_path),
+    "DATABASE_URL": lambda c: c.database_url is None or _postgres_url_ok(c.database_url),
     "DISCORD_API_BASE": lambda c: _url_ok(c.discord_api_base, ("http", "https")),
     "DISCORD_GATEWAY_URL": lambda c: _url_ok(c.discord_gateway_url, ("ws", "wss")),
     "DEV_GUILD_ID": lambda c: _snowflake_ok(c.dev_guild_id),
