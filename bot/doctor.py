@@ -481,6 +481,23 @@ async def check_database(config: Config) -> CheckResult:
 # -- container health ----------------------------------------------------------------------------
 
 
+async def _postgres_healthy(url: str) -> bool:
+    """The PostgreSQL database answers within 5 s and has been migrated."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(url, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError):
+        return False
+    try:
+        version = await conn.fetchval("SELECT version FROM nanovoice_schema WHERE id = 1", timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    finally:
+        await conn.close()
+    return bool(version)
+
+
 def health(env: Mapping[str, str] | None = None) -> int:
     """The Docker HEALTHCHECK (``python -m bot.doctor health``): 0 healthy, 1 not. Fast, offline, no secrets.
 
@@ -498,6 +515,9 @@ def health(env: Mapping[str, str] | None = None) -> int:
                 return 0 if response.status == 200 else 1
         except (OSError, ValueError):
             return 1
+    url = (env.get("DATABASE_URL") or "").strip()
+    if url:
+        return 0 if asyncio.run(_postgres_healthy(url)) else 1
     path = Path((env.get("DATABASE_PATH") or "data/nanovoice.sqlite3").strip())
     if not path.is_file():
         return 1

@@ -28,7 +28,8 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 # Feature fixtures shared by many test modules.
-pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_db", "tests.fixtures_nanogpt", "tests.fixtures_audio", "tests.fixtures_bot"]
+pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_db", "tests.fixtures_nanogpt", "tests.fixtures_audio",
+                  "tests.fixtures_bot"]
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 

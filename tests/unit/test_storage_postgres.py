@@ -103,8 +103,8 @@ _TYPE_MEANING = {
 def _normalised_index(sql: str) -> str:
     """An index's meaning: its table, uniqueness and columns (PostgreSQL INCLUDE columns count as columns)."""
     sql = re.sub(r"\s+", " ", sql.lower().replace('"', ""))
-    match = re.search(r"create (unique )?index (\S+) on (?:\S+\.)?(\w+)(?: using \w+)? \((.*?)\)(?: include \((.*?)\))?",
-                      sql)
+    match = re.search(r"create (unique )?index (\S+) on (?:\S+\.)?(\w+)(?: using \w+)? \((.*?)\)"
+                      r"(?: include \((.*?)\))?", sql)
     assert match, sql
     columns = {c.strip() for c in match.group(4).split(",")} | {c.strip() for c in (match.group(5) or "").split(",")}
     return f"{match.group(1) or ''}{match.group(3)}({','.join(sorted(columns - {''}))})"
@@ -118,7 +118,8 @@ async def _sqlite_schema(db: Database) -> dict:
                         for c in columns}
     indexes = {
         name: _normalised_index(sql)
-        for name, sql in await db.fetchall("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        for name, sql in await db.fetchall(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
     }
     triggers = {r[0] for r in await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     return {"tables": tables, "indexes": indexes, "triggers": triggers}
