@@ -35,6 +35,8 @@ from bot.storage import Database
 if TYPE_CHECKING:
     from discord.types.interactions import Interaction as InteractionPayload
 
+    from cogs.clone_jobs import CloneJobs
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (
@@ -167,6 +169,7 @@ class NanoVoice(commands.Bot):
         self._speech: SpeechService | None = None
         self._clones: CloneService | None = None
         self._blocks: Blocks | None = None
+        self._clone_flow: CloneJobs | None = None  # the clone-jobs cog registers itself when it loads
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
         self._leaving: set[int] = set()
@@ -233,6 +236,15 @@ class NanoVoice(commands.Bot):
     @property
     def blocks(self) -> Blocks:
         return _opened(self._blocks, "block list")
+
+    @property
+    def clone_flow(self) -> CloneJobs:
+        """The clone flow (``cogs.clone_jobs``) that /voice clone hands its requests to."""
+        return _opened(self._clone_flow, "clone flow (cogs.clone_jobs)")
+
+    def set_clone_flow(self, flow: CloneJobs | None) -> None:
+        """Called by the clone-jobs cog as it loads (``flow``) and unloads (None)."""
+        self._clone_flow = flow
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
 

@@ -72,7 +72,7 @@ def tts_price_text(model: str) -> str:
 
 
 def estimate_clone_micros(provider: str) -> int:
-    """The price of one clone run with ``provider`` ('minimax' or 'qwen'), from :mod:`bot.providers`."""
+    """The price of one clone run with ``provider`` (a key of :mod:`bot.providers`)."""
     return providers.price_micros(provider)
 
 

@@ -34,7 +34,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypedDict
 
 from bot import audio, providers
 from bot.clock import Clock
@@ -57,7 +56,9 @@ from bot.nanogpt import (
     NanoGPTError,
     SpeechResult,
     extension_for,
+    voice_missing,
 )
+from bot.providers.base import TTSArguments
 from bot.storage import Database, Voice
 from bot.text import shorten
 
@@ -275,15 +276,6 @@ class ResolvedVoice:
         return self.saved.provider if self.saved is not None else None
 
 
-class TTSArguments(TypedDict, total=False):
-    """The voice-dependent keyword arguments of :meth:`bot.nanogpt.NanoGPTClient.tts`."""
-
-    voice: str
-    speed: float
-    speaker_voice_embedding_file_url: str
-    reference_text: str
-
-
 @dataclass(frozen=True, slots=True)
 class Speech:
     """Synthesised (or cached) speech: exactly the bytes NanoGPT produced."""
@@ -450,18 +442,13 @@ class SpeechService:
         return f"{value} · {tts_price_text(model)}"[:CHOICE_MAX]
 
     def voice_from_saved(self, voice: Voice) -> ResolvedVoice:
-        """How one of the user's saved voices is synthesised."""
-        if voice.provider == "minimax":
-            if not voice.provider_voice_id:
-                raise UserFacingError(f"The voice “{voice.name}” is incomplete; clone it again.")
-            return ResolvedVoice(label=voice.name, model=self.config.minimax_tts_model, voice=voice.provider_voice_id,
-                                 identity=f"minimax:{voice.provider_voice_id}", saved=voice)
-        if voice.provider == "qwen":
-            source = f"file{voice.embedding_file_id}" if voice.embedding_file_id is not None else f"voice{voice.id}"
-            transcript = hashlib.sha256((voice.transcript or "").encode("utf-8")).hexdigest()[:16]
-            return ResolvedVoice(label=voice.name, model=self.config.qwen_tts_model, voice=None,
-                                 identity=f"qwen:{voice.user_id}:{source}:{transcript}", saved=voice)
-        raise UserFacingError(f"The voice “{voice.name}” uses an unknown provider; clone it again.")
+        """How one of the user's saved voices is synthesised (its provider says)."""
+        provider = providers.find(voice.provider)
+        if provider is None:
+            raise UserFacingError(f"The voice “{voice.name}” uses an unknown provider; clone it again.")
+        speaker = provider.speaker(voice, self.config)
+        return ResolvedVoice(label=voice.name, model=speaker.model, voice=speaker.voice, identity=speaker.identity,
+                             saved=voice)
 
     async def resolve_voice(self, user_id: int, value: str | None) -> ResolvedVoice:
         """The ``voice`` option: the user's saved voice of that name (case-insensitive; only theirs),
@@ -582,12 +569,10 @@ class SpeechService:
                 result = await self.nanogpt.tts(text, model=voice.model, **kwargs)
             except NanoGPTError as exc:
                 saved = voice.saved
-                if (not retried and not exc.maybe_charged and saved is not None and saved.provider == "qwen"
-                        and _embedding_rejected(exc)
-                        and await self.embeddings.report_dead_url(saved,
-                                                                  kwargs.get("speaker_voice_embedding_file_url"))):
+                if (not retried and not exc.maybe_charged and saved is not None
+                        and await providers.get(saved.provider).recover(saved, exc, kwargs, self.embeddings)):
                     retried = True
-                    log.info("retrying speech for Qwen voice %s with its stored embedding", saved.id)
+                    log.info("retrying speech for %s voice %s after repairing it", saved.provider, saved.id)
                     continue
                 await self._failed(reservation, exc)
                 raise self._explain(exc, voice) from exc
@@ -609,17 +594,11 @@ class SpeechService:
         if speed != 1.0:
             kwargs["speed"] = speed
         saved = voice.saved
-        if saved is not None and saved.provider == "qwen":
-            kwargs["speaker_voice_embedding_file_url"] = await self.embedding_url(saved)
-            if saved.transcript:
-                kwargs["reference_text"] = saved.transcript
+        if saved is not None:
+            kwargs.update(await providers.get(saved.provider).tts_arguments(saved, self.embeddings))
         elif voice.voice is not None:
             kwargs["voice"] = voice.voice
         return kwargs
-
-    async def embedding_url(self, voice: Voice) -> str:
-        """The ``speaker_voice_embedding_file_url`` for a Qwen voice (the one place that asks)."""
-        return await self.embeddings.url_for(voice)
 
     async def _failed(self, reservation: Reservation, exc: NanoGPTError) -> None:
         if exc.maybe_charged:
@@ -642,16 +621,11 @@ class SpeechService:
     @staticmethod
     def _explain(exc: NanoGPTError, voice: ResolvedVoice) -> Exception:
         """A clearer sentence for the failures that are about the voice itself."""
-        if voice.provider == "minimax" and isinstance(exc, InvalidRequest) and _voice_missing(exc):
-            return UserFacingError(
-                f"MiniMax no longer has the voice “{voice.label}” (voices unused for 7 days are deleted); "
-                "clone it again."
-            )
-        if voice.provider == "qwen" and _embedding_rejected(exc):
-            return UserFacingError(
-                f"NanoGPT could not load the voice “{voice.label}” (its speaker embedding is gone); clone it again."
-            )
-        if voice.saved is None and isinstance(exc, InvalidRequest) and _voice_missing(exc):
+        if voice.saved is not None:
+            sentence = providers.get(voice.saved.provider).explain(exc, voice.label)
+            if sentence is not None:
+                return UserFacingError(sentence)
+        if voice.saved is None and isinstance(exc, InvalidRequest) and voice_missing(exc):
             return UserFacingError(f"NanoGPT has no voice “{voice.voice}” for {voice.model}; pick a listed one.")
         return exc
 
@@ -702,24 +676,6 @@ class SpeechService:
         """Wait briefly for background balance checks."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2)
-
-
-def _error_text(exc: NanoGPTError) -> str:
-    return f"{exc.code or ''} {exc.error_type or ''} {exc.message}".casefold()
-
-
-def _voice_missing(exc: NanoGPTError) -> bool:
-    """NanoGPT says the voice does not exist [I: the real wording is undocumented]."""
-    text = _error_text(exc)
-    return "voice_not_found" in text or ("voice" in text and ("not found" in text or "does not exist" in text))
-
-
-def _embedding_rejected(exc: NanoGPTError) -> bool:
-    """NanoGPT could not fetch the speaker embedding URL [I: the real wording is undocumented]."""
-    if not isinstance(exc, InvalidRequest):
-        return False
-    text = _error_text(exc)
-    return "embedding" in text or "speaker_voice" in text
 
 
 __all__ = [

@@ -21,11 +21,13 @@ from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 import aiosqlite
 
+from bot import job_states
+
 log = logging.getLogger(__name__)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
-OPEN_JOB_STATES = ("submitting", "pending", "processing")
+OPEN_JOB_STATES = job_states.OPEN_STATES  # bot.job_states: the one list of open states
 MIN_SQLITE = (3, 35, 0)  # UPDATE … RETURNING
 # The TTS cache's eviction order: least recently used, then oldest, then first stored (from the covering
 # index tts_cache_lru of migration 0002, never the audio rows).
@@ -86,7 +88,7 @@ class CloneJob:
 
     @property
     def is_open(self) -> bool:
-        return self.state in OPEN_JOB_STATES
+        return job_states.is_open(self.state)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from bot import interactions, providers
 from bot.errors import UserFacingError
+from bot.job_states import JobState, NoticeOutcome
 from bot.jobs import (
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
@@ -69,7 +70,7 @@ def confirm_embed(prepared: PreparedClone) -> discord.Embed:
     embed.add_field(name="Provider", value=prepared.provider_label)
     embed.add_field(name="Price", value=format_usd(prepared.price_micros))
     embed.add_field(name="Duration", value=duration)
-    rule = providers.PROVIDERS.get(prepared.request.provider)
+    rule = providers.find(prepared.request.provider)
     if rule is not None:
         embed.add_field(name=f"{rule.label} accepts", value=rule.clip_rule(), inline=False)
     return embed
@@ -85,7 +86,7 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     """The live status card: provider, state, elapsed time."""
     started = job.submitted_at or job.created_at
     end = job.finished_at if job.finished_at else now
-    colour = COLOUR_WAITING if job.is_open else (COLOUR_DONE if job.state == "completed" else COLOUR_PROBLEM)
+    colour = COLOUR_WAITING if job.is_open else (COLOUR_DONE if job.state == JobState.COMPLETED else COLOUR_PROBLEM)
     embed = discord.Embed(title=f"Cloning {_quoted(job.voice_name)}", colour=colour)
     if job.is_open:
         embed.description = f"Started <t:{int(started)}:R>; this card updates as NanoGPT works."
@@ -110,7 +111,7 @@ def sample_alt_text(job: CloneJob, notice: CloneNotice) -> str:
 
 def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embed:
     embed = status_embed(job, now)
-    if notice.outcome == "completed" and notice.voice_name:
+    if notice.outcome == NoticeOutcome.COMPLETED and notice.voice_name:
         embed.title = f"Voice {_quoted(notice.voice_name)} is ready"
     embed.description = discord.utils.escape_markdown(notice.message)
     if notice.sample is not None:
@@ -205,7 +206,7 @@ class CloneModal(discord.ui.Modal):
         )
         self.provider_select: discord.ui.Select[CloneModal] = discord.ui.Select(
             custom_id="clone:provider",
-            options=[discord.SelectOption(label=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()],
+            options=[discord.SelectOption(label=name, value=key) for name, key in providers.choices()],
             min_values=1, max_values=1,
         )
         self.transcript_input: discord.ui.TextInput[CloneModal] = discord.ui.TextInput(
@@ -273,10 +274,12 @@ class CloneJobs(commands.Cog):
         self.poller: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
+        self.bot.set_clone_flow(self)
         self.bot.tree.add_command(self.clone_menu)
         self.poller = asyncio.create_task(self._run_poller(), name="clone-job-poller")
 
     async def cog_unload(self) -> None:
+        self.bot.set_clone_flow(None)
         self.bot.tree.remove_command(self.clone_menu.name, type=self.clone_menu.type)
         if self.poller is not None:
             self.poller.cancel()

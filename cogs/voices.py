@@ -12,7 +12,7 @@ import io
 import logging
 from decimal import Decimal
 from difflib import SequenceMatcher
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from bot import interactions, providers
 from bot.errors import NotFound, UserFacingError
+from bot.job_states import JobState
 from bot.jobs import STATE_LABELS, validate_voice_name
 from bot.storage import CloneJob, DuplicateVoiceName, Voice, name_key
 from bot.text import plural
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = [app_commands.Choice(name=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()]
+PROVIDERS = [app_commands.Choice(name=name, value=key) for name, key in providers.choices()]
 MINIMAX_MODELS = [
     app_commands.Choice(name="speech-02-hd (best quality)", value="speech-02-hd"),
     app_commands.Choice(name="speech-02-turbo (faster)", value="speech-02-turbo"),
@@ -38,7 +39,6 @@ MINIMAX_MODELS = [
 PAGE_SIZE = 10
 VIEW_TIMEOUT = 300.0
 AUTOCOMPLETE_LIMIT = 25
-MINIMAX_UNUSED_DAYS = 7
 CLEAR_DEFAULT_WORDS = ("none", "off", "clear", "stock")
 COLOUR = discord.Colour.blurple()
 COLOUR_DANGER = discord.Colour.red()
@@ -136,9 +136,9 @@ def jobs_embed(jobs: list[CloneJob]) -> discord.Embed:
             state = f"**{state}**"
         line = (f"{shown(job.voice_name)} · {provider_label(job.provider)} · {state} · "
                 f"started {ts(job.submitted_at or job.created_at)}")
-        if job.state == "completed" and job.finished_at:
+        if job.state == JobState.COMPLETED and job.finished_at:
             line += f" · finished {ts(job.finished_at)}"
-        if job.state in ("failed", "lost") and job.error:
+        if job.state in (JobState.FAILED, JobState.LOST) and job.error:
             error = " ".join(job.error.split())
             line += f"\n> {discord.utils.escape_markdown(error[:300])}"
         lines.append(line)
@@ -235,15 +235,6 @@ class ConfirmView(AuthorOnlyView):
         await interaction.response.edit_message(content=self.cancelled_text, embed=None, view=None)
 
 
-@runtime_checkable
-class CloneStarter(Protocol):
-    """What /voice clone needs from the clone-jobs cog (``cogs.clone_jobs.CloneJobs``), which owns the flow."""
-
-    async def start_clone(self, interaction: discord.Interaction, *, attachment: discord.Attachment, name: str,
-                          provider: str, transcript: str | None, model: str | None, noise_reduction: bool,
-                          normalize_volume: bool) -> None: ...
-
-
 # -- the cog ----------------------------------------------------------------------------------------
 
 
@@ -325,10 +316,7 @@ class Voices(commands.Cog):
         noise_reduction: bool | None = None,
         normalize_volume: bool | None = None,
     ) -> None:
-        clone_jobs = self.bot.get_cog("CloneJobs")
-        if not isinstance(clone_jobs, CloneStarter):
-            raise RuntimeError("the clone-jobs cog (cogs.clone_jobs) is not loaded")
-        await clone_jobs.start_clone(
+        await self.bot.clone_flow.start_clone(
             interaction,
             attachment=audio,
             name=name,
@@ -373,32 +361,10 @@ class Voices(commands.Cog):
         embed.add_field(name="Last used", value=ts(voice.last_used_at))
         embed.add_field(name="Default", value="Yes ⭐" if default and default.id == voice.id else "No")
         embed.add_field(name="Clone cost", value=format_cost(job.cost_micros, job.payment_source) if job else "unknown")
-        if voice.provider == "minimax":
-            embed.add_field(name="MiniMax voice id", value=f"`{voice.provider_voice_id or 'unknown'}`")
-            if voice.clone_model:
-                embed.add_field(name="Clone model", value=voice.clone_model)
-            unused_since = voice.last_used_at or voice.created_at
-            deadline = unused_since + MINIMAX_UNUSED_DAYS * 86_400
-            if deadline > now:
-                keeping = f"Use it with /say by {ts(deadline, 'f')} ({ts(deadline)}) to keep it."
-            else:
-                keeping = f"It went unused for 7 days ({ts(deadline)}), so it may be gone."
-            embed.add_field(name="Keeping it", inline=False,
-                            value=f"MiniMax deletes voices that go unused for 7 days. {keeping}")
-        else:
-            transcript = voice.transcript or "none given"
-            embed.add_field(name="Transcript", inline=False,
-                            value=discord.utils.escape_markdown(transcript[:1000]))
-            stops = self.bot.embeddings.expires_at(voice)
-            if stops is None:
-                durability = "I keep a copy, so it keeps working after NanoGPT's copy expires."
-            elif stops > now:
-                durability = (f"Stops working {ts(stops)} ({ts(stops, 'f')}). NanoGPT keeps Qwen3-TTS voices about "
-                              "7 days, and I have nowhere to keep a copy. The bot's operator can give me one.")
-            else:
-                durability = (f"Stopped working {ts(stops)}. NanoGPT's copy has expired and I have no copy of my own; "
-                              "clone it again.")
-            embed.add_field(name="Durable", value=durability, inline=False)
+        for field in providers.get(voice.provider).info_fields(
+                voice, now=now, expires_at=self.bot.embeddings.expires_at(voice), when=ts,
+                escape=discord.utils.escape_markdown):
+            embed.add_field(name=field.name, value=field.value, inline=field.inline)
         await interactions.send(interaction, embed=embed, ephemeral=True)
 
     @voice.command(name="rename", description="Rename one of your voices")
@@ -429,12 +395,7 @@ class Voices(commands.Cog):
         user_id = interaction.user.id
         voice = await self._own_voice(user_id, name)
         default = await self.bot.db.get_default_voice(user_id)
-        if voice.provider == "minimax":
-            remote = ("NanoGPT offers no way to delete the clone remotely; MiniMax deletes voices that go unused "
-                      "for 7 days.")
-        else:
-            remote = ("NanoGPT offers no way to delete the clone remotely; its copy of the Qwen3-TTS voice expires "
-                      "after about 7 days. I delete my own copy now.")
+        remote = providers.get(voice.provider).delete_note()
         text = (f"Delete your {provider_label(voice.provider)} voice {shown(voice.name)}? {remote} "
                 f"Deleting frees the name {shown(voice.name)} for a new voice.")
         if default is not None and default.id == voice.id:
