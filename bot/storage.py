@@ -656,7 +656,8 @@ class Database:
         rows = await self.fetchall("SELECT id FROM clone_jobs WHERE state = 'submitting'")
         lost = []
         for row in rows:
-            if row[0] not in keep and await self.finish_clone_job(row[0], "lost", error=error, now=now):
+            lost_state = job_states.JobState.LOST
+            if row[0] not in keep and await self.finish_clone_job(row[0], lost_state, error=error, now=now):
                 lost.append(row[0])
         return lost
 
