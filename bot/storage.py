@@ -654,10 +654,9 @@ class Database:
         """After a restart: jobs still 'submitting' (no run id recorded) become 'lost'; returns their ids."""
         keep = set(keep)
         rows = await self.fetchall("SELECT id FROM clone_jobs WHERE state = 'submitting'")
-        lost = []
+        lost, state = [], job_states.JobState.LOST
         for row in rows:
-            lost_state = job_states.JobState.LOST
-            if row[0] not in keep and await self.finish_clone_job(row[0], lost_state, error=error, now=now):
+            if row[0] not in keep and await self.finish_clone_job(row[0], state, error=error, now=now):
                 lost.append(row[0])
         return lost
 
