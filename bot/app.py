@@ -29,6 +29,7 @@ from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
 from bot.policy import GUILD_BLOCKED, Blocks
+from bot.privacy import Privacy
 from bot.speech import SpeechService
 from bot.storage import Database
 
@@ -169,6 +170,7 @@ class NanoVoice(commands.Bot):
         self._speech: SpeechService | None = None
         self._clones: CloneService | None = None
         self._blocks: Blocks | None = None
+        self._privacy: Privacy | None = None
         self._clone_flow: CloneJobs | None = None  # the clone-jobs cog registers itself when it loads
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
@@ -192,6 +194,10 @@ class NanoVoice(commands.Bot):
         self._clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
                                     self.embeddings)
         self._blocks = await Blocks(self.db).load()
+        self._privacy = Privacy(self.db)  # /forget-me: the repositories, and these holders of user data
+        self.privacy.register("embeddings", self.embeddings)
+        self.privacy.register("speech", self.speech)
+        self.privacy.register("clones", self.clones)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -236,6 +242,10 @@ class NanoVoice(commands.Bot):
     @property
     def blocks(self) -> Blocks:
         return _opened(self._blocks, "block list")
+
+    @property
+    def privacy(self) -> Privacy:
+        return _opened(self._privacy, "privacy service")
 
     @property
     def clone_flow(self) -> CloneJobs:
