@@ -28,6 +28,7 @@ from bot.errors import UserFacingError
 from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
+from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.speech import SpeechService
 from bot.storage import Database
@@ -41,6 +42,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.voices",
     "cogs.clone_jobs",
     "cogs.speech",
+    "cogs.voice_channels",
     "cogs.usage",
     "cogs.admin",
     "cogs.owner",
@@ -151,7 +153,8 @@ class NanoVoice(commands.Bot):
     def __init__(self, config: Config, *, clock: Clock | None = None, http_host: str = "0.0.0.0",
                  **options: Any) -> None:
         point_discord_at(config)
-        options.setdefault("intents", discord.Intents(guilds=True))
+        # voice_states: who is in which voice channel (joining a channel waits for it, too).
+        options.setdefault("intents", discord.Intents(guilds=True, voice_states=True))
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, tree_cls=NanoVoiceTree,
                          help_command=None, **options)
@@ -167,6 +170,7 @@ class NanoVoice(commands.Bot):
         self._speech: SpeechService | None = None
         self._clones: CloneService | None = None
         self._blocks: Blocks | None = None
+        self.playback = Playback(self.clock, config.voice_idle_seconds)
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
         self._leaving: set[int] = set()

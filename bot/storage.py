@@ -111,6 +111,7 @@ class GuildSettings:
     daily_budget_micros: int | None
     clone_role_id: int | None
     clones_enabled: bool | None
+    voice_playback: bool | None = None  # None: never set (on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,18 +383,19 @@ class Database:
 
     async def _load_guild_settings(self, guild_id: int) -> GuildSettings:
         row = await self.fetchone(
-            "SELECT guild_id, daily_budget_micros, clone_role_id, clones_enabled FROM guild_settings "
+            "SELECT guild_id, daily_budget_micros, clone_role_id, clones_enabled, voice_playback FROM guild_settings "
             "WHERE guild_id = ?",
             (guild_id,),
         )
         if row is None:
             return GuildSettings(guild_id, None, None, None)
         enabled = None if row["clones_enabled"] is None else bool(row["clones_enabled"])
-        return GuildSettings(guild_id, row["daily_budget_micros"], row["clone_role_id"], enabled)
+        playback = None if row["voice_playback"] is None else bool(row["voice_playback"])
+        return GuildSettings(guild_id, row["daily_budget_micros"], row["clone_role_id"], enabled, playback)
 
     async def update_guild_settings(self, guild_id: int, now: float, **changes: Any) -> GuildSettings:
-        """Set some of daily_budget_micros, clone_role_id, clones_enabled (None clears to the default)."""
-        allowed = {"daily_budget_micros", "clone_role_id", "clones_enabled"}
+        """Set some of daily_budget_micros, clone_role_id, clones_enabled, voice_playback (None: the default)."""
+        allowed = {"daily_budget_micros", "clone_role_id", "clones_enabled", "voice_playback"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown guild settings {sorted(unknown)}")
@@ -405,7 +407,7 @@ class Database:
             )
             for column in sorted(changes):  # column names come from the fixed set above
                 value = changes[column]
-                if column == "clones_enabled" and value is not None:
+                if column in ("clones_enabled", "voice_playback") and value is not None:
                     value = int(bool(value))
                 await tx.execute(
                     f"UPDATE guild_settings SET {column} = ?, updated_at = ? WHERE guild_id = ?",
