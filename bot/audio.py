@@ -375,7 +375,7 @@ def sniff(data: bytes) -> str | None:
 def playback_input_args() -> list[str]:
     """ffmpeg input options for synthesised speech piped on stdin: the same demuxer whitelist as every
     other decode here, and no protocol but the pipe."""
-    return ["-format_whitelist", _DEMUXERS, "-protocol_whitelist", "pipe"]
+    return ["-format_whitelist", _DEMUXERS, "-protocol_whitelist", "pipe,fd"]  # ffmpeg 6+ reads "-" as fd:
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 OPUS_BITRATE_KBPS = 64
 CONNECT_TIMEOUT = 15.0  # seconds for discord.py's whole voice handshake
+OGG_OPUS_HEADERS = (b"OpusHead", b"OpusTags")
 PACKET_WAIT = 5.0  # the player thread gives up on a line when ffmpeg sends nothing for this long
 
 
@@ -71,6 +72,8 @@ class PrefetchedOpus(discord.AudioSource):
                 packet = self._source.read()
                 if not packet:
                     break
+                if packet.startswith(OGG_OPUS_HEADERS):
+                    continue  # discord.py's Ogg reader yields the stream's header packets too: no audio
                 self._packets.put(packet)
         except Exception:
             log.warning("reading ffmpeg's Opus output failed", exc_info=True)
