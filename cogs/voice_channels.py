@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 from discord.ext import commands
+from discord.voice_state import SocketReader, VoiceConnectionState
 
 from bot import audio, interactions, playback
 from bot.errors import Forbidden, UserFacingError
@@ -109,6 +110,52 @@ class PrefetchedOpus(discord.AudioSource):
             self._source.cleanup()
 
 
+class _PromptSocketReader(SocketReader):
+    """discord.py's UDP reader with a short ``select`` timeout.
+
+    Upstream (2.7.1) waits up to 30 s in ``select`` on the socket it saw last; after a voice reconnect
+    that socket is closed and a new one is made, so the IP-discovery answer on the new socket is not
+    read until the old wait ends, and the reconnect times out (measured against the emulator's voice
+    server: a 4006 mid-line never came back within 15 s). Same loop, 0.25 s timeout."""
+
+    SELECT_TIMEOUT = 0.25
+
+    def _do_run(self) -> None:
+        import select
+
+        while not self._end.is_set():
+            if not self._running.is_set():
+                self._running.wait()
+                continue
+            sock = self.state.socket
+            try:
+                readable, _, _ = select.select([sock], [], [], self.SELECT_TIMEOUT)
+            except (ValueError, TypeError, OSError):
+                continue  # closed or not made yet: the next turn reads the current socket
+            if not readable:
+                continue
+            try:
+                data = sock.recv(2048)
+            except OSError:
+                continue
+            for callback in list(self._callbacks):
+                try:
+                    callback(data)
+                except Exception:
+                    log.exception("voice socket callback %s failed", callback)
+
+
+class NanoVoiceClient(discord.VoiceClient):
+    """discord.py's VoiceClient with :class:`_PromptSocketReader`, so a reconnect finds its UDP answers."""
+
+    def create_connection_state(self) -> VoiceConnectionState:
+        state = super().create_connection_state()
+        state._socket_reader.stop()  # upstream's reader thread ends at once (it starts paused)
+        state._socket_reader = _PromptSocketReader(state)
+        state._socket_reader.start()
+        return state
+
+
 async def open_source(data: bytes, content_type: str) -> PrefetchedOpus:
     """A playable source for synthesised speech, holding one slot of :func:`bot.audio.ffmpeg_slot`
     until ffmpeg has written its last packet."""
@@ -187,11 +234,13 @@ class VoiceChannels(commands.Cog):
                 raise Forbidden(f"I'm in {current.channel.mention} with members listening; someone there or a "
                                 "server manager can `/leave` first.")
         await interactions.defer(interaction)
+        if current is None:
+            self._cleanup(guild.id)  # anything left from a session that ended (kicked, connection lost)
         try:
             if isinstance(current, discord.VoiceClient):
                 await current.move_to(target, timeout=CONNECT_TIMEOUT)
             else:
-                await target.connect(timeout=CONNECT_TIMEOUT, reconnect=True, self_deaf=True)
+                await target.connect(timeout=CONNECT_TIMEOUT, reconnect=True, self_deaf=True, cls=NanoVoiceClient)
         except (TimeoutError, discord.ClientException) as exc:
             log.warning("could not join voice channel %s in guild %s: %r", target.id, guild.id, exc)
             self._cleanup(guild.id)
@@ -345,8 +394,8 @@ class VoiceChannels(commands.Cog):
                                     after: discord.VoiceState) -> None:
         guild = member.guild
         if self.bot.user is not None and member.id == self.bot.user.id:
-            if after.channel is None:
-                self._cleanup(guild.id)  # we left, or were disconnected or kicked
+            # Our own "left the channel" also comes during discord.py's reconnects (it leaves and joins
+            # again), so the session is dropped only once the voice client is gone (_check_sessions).
             return
         vc = guild.voice_client
         if isinstance(vc, discord.VoiceClient) and vc.channel is not None and before.channel is not None \

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import secrets
 import ssl
@@ -462,7 +463,7 @@ class VoiceMixin:
 
         def finished() -> int:
             frames = self.voice_frames(gid)
-            ended = sum(1 for a, b in zip(frames, frames[1:], strict=False) if not a.silence and b.silence)
+            ended = sum(1 for a, b in itertools.pairwise(frames) if not a.silence and b.silence)
             return ended
 
         await self.wait_until(lambda: finished() >= count, timeout, f"{count} line(s) heard in guild {gid}")
