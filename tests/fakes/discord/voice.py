@@ -24,8 +24,10 @@ import contextlib
 import itertools
 import json
 import secrets
+import socket
 import ssl
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +51,7 @@ class VoiceFrame:
     sequence: int
     timestamp: int
     opus: bytes
-    received_at: float  # time.monotonic()
+    received_at: float  # time.perf_counter() when the socket read it
 
     @property
     def silence(self) -> bool:
@@ -81,19 +83,48 @@ class VoiceSession:
     described_at: float | None = None
 
 
-class _VoiceUDP(asyncio.DatagramProtocol):
-    def __init__(self, emu: VoiceMixin) -> None:
+class _VoiceUDP:
+    """The voice server's UDP socket, read by its own thread: each packet is stamped when it arrives,
+    whatever the event loop (which also runs the emulator and the test) is busy with, then handled on
+    the loop."""
+
+    def __init__(self, emu: VoiceMixin, host: str, loop: asyncio.AbstractEventLoop) -> None:
         self.emu = emu
-        self.transport: Any = None  # asyncio's datagram transport
+        self.loop = loop
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="emulator-voice-udp", daemon=True)
+        self._thread.start()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            stamp = time.perf_counter()
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self.loop.call_soon_threadsafe(self._handle, data, addr, stamp)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _handle(self, data: bytes, addr: tuple[str, int], stamp: float) -> None:
         try:
-            self.emu._udp_packet(data, addr, self)
+            self.emu._udp_packet(data, addr, self, stamp)
         except Exception as exc:  # a bad packet is a finding, not a crash of the emulator
             self.emu.voice_errors.append(f"{type(exc).__name__}: {exc}")
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(1)
+        self.sock.close()
 
 
 def opus_frame_seconds(packet: bytes) -> float:
@@ -191,18 +222,17 @@ class VoiceMixin:
         server = site._server
         assert server is not None and server.sockets
         self.voice_port = server.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(lambda: _VoiceUDP(self), local_addr=(self.host, 0))
-        self._udp = protocol
-        self.udp_port = transport.get_extra_info("sockname")[1]
+        self._udp = _VoiceUDP(self, self.host, asyncio.get_running_loop())
+        self.udp_port = self._udp.port
 
     async def _voice_close(self) -> None:
         for session in list(self.voice_sessions.values()):
             if session.ws is not None:
                 with contextlib.suppress(Exception):
                     await session.ws.close(code=1001)
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
 
     def voice_client_ssl_context(self) -> ssl.SSLContext:
         """An SSL context trusting the emulator's test CA (give it to the bot's connector)."""
@@ -401,7 +431,7 @@ class VoiceMixin:
 
     # ---------------------------------------------------------------------------- UDP
 
-    def _udp_packet(self, data: bytes, addr: tuple[str, int], udp: _VoiceUDP) -> None:
+    def _udp_packet(self, data: bytes, addr: tuple[str, int], udp: _VoiceUDP, received_at: float) -> None:
         if len(data) == 74 and data[:2] == b"\x00\x01":
             ssrc = struct.unpack_from(">I", data, 4)[0]
             answer = bytearray(74)
@@ -412,7 +442,7 @@ class VoiceMixin:
             for session in self.voice_sessions.values():
                 if session.ssrc == ssrc:
                     session.client_address = addr
-            udp.transport.sendto(bytes(answer), addr)
+            udp.sendto(bytes(answer), addr)
             return
         if len(data) < 12 + 16 + 4 or data[0] & 0xC0 != 0x80:
             return
@@ -429,7 +459,7 @@ class VoiceMixin:
             ciphertext, header, nonce + b"\x00" * 20, session.secret_key)
         sequence, timestamp = struct.unpack_from(">HI", data, 2)
         self.frames.setdefault(session.guild_id, []).append(
-            VoiceFrame(session.guild_id, ssrc, sequence, timestamp, opus, time.monotonic()))
+            VoiceFrame(session.guild_id, ssrc, sequence, timestamp, opus, received_at))
         self._notify()
 
     # ---------------------------------------------------------------------------- listener API
