@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 OPUS_BITRATE_KBPS = 64
 CONNECT_TIMEOUT = 15.0  # seconds for discord.py's whole voice handshake
+# ffmpeg writes its Ogg output in 8 KB blocks (about a second of speech): one page per packet, flushed at
+# once, lets the first packet play while the rest is still being encoded.
+FLUSH_EVERY_PACKET = "-flush_packets 1 -page_duration 20000"
 OGG_OPUS_HEADERS = (b"OpusHead", b"OpusTags")
+PREBUFFER_PACKETS = 5  # 100 ms of speech ready before a line starts: ffmpeg stalls (a busy CPU) are no gaps
 PACKET_WAIT = 5.0  # the player thread gives up on a line when ffmpeg sends nothing for this long
 
 
@@ -56,10 +60,13 @@ class PrefetchedOpus(discord.AudioSource):
     """Opus packets from ``FFmpegOpusAudio``, read ahead by a thread so ffmpeg finishes (and gives its
     slot back) as fast as it can transcode, while the player takes one 20 ms packet at a time."""
 
-    def __init__(self, source: discord.FFmpegOpusAudio, on_drained: Any) -> None:
+    def __init__(self, source: discord.FFmpegOpusAudio, on_drained: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._source = source
         self._packets: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._on_drained = on_drained
+        self._loop = loop
+        self.buffered = asyncio.Event()  # PREBUFFER_PACKETS are in (or the whole line): playing may start
+        self._count = 0
         self._released = False
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -76,11 +83,19 @@ class PrefetchedOpus(discord.AudioSource):
                 if packet.startswith(OGG_OPUS_HEADERS):
                     continue  # discord.py's Ogg reader yields the stream's header packets too: no audio
                 self._packets.put(packet)
+                self._count += 1
+                if self._count == PREBUFFER_PACKETS:
+                    self._signal_buffered()
         except Exception:
             log.warning("reading ffmpeg's Opus output failed", exc_info=True)
         finally:
             self._packets.put(None)
+            self._signal_buffered()
             self._release()
+
+    def _signal_buffered(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+            self._loop.call_soon_threadsafe(self.buffered.set)
 
     def _release(self) -> None:
         with self._lock:
@@ -174,11 +189,12 @@ async def open_source(data: bytes, content_type: str) -> PrefetchedOpus:
         ffmpeg = await asyncio.to_thread(
             discord.FFmpegOpusAudio, io.BytesIO(data), pipe=True, executable=exe, codec=codec,
             bitrate=OPUS_BITRATE_KBPS, before_options=" ".join(audio.playback_input_args()),
+            options=FLUSH_EVERY_PACKET,
         )
     except BaseException:
         slot.release()
         raise
-    return PrefetchedOpus(ffmpeg, release)
+    return PrefetchedOpus(ffmpeg, release, loop)
 
 
 class VoiceChannels(commands.Cog):
@@ -347,6 +363,11 @@ class VoiceChannels(commands.Cog):
             log.warning("voice in guild %s did not come back; dropping line %s", guild_id, line.id)
             return
         source = await open_source(line.audio, line.content_type)
+        try:
+            await asyncio.wait_for(source.buffered.wait(), PACKET_WAIT)
+        except BaseException:
+            source.cleanup()
+            raise
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Exception | None] = loop.create_future()
 
