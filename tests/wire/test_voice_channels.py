@@ -346,3 +346,33 @@ async def test_restart_is_not_stuck_in_a_channel(call):
     await call.emu.wait_until(lambda: call.emu.voice_op4 and call.emu.voice_op4[-1]["channel_id"] is None, 10,
                               "the bot to leave the channel left over from before")
     assert call.emu.voice_channel_of(call.emu.bot_user) is None
+
+
+async def test_speak_this_message_plays_too_and_a_cached_line_costs_nothing_more(call):
+    alice = await call.member("alice")
+    await call.join(alice)
+    call.nano.tts_seconds = 0.5
+    target = await call.emu.create_user_message(call.emu.channel_id, call.world.user("writer"), "read me aloud")
+    first = await call.emu.message_context(alice, "Speak this message", target)
+    await first.wait_final(10)
+    again = await call.emu.message_context(alice, "Speak this message", target)
+    await again.wait_final(10)
+    durations = await call.emu.wait_for_lines(2, timeout=10)
+    assert all(abs(d - 0.5) <= TOLERANCE for d in durations[:2])
+    assert len(call.nano.charges) == 1  # the second line came from the TTS cache, and played all the same
+
+
+async def test_voice_server_move_mid_line_then_next_say_plays(call):
+    alice = await call.member("alice")
+    await call.join(alice)
+    call.nano.tts_seconds = 2.0
+    await call.say(alice, "moving")
+    await call.emu.wait_until(lambda: len(call.emu.voice_frames()) >= 10, 5, "the line to start")
+    sessions = len(call.emu.voice_session_log)
+    await call.emu.move_voice_server()
+    await call.emu.wait_until(lambda: len(call.emu.voice_session_log) > sessions, 15, "a new voice session")
+    call.nano.tts_seconds = 0.6
+    await call.say(alice, "after the move")
+    await call.emu.wait_until(lambda: any(abs(d - 0.6) <= TOLERANCE for d in call.emu.heard_seconds()), 15,
+                              "the next line to be heard")
+    assert call.in_voice() and not call.emu.voice_errors

@@ -417,6 +417,18 @@ class VoiceMixin:
         if session is not None and session.ws is not None:
             await session.ws.close(code=code, message=b"emulator closed the voice session")
 
+    async def move_voice_server(self, guild_id: int | None = None) -> None:
+        """Discord moves the guild's voice to another server (a region change): a new VOICE_SERVER_UPDATE
+        while the bot is connected (discord.py closes its voice websocket and connects again)."""
+        gid = guild_id or self.guild_id
+        session = next((s for s in self._sessions.values() if s.valid and s.ws is not None), None)
+        if session is None:
+            raise RuntimeError("no gateway session to send VOICE_SERVER_UPDATE on")
+        token = secrets.token_hex(8)
+        self._pending_voice[gid] = (token, session.session_id)
+        await self._session_dispatch(session, "VOICE_SERVER_UPDATE",
+                                     {"token": token, "guild_id": str(gid), "endpoint": self.voice_endpoint})
+
     async def kick_from_voice(self, guild_id: int | None = None) -> None:
         """A moderator disconnects the bot from voice: VOICE_STATE_UPDATE (channel null), then 4014."""
         gid = guild_id or self.guild_id
