@@ -335,7 +335,7 @@ class VoiceChannels(commands.Cog):
 
     async def _player(self, guild_id: int) -> None:
         queue_ = self.playback.queue(guild_id)
-        while True:
+        while self.playback.existing(guild_id) is queue_:  # the session ended (left): this player ends too
             line = await queue_.next_line()
             try:
                 await self._play(guild_id, queue_, line)
@@ -345,7 +345,8 @@ class VoiceChannels(commands.Cog):
                 log.exception("could not play line %s in guild %s", line.id, guild_id)
             finally:
                 queue_.finished(line)
-                self.playback.touch(guild_id)
+                if self.playback.existing(guild_id) is queue_:
+                    self.playback.touch(guild_id)
 
     async def _play(self, guild_id: int, queue_: GuildQueue, line: Line) -> None:
         guild = self.bot.get_guild(guild_id)

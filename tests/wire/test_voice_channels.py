@@ -376,3 +376,22 @@ async def test_voice_server_move_mid_line_then_next_say_plays(call):
     await call.emu.wait_until(lambda: any(abs(d - 0.6) <= TOLERANCE for d in call.emu.heard_seconds()), 15,
                               "the next line to be heard")
     assert call.in_voice() and not call.emu.voice_errors
+
+
+
+@pytest.mark.slow
+async def test_4015_resume_that_does_not_come_back_leaves_cleanly(call):
+    # discord.py 2.7.1 answers 4015 with a RESUME after a new op 4; its state machine then waits for a
+    # voice state update it already had, gives up after the connect timeout (15 s) and disconnects.
+    alice = await call.member("alice")
+    await call.join(alice)
+    call.nano.tts_seconds = 2.0
+    await call.say(alice, "resume me")
+    await call.emu.wait_until(lambda: len(call.emu.voice_frames()) >= 10, 5, "the line to start")
+    await call.emu.close_voice(4015)
+    await wait_left(call, timeout=30)
+    await call.join(alice)
+    call.nano.tts_seconds = 0.5
+    await call.say(alice, "back")
+    await call.emu.wait_until(lambda: any(abs(d - 0.5) <= TOLERANCE for d in call.emu.heard_seconds()), 15,
+                              "the next line to be heard")
