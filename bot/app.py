@@ -30,6 +30,7 @@ from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
 from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
+from bot.privacy import Privacy
 from bot.speech import SpeechService
 from bot.storage import Database
 
@@ -170,6 +171,7 @@ class NanoVoice(commands.Bot):
         self._speech: SpeechService | None = None
         self._clones: CloneService | None = None
         self._blocks: Blocks | None = None
+        self._privacy: Privacy | None = None
         self.playback = Playback(self.clock, config.voice_idle_seconds)
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
@@ -193,6 +195,11 @@ class NanoVoice(commands.Bot):
         self._clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
                                     self.embeddings)
         self._blocks = await Blocks(self.db).load()
+        self._privacy = Privacy(self.db)  # /forget-me: the repositories, and these holders of user data
+        self.privacy.register("embeddings", self.embeddings)
+        self.privacy.register("speech", self.speech)
+        self.privacy.register("clones", self.clones)
+        self.privacy.register("voice queue", self.playback)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -237,6 +244,10 @@ class NanoVoice(commands.Bot):
     @property
     def blocks(self) -> Blocks:
         return _opened(self._blocks, "block list")
+
+    @property
+    def privacy(self) -> Privacy:
+        return _opened(self._privacy, "privacy service")
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
 

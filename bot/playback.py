@@ -190,3 +190,10 @@ class Playback:
 
     def guild_ids(self) -> list[int]:
         return list(self._queues)
+
+    async def forget_user(self, user_id: int) -> int:
+        """/forget-me: drop the user's waiting lines in every server (their audio); returns how many."""
+        removed = 0
+        for queue in self._queues.values():
+            removed += queue.clear(user_id, manager=False) if queue.waiting_for(user_id) else 0
+        return removed

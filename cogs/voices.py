@@ -293,7 +293,7 @@ class Voices(commands.Cog):
     # -- shared ----------------------------------------------------------------------------------
 
     async def _own_voice(self, user_id: int, name: str) -> Voice:
-        voice = await self.bot.db.get_voice_by_name(user_id, name)
+        voice = await self.bot.db.voices.by_name(user_id, name)
         if voice is None:
             raise NotFound(f"You have no voice called {shown(name)}; /voice list shows yours.")
         return voice
@@ -345,13 +345,13 @@ class Voices(commands.Cog):
     async def list_(self, interaction: discord.Interaction) -> None:
         await self._defer(interaction)
         user_id = interaction.user.id
-        voices = await self.bot.db.list_voices(user_id)
+        voices = await self.bot.db.voices.list(user_id)
         if not voices:
             await interactions.send(
                 interaction, "You have no saved voices yet. Clone one with /voice clone: it needs a short "
                              "recording of one person speaking (and their consent).", ephemeral=True)
             return
-        default = await self.bot.db.get_default_voice(user_id)
+        default = await self.bot.db.user_settings.default_voice(user_id)
         pages = list_pages(voices, default.id if default else None)
         if len(pages) == 1:
             await interactions.send(interaction, embed=pages[0], ephemeral=True)
@@ -364,8 +364,8 @@ class Voices(commands.Cog):
         await self._defer(interaction)
         user_id = interaction.user.id
         voice = await self._own_voice(user_id, name)
-        default = await self.bot.db.get_default_voice(user_id)
-        job = await self.bot.db.voice_clone_job(user_id, voice.id)
+        default = await self.bot.db.user_settings.default_voice(user_id)
+        job = await self.bot.db.jobs.for_voice(user_id, voice.id)
         now = self.bot.clock.now()
         embed = discord.Embed(title=f"Voice {shown(voice.name)}", colour=COLOUR)
         embed.add_field(name="Provider", value=provider_label(voice.provider))
@@ -415,7 +415,7 @@ class Voices(commands.Cog):
         if name_key(cleaned) != name_key(voice.name):
             await self.bot.clones.ensure_no_clone_named(user_id, cleaned)
         try:
-            await self.bot.db.rename_voice(user_id, voice.id, cleaned)
+            await self.bot.db.voices.rename(user_id, voice.id, cleaned)
         except DuplicateVoiceName:
             raise UserFacingError(
                 f"You already have a voice called {shown(cleaned)}; pick another name or delete that one first."
@@ -428,7 +428,7 @@ class Voices(commands.Cog):
         await self._defer(interaction)
         user_id = interaction.user.id
         voice = await self._own_voice(user_id, name)
-        default = await self.bot.db.get_default_voice(user_id)
+        default = await self.bot.db.user_settings.default_voice(user_id)
         if voice.provider == "minimax":
             remote = ("NanoGPT offers no way to delete the clone remotely; MiniMax deletes voices that go unused "
                       "for 7 days.")
@@ -457,17 +457,17 @@ class Voices(commands.Cog):
         await self._defer(interaction)
         user_id = interaction.user.id
         now = self.bot.clock.now()
-        voice = await self.bot.db.get_voice_by_name(user_id, name)
+        voice = await self.bot.db.voices.by_name(user_id, name)
         stock = f"{self.bot.config.default_tts_model}/{self.bot.config.default_tts_voice}"
         if voice is None and name.strip().casefold() in CLEAR_DEFAULT_WORDS:
-            await self.bot.db.set_default_voice(user_id, None, now)
+            await self.bot.db.user_settings.set_default_voice(user_id, None, now)
             await interactions.send(
                 interaction, f"Cleared your default voice: /say now uses the stock voice {stock} unless you pick one.",
                 ephemeral=True)
             return
         if voice is None:
             raise NotFound(f"You have no voice called {shown(name)}; /voice list shows yours.")
-        await self.bot.db.set_default_voice(user_id, voice.id, now)
+        await self.bot.db.user_settings.set_default_voice(user_id, voice.id, now)
         await interactions.send(
             interaction, f"{shown(voice.name)} is now your default voice: /say uses it when you don't pick one. "
                          f"To go back to the stock voice, run /voice default name:none.", ephemeral=True)
@@ -478,7 +478,7 @@ class Voices(commands.Cog):
     @default.autocomplete("name")
     async def _voice_name_autocomplete(self, interaction: discord.Interaction,
                                        current: str) -> list[app_commands.Choice[str]]:
-        voices = await self.bot.db.list_voices(interaction.user.id)
+        voices = await self.bot.db.voices.list(interaction.user.id)
         by_name = {voice.name: voice for voice in voices}
         return [
             app_commands.Choice(name=f"{name} · {provider_label(by_name[name].provider)}", value=name)
@@ -488,7 +488,7 @@ class Voices(commands.Cog):
     @voice.command(name="jobs", description="Your running and recent clone jobs")
     async def jobs(self, interaction: discord.Interaction) -> None:
         await self._defer(interaction)
-        jobs = await self.bot.db.user_jobs(interaction.user.id, limit=10)
+        jobs = await self.bot.db.jobs.for_user(interaction.user.id, limit=10)
         if not jobs:
             await interactions.send(interaction, "You have no clone jobs. Start one with /voice clone.",
                                     ephemeral=True)
@@ -502,7 +502,7 @@ class Voices(commands.Cog):
     async def forget_me(self, interaction: discord.Interaction) -> None:
         await self._defer(interaction)
         user_id = interaction.user.id
-        counts = await self.bot.db.user_data_counts(user_id)
+        counts = await self.bot.privacy.stored(user_id)
         if not any(counts.values()):
             await interactions.send(interaction, "I have nothing stored about you.", ephemeral=True)
             return
@@ -522,13 +522,13 @@ class Voices(commands.Cog):
         )
 
         async def do_forget() -> str:
-            done = await self.bot.embeddings.forget_user(user_id)
+            done = await self.bot.privacy.forget(user_id)
             log.info("user %s used /forget-me: %s", user_id, done)
-            return (f"Done: I deleted {plural(done.get('voices', 0), 'voice')}, "
-                    f"{plural(done.get('clone_jobs', 0), 'clone job record')}, "
-                    f"{plural(done.get('tts_cache', 0), 'cached speech clip')}, "
-                    f"{plural(done.get('user_settings', 0), 'setting')} and "
-                    f"{plural(done.get('stored_files', 0), 'stored file')}.")
+            return (f"Done: I deleted {plural(done.count('voices'), 'voice')}, "
+                    f"{plural(done.count('clone_jobs'), 'clone job record')}, "
+                    f"{plural(done.count('tts_cache'), 'cached speech clip')}, "
+                    f"{plural(done.count('user_settings'), 'setting')} and "
+                    f"{plural(done.count('stored_files'), 'stored file')}.")
 
         view = ConfirmView(interaction, do_forget, confirm_label="Delete everything",
                            cancelled_text="Cancelled; nothing was deleted.")

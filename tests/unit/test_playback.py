@@ -118,6 +118,15 @@ def test_forget_drops_the_queue_and_counts_unplayed_lines():
     assert playback.queue(GUILD) is not queue  # a new session starts empty
 
 
+async def test_forget_me_drops_only_that_member_s_waiting_lines():
+    playback, queue, _ = make()
+    for author in (1, 2, 1):
+        queue.add(line(playback, author))
+    assert await playback.forget_user(1) == 2
+    assert [x.author_id for x in queue.pending] == [2]
+    assert await playback.forget_user(1) == 0
+
+
 async def test_a_line_gives_its_ffmpeg_slot_back_once_transcoded():
     from bot import audio
     from cogs.voice_channels import open_source
