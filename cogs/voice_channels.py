@@ -208,6 +208,7 @@ class VoiceChannels(commands.Cog):
         self._players: dict[int, asyncio.Task[None]] = {}
         self._down_since: dict[int, float] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._skipped: set[int] = set()  # ids of lines /skip stopped
         self.lines_played = 0
 
     @property
@@ -286,6 +287,7 @@ class VoiceChannels(commands.Cog):
         guild, member = self._guild_member(interaction)
         vc = self._voice_client(guild)
         line = self._queue(guild).check_skip(member.id, manager=self._is_manager(interaction))
+        self._skipped.add(line.id)  # a line still buffering is dropped before it starts
         vc.stop()  # the player's after= moves on to the next line
         log.info("line %s skipped in guild %s by %s", line.id, guild.id, member.id)
         await interactions.send(interaction, "Skipped.", ephemeral=True)
@@ -344,6 +346,7 @@ class VoiceChannels(commands.Cog):
             except Exception:
                 log.exception("could not play line %s in guild %s", line.id, guild_id)
             finally:
+                self._skipped.discard(line.id)
                 queue_.finished(line)
                 if self.playback.existing(guild_id) is queue_:
                     self.playback.touch(guild_id)
@@ -369,6 +372,9 @@ class VoiceChannels(commands.Cog):
         except BaseException:
             source.cleanup()
             raise
+        if line.id in self._skipped:
+            source.cleanup()
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Exception | None] = loop.create_future()
 
