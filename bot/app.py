@@ -28,6 +28,7 @@ from bot.errors import UserFacingError
 from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient, NanoGPTError
+from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.privacy import Privacy
 from bot.speech import SpeechService
@@ -44,6 +45,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.voices",
     "cogs.clone_jobs",
     "cogs.speech",
+    "cogs.voice_channels",
     "cogs.usage",
     "cogs.admin",
     "cogs.owner",
@@ -154,7 +156,8 @@ class NanoVoice(commands.Bot):
     def __init__(self, config: Config, *, clock: Clock | None = None, http_host: str = "0.0.0.0",
                  **options: Any) -> None:
         point_discord_at(config)
-        options.setdefault("intents", discord.Intents(guilds=True))
+        # voice_states: who is in which voice channel (joining a channel waits for it, too).
+        options.setdefault("intents", discord.Intents(guilds=True, voice_states=True))
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, tree_cls=NanoVoiceTree,
                          help_command=None, **options)
@@ -171,6 +174,7 @@ class NanoVoice(commands.Bot):
         self._clones: CloneService | None = None
         self._blocks: Blocks | None = None
         self._privacy: Privacy | None = None
+        self.playback = Playback(self.clock, config.voice_idle_seconds)
         self._clone_flow: CloneJobs | None = None  # the clone-jobs cog registers itself when it loads
         self.synced: str = "not synced"
         self._refusals: set[asyncio.Task] = set()
@@ -198,6 +202,7 @@ class NanoVoice(commands.Bot):
         self.privacy.register("embeddings", self.embeddings)
         self.privacy.register("speech", self.speech)
         self.privacy.register("clones", self.clones)
+        self.privacy.register("voice queue", self.playback)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.app import NanoVoice
@@ -95,7 +96,10 @@ class World:
         if self.bot is not None:
             raise RuntimeError("the bot is already running")
         self.env.update(overrides)
-        bot = NanoVoice(self.config(), clock=self.clock, http_host="127.0.0.1", guild_ready_timeout=0.05)
+        # discord.py hard-codes wss:// for the voice websocket: the bot trusts the emulator's test CA.
+        connector = aiohttp.TCPConnector(ssl=self.emu.voice_client_ssl_context())
+        bot = NanoVoice(self.config(), clock=self.clock, http_host="127.0.0.1", guild_ready_timeout=0.05,
+                        connector=connector)
 
         async def no_identify_wait(*_: Any, **__: Any) -> None:
             return None
