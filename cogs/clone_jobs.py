@@ -30,7 +30,7 @@ from bot.jobs import (
     PreparedClone,
     format_elapsed,
 )
-from bot.limits import format_money, format_usd
+from bot.text import format_money, format_usd
 from bot.nanogpt import NanoGPTError
 from bot.storage import CloneJob
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.text import format_usd
+
 __all__ = ["PROVIDERS", "Provider", "get", "label", "price_micros"]
 
 
@@ -24,8 +26,6 @@ class Provider:
 
     @property
     def price(self) -> str:
-        from bot.limits import format_usd  # lazy: bot.limits may read this package
-
         return format_usd(self.price_micros)
 
     @property
