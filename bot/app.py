@@ -34,6 +34,7 @@ from bot.voices import VoiceService
 log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (
+    "cogs.embedding_copies",
     "cogs.voices",
     "cogs.clone_jobs",
     "cogs.speech",
