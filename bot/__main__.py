@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Only what the configuration needs at the top: ``--version`` and a configuration error answer without
+# loading discord.py and the bot (they are imported where the bot or the check starts).
 from bot.config import Config, ConfigError, load_config
 from bot.text import shorten
 

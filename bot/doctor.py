@@ -39,9 +39,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 import discord
 
+from bot.app import point_discord_at
 from bot.config import Config
 from bot.limits import cost_to_micros, format_usd
 from bot.logs import redact, redaction_list
+from bot.nanogpt import AuthError, NanoGPTClient, NanoGPTError, UpstreamUnavailable
+from bot.storage import Database
 from bot.text import plural, shorten
 
 if TYPE_CHECKING:
@@ -223,8 +226,6 @@ def check_config(config: Config) -> CheckResult:
 
 
 async def check_discord(config: Config) -> CheckResult:
-    from bot.app import point_discord_at
-
     point_discord_at(config)
     result = CheckResult()
     http = discord.http.HTTPClient(asyncio.get_running_loop())
@@ -360,8 +361,6 @@ def _describe(exc: BaseException) -> str:
 
 
 async def check_nanogpt(config: Config) -> CheckResult:
-    from bot.nanogpt import AuthError, NanoGPTClient, NanoGPTError, UpstreamUnavailable
-
     result = CheckResult()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20),
                                      headers={"User-Agent": "nanovoice-check"}) as session:
@@ -449,8 +448,6 @@ async def _run(*args: str) -> str:
 
 
 async def check_database(config: Config) -> CheckResult:
-    from bot.storage import Database
-
     result = CheckResult()
     path = config.database_path
     try:
