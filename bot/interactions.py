@@ -5,6 +5,9 @@ the channel, so no command is ever left at "thinking…". Cogs use it instead of
 
 ``defer`` records whether a public "thinking…" placeholder is showing, so ``send_error`` can keep an
 error private: it removes that placeholder and answers ephemerally instead of replacing it in public.
+
+``report_error`` turns any failure of a command, button or modal into that one private sentence;
+``refuse`` answers an interaction the gate turned away (:meth:`bot.app.NanoVoice.admit`).
 """
 
 from __future__ import annotations
