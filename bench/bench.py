@@ -779,7 +779,7 @@ class Bench:
         try:
             for i in range(n):
                 user = emu.add_user(name=f"poll-{i}")
-                job_id, custom_voice_id = await db.create_clone_job(
+                job_id, custom_voice_id = await db.jobs.create(
                     user_id=user.id, guild_id=emu.guild_id, channel_id=emu.channel_id, application_id=None,
                     interaction_token=None, token_expires_at=None, voice_name=f"Bench voice {i}",
                     provider="minimax", transcript=None, clone_model=None, now=now,
@@ -792,8 +792,8 @@ class Bench:
                     steps=[Step("processing", poll_after=poll_after)],
                     preview_url=nano.put_storage(f"previews/{run_id}.mp3", preview, "audio/mpeg"),
                 )
-                await db.update_job(job_id, run_id=run_id, cost_micros=1_000_000, payment_source="USD",
-                                    is_api_request=1, state="pending", submitted_at=now, next_poll_at=now)
+                await db.jobs.update(job_id, run_id=run_id, cost_micros=1_000_000, payment_source="USD",
+                                     is_api_request=1, state="pending", submitted_at=now, next_poll_at=now)
                 jobs.append((job_id, run_id, user.id))
         finally:
             await db.close()

@@ -39,21 +39,21 @@ async def run(mb: int, clip_kb: int, ops: int) -> list[tuple[str, float, float]]
     with tempfile.TemporaryDirectory(prefix="nanovoice-bench-cache-") as tmp:
         db = await Database(Path(tmp) / "cache.sqlite3").connect()
         try:
-            async with db.transaction() as tx:  # the fill itself is not what is measured
-                await tx.executemany(
+            async with db.transaction():  # the fill itself is not what is measured: one bulk insert
+                await db.conn.executemany(
                     "INSERT INTO tts_cache (key, user_id, content_type, data, size, created_at, last_used_at) "
                     "VALUES (?, 1, 'audio/mpeg', ?, ?, ?, ?)",
                     ((f"fill-{i}", clip, len(clip), float(i), float(i)) for i in range(entries)),
                 )
-            count, size = await db.cache_stats()
+            count, size = await db.cache.stats()
             print(f"cache filled: {count} clips, {size / 2**20:.0f} MB")
             roomy, full = 2 * size, size  # a limit the puts stay under, and one every put goes over
             results = [
-                ("cache_put, no eviction", *await _per_op(ops, lambda i: db.cache_put(
+                ("cache_put, no eviction", *await _per_op(ops, lambda i: db.cache.put(
                     f"new-{i}", 1, "audio/mpeg", clip, 1e9 + i, roomy))),
-                ("cache_put, evicting the oldest", *await _per_op(ops, lambda i: db.cache_put(
+                ("cache_put, evicting the oldest", *await _per_op(ops, lambda i: db.cache.put(
                     f"evict-{i}", 1, "audio/mpeg", clip, 2e9 + i, full))),
-                ("cache_get (hit)", *await _per_op(ops, lambda i: db.cache_get(f"fill-{entries - 1 - i}", 3e9 + i))),
+                ("cache_get (hit)", *await _per_op(ops, lambda i: db.cache.get(f"fill-{entries - 1 - i}", 3e9 + i))),
             ]
         finally:
             await db.close()

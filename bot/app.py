@@ -27,6 +27,7 @@ from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient
 from bot.policy import GUILD_BLOCKED, Blocks
+from bot.privacy import Privacy
 from bot.speech import SpeechService
 from bot.storage import Database
 from bot.voices import VoiceService
@@ -108,6 +109,10 @@ class NanoVoice(commands.Bot):
         self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.speech, self.embeddings,
                                    self.voices)
         self.blocks = Blocks(db)
+        self.privacy = Privacy(db)  # /forget-me: the repositories, and these holders of user data
+        self.privacy.register("embeddings", self.embeddings)
+        self.privacy.register("speech", self.speech)
+        self.privacy.register("clones", self.clones)
         self.synced: str = "not synced"
         self._leaving: set[int] = set()
 

@@ -202,14 +202,14 @@ class EmbeddingHost:
         now = self.clock.now()
         if voice.embedding_url and url == voice.embedding_url:
             log.info("the provider's embedding URL of Qwen voice %s is gone; using the stored copy", voice.id)
-            await self.db.mark_voice_embedding_expired(voice.id, now)
+            await self.db.voices.mark_embedding_expired(voice.id, now)
             self._checks[voice.id] = _Check(voice.embedding_url, now, False)
             stored = await self._stored_file(voice)
             return stored is not None and self.durable
         stored = await self._stored_file(voice)
         if stored is not None and stored.discord_url and url == stored.discord_url:
             log.info("the re-hosted embedding URL of Qwen voice %s failed; it will be refreshed", voice.id)
-            await self.db.set_file_discord_copy(stored.id, None, None, stored.discord_message_id)
+            await self.db.files.set_discord_copy(stored.id, None, None, stored.discord_message_id)
             return True
         return False
 
@@ -222,7 +222,7 @@ class EmbeddingHost:
     async def _stored_file(self, voice: Voice) -> StoredFile | None:
         if voice.embedding_file_id is None:
             return None
-        file = await self.db.get_file(voice.embedding_file_id)
+        file = await self.db.files.get(voice.embedding_file_id)
         if file is None or file.user_id != voice.user_id:
             return None
         return file
@@ -237,7 +237,7 @@ class EmbeddingHost:
         if not alive:
             log.info("the provider's embedding URL of Qwen voice %s does not answer; using the stored copy",
                      voice.id)
-            await self.db.mark_voice_embedding_expired(voice.id, now)
+            await self.db.voices.mark_embedding_expired(voice.id, now)
         return alive
 
     async def _check_url(self, url: str) -> bool:
@@ -265,7 +265,7 @@ class EmbeddingHost:
             return None
         lock = self._locks.setdefault(file.id, asyncio.Lock())
         async with lock:
-            current = await self.db.get_file(file.id)
+            current = await self.db.files.get(file.id)
             if current is None:
                 return None
             now = self.clock.now()
@@ -280,14 +280,14 @@ class EmbeddingHost:
                 else:
                     expires = self._expiry(url, expires, now)
                     if self._fresh(expires, now):
-                        await self.db.set_file_discord_copy(file.id, url, expires, current.discord_message_id)
+                        await self.db.files.set_discord_copy(file.id, url, expires, current.discord_message_id)
                         return url
-            data = await self.db.get_file_data(file.id)
+            data = await self.db.files.data(file.id)
             if data is None:
                 return None
             url, expires, message_id = await self._rehost(data, current.filename)
             expires = self._expiry(url, expires, now)
-            await self.db.set_file_discord_copy(file.id, url, expires, message_id)
+            await self.db.files.set_discord_copy(file.id, url, expires, message_id)
             if current.discord_message_id is not None and current.discord_message_id != message_id:
                 await self._delete_copy(current.discord_message_id)
             log.info("embedding %s re-hosted in the embedding channel (message %s)", file.id, message_id)
@@ -315,31 +315,31 @@ class EmbeddingHost:
 
     async def delete_voice(self, user_id: int, voice_id: int) -> bool:
         """Delete one of ``user_id``'s voices with its stored file and any re-hosted copy."""
-        voice = await self.db.get_voice(user_id, voice_id)
+        voice = await self.db.voices.get(user_id, voice_id)
         if voice is None:
             return False
         file = await self._stored_file(voice)
-        deleted = await self.db.delete_voice(user_id, voice_id)
+        deleted = await self.db.voices.delete(user_id, voice_id)
         if deleted and file is not None and file.discord_message_id is not None:
             await self._delete_copy(file.discord_message_id)
         self._forget_cached(voice_id)
         return deleted
 
-    async def forget_user(self, user_id: int) -> dict[str, int]:
-        """Delete everything of ``user_id`` (``Database.forget_user``) and the re-hosted copies."""
-        files = await self.db.user_files(user_id)
-        voices = await self.db.list_voices(user_id)
-        counts = await self.db.forget_user(user_id)
-        for file in files:
+    async def forget_user(self, user_id: int) -> int:
+        """For /forget-me (:mod:`bot.privacy`, before the rows go): delete the re-hosted copies of
+        ``user_id``'s stored files and forget their voices' URL checks; returns how many items that was."""
+        forgotten = 0
+        for file in await self.db.files.for_user(user_id):
             if file.discord_message_id is not None:
                 await self._delete_copy(file.discord_message_id)
-        for voice in voices:
-            self._forget_cached(voice.id)
-        return counts
+                forgotten += 1
+        for voice in await self.db.voices.list(user_id):
+            forgotten += self._forget_cached(voice.id)
+        return forgotten
 
-    def _forget_cached(self, voice_id: int) -> None:
-        self._checks.pop(voice_id, None)
-        self._last_url.pop(voice_id, None)
+    def _forget_cached(self, voice_id: int) -> int:
+        """Drop what is remembered about ``voice_id``; returns how many entries there were."""
+        return (self._checks.pop(voice_id, None) is not None) + (self._last_url.pop(voice_id, None) is not None)
 
 
 __all__ = [

@@ -278,7 +278,7 @@ class CloneService:
         request = prepared.request
         reservation = await self.limits.reserve_clone(request.user_id, request.guild_id, prepared.price_micros)
         try:
-            job_id, custom_voice_id = await self.db.create_clone_job(
+            job_id, custom_voice_id = await self.db.jobs.create(
                 user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
                 application_id=where.application_id, interaction_token=where.token,
                 token_expires_at=where.expires_at, voice_name=request.name, provider=request.provider,
@@ -301,27 +301,27 @@ class CloneService:
                 if getattr(exc, "maybe_charged", False):
                     # Sent but unanswered: it may have been charged. Keep the reservation, never resubmit.
                     log.warning("clone job %s: submit timed out after sending; marking it lost", job_id)
-                    await self.db.finish_clone_job(job_id, "lost", error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
-                                                   notified=True)
+                    await self.db.jobs.finish(job_id, "lost", error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
+                                              notified=True)
                     raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
                 log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
                 if isinstance(exc, InsufficientBalance):
                     self.speech.report_low_balance()  # tell the operator how low the balance is
                 await self.limits.release(reservation)
-                await self.db.finish_clone_job(job_id, "failed", error=exc.user_message, now=self.clock.now(),
-                                               notified=True)
+                await self.db.jobs.finish(job_id, "failed", error=exc.user_message, now=self.clock.now(),
+                                          notified=True)
                 raise
             except BaseException:
                 # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
                 # resubmit; the poller (or the next start) tells the user honestly.
                 log.exception("clone job %s: submit interrupted; marking it lost", job_id)
-                await asyncio.shield(self.db.finish_clone_job(job_id, "lost", error=LOST_AFTER_RESTART,
-                                                              now=self.clock.now()))
+                await asyncio.shield(self.db.jobs.finish(job_id, "lost", error=LOST_AFTER_RESTART,
+                                                         now=self.clock.now()))
                 with contextlib.suppress(RuntimeError):
                     self._schedule(job_id, 0.0)
                 raise
             now = self.clock.now()
-            await self.db.update_job(
+            await self.db.jobs.update(
                 job_id, run_id=ticket.run_id, cost_micros=ticket.cost_micros, payment_source=ticket.payment_source,
                 is_api_request=int(bool(ticket.is_api_request)), state="pending", submitted_at=now, next_poll_at=now,
             )
@@ -332,7 +332,7 @@ class CloneService:
                                      ref=ticket.run_id)
         except Exception:
             log.exception("clone job %s: could not settle ledger row #%d", job_id, reservation.id)
-        job = await self.db.get_job(job_id)
+        job = await self.db.jobs.get(job_id)
         if job is None:  # /forget-me ran while the request was in flight: keep nothing of theirs
             log.info("clone job %s was deleted by /forget-me during its submit; run %s is not followed",
                      job_id, ticket.run_id)
@@ -377,13 +377,13 @@ class CloneService:
         """At start-up: the database is the truth. Lose unrecorded submits, resume open jobs, and
         queue the notices that were never delivered."""
         now = self.clock.now()
-        lost = await self.db.mark_submitting_jobs_lost(LOST_AFTER_RESTART, now, keep=self._submitting)
+        lost = await self.db.jobs.mark_submitting_lost(LOST_AFTER_RESTART, now, keep=self._submitting)
         for job_id in lost:
             log.warning("clone job %s was being submitted when the bot stopped; marked lost", job_id)
-        open_jobs = [j for j in await self.db.open_jobs() if j.state != "submitting"]
+        open_jobs = [j for j in await self.db.jobs.open() if j.state != "submitting"]
         for job in open_jobs:
             self._schedule(job.id, (job.next_poll_at or now) - now)
-        unnotified = await self.db.unnotified_finished_jobs()
+        unnotified = await self.db.jobs.unnotified_finished()
         for job in unnotified:
             self._schedule(job.id, 0.0)
         if open_jobs or unnotified:
@@ -452,7 +452,7 @@ class CloneService:
 
     async def _turn(self, job_id: int) -> None:
         try:
-            job = await self.db.get_job(job_id)
+            job = await self.db.jobs.get(job_id)
             if job is None or job.state == "submitting":
                 return  # deleted (/forget-me), or its submit is still running in this process
             if job.is_open:
@@ -505,7 +505,7 @@ class CloneService:
             delay = max(self.min_poll_after, delay)
             changes: dict[str, Any] = dict(state=new_state, poll_count=job.poll_count + 1, last_polled_at=now,
                                            failures=0, next_poll_at=now + delay)
-            await self.db.update_job(job.id, **changes)
+            await self.db.jobs.update(job.id, **changes)
             self._schedule(job.id, delay)
             await self._show_progress(replace(job, **changes), changed=new_state != job.state)
 
@@ -517,8 +517,8 @@ class CloneService:
             delay = max(delay, float(retry_after))
         log.info("clone job %s: status check failed (%s: %s); retry %d in %.2f s", job.id, type(exc).__name__,
                  exc, failures, delay)
-        await self.db.update_job(job.id, failures=failures, poll_count=job.poll_count + 1, last_polled_at=now,
-                                 next_poll_at=now + delay)
+        await self.db.jobs.update(job.id, failures=failures, poll_count=job.poll_count + 1, last_polled_at=now,
+                                  next_poll_at=now + delay)
         self._schedule(job.id, delay)
 
     async def _complete(self, job: CloneJob, status, now: float) -> None:
@@ -544,7 +544,7 @@ class CloneService:
             if not filename.strip("._"):
                 filename = "speaker-embedding.safetensors"
             embedding = (secrets.token_urlsafe(32), filename, content_type or "application/octet-stream", data)
-        result = await self.db.complete_clone_job(
+        result = await self.db.jobs.complete(
             job.id, now=now,
             provider_voice_id=job.custom_voice_id if job.provider == "minimax" else None,
             embedding_url=embedding_url,
@@ -558,7 +558,7 @@ class CloneService:
         self._hand_off_notice(job.id)
 
     async def _finish(self, job: CloneJob, state: str, error: str) -> None:
-        if await self.db.finish_clone_job(job.id, state, error=error, now=self.clock.now()):
+        if await self.db.jobs.finish(job.id, state, error=error, now=self.clock.now()):
             log.info("clone job %s %s: %s", job.id, state, error)
         self._hand_off_notice(job.id)
 
@@ -572,7 +572,7 @@ class CloneService:
     async def _notify_later(self, job_id: int) -> None:
         async with self._notice_slots:
             try:
-                job = await self.db.get_job(job_id)
+                job = await self.db.jobs.get(job_id)
                 if job is not None and job.notified_at is None:
                     await self._notify(job)
             except asyncio.CancelledError:
@@ -607,7 +607,7 @@ class CloneService:
         if self.events is None:
             return
         notice = await self.build_notice(job)
-        if not await self.db.mark_job_notified(job.id, self.clock.now()):
+        if not await self.db.jobs.mark_notified(job.id, self.clock.now()):
             return  # someone else told the user already
         task = asyncio.current_task()
         if task is not None:
@@ -620,12 +620,12 @@ class CloneService:
             log.warning("clone job %s: notice interrupted while being sent; it may not have arrived", job.id)
             raise
         except Exception:
-            await self.db.unmark_job_notified(job.id)
+            await self.db.jobs.unmark_notified(job.id)
             failures = self._notice_failures.get(job.id, 0) + 1
             self._notice_failures[job.id] = failures
             if failures >= self.notice_attempts:
                 log.exception("clone job %s: giving up on its notice after %d attempts", job.id, failures)
-                await self.db.mark_job_notified(job.id, self.clock.now())
+                await self.db.jobs.mark_notified(job.id, self.clock.now())
             else:
                 log.warning("clone job %s: notice not delivered (attempt %d); retrying", job.id, failures,
                             exc_info=True)
@@ -637,13 +637,23 @@ class CloneService:
         self._notice_failures.pop(job.id, None)
         self._progress_shown.pop(job.id, None)
 
+    async def forget_user(self, user_id: int) -> int:
+        """For /forget-me (:mod:`bot.privacy`, before the rows go): drop the notice samples (speech in the
+        user's new voices) kept for their jobs; returns how many were dropped."""
+        dropped = 0
+        for job_id in await self.db.jobs.user_job_ids(user_id):
+            if job_id in self._samples:
+                del self._samples[job_id]
+                dropped += 1
+        return dropped
+
     async def build_notice(self, job: CloneJob) -> CloneNotice:
         if job.state == "lost":
             return CloneNotice("lost", job.error or LOST_AFTER_RESTART)
         if job.state != "completed":
             reason = job.error or FAILED_WITHOUT_REASON
             return CloneNotice("failed", f"Cloning “{job.voice_name}” failed: {reason}")
-        voice = await self.db.get_voice(job.user_id, job.voice_id) if job.voice_id is not None else None
+        voice = await self.db.voices.get(job.user_id, job.voice_id) if job.voice_id is not None else None
         name = voice.name if voice is not None else job.voice_name
         message = f"Your voice “{name}” is ready: use it with /say voice:{name}."
         if name_key(name) != name_key(job.voice_name):

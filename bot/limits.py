@@ -22,13 +22,12 @@ import logging
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
 
 from bot import providers
 from bot.clock import Clock
 from bot.config import Config
 from bot.errors import UserFacingError
-from bot.storage import Database
+from bot.storage import Database, Transaction
 from bot.text import MICROS_PER_UNIT, format_money, format_usd
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ class Limits:
 
     async def guild_budget_micros(self, guild_id: int) -> int:
         """The guild's effective daily budget (0: unlimited): see :func:`effective_guild_budget`."""
-        settings = await self.db.get_guild_settings(guild_id)
+        settings = await self.db.guilds.get(guild_id)
         return effective_guild_budget(settings.daily_budget_micros, self.config.guild_daily_budget_micros)
 
     async def reserve_clone(self, user_id: int, guild_id: int | None, estimate_micros: int, *,
@@ -173,21 +172,21 @@ class Limits:
                           self.clock.next_utc_midnight(now), tx=None)
 
     async def _check(self, kind: str, user_id: int, guild_id: int | None, estimate_micros: int, day: str,
-                     resets_at: float, *, tx: Any) -> None:
+                     resets_at: float, *, tx: Transaction | None) -> None:
         if estimate_micros < 0:
             raise ValueError("a cost estimate cannot be negative")
         limit = self.config.clone_daily_limit
         if kind == "clone" and limit <= 0:
             raise LimitExceeded("Voice cloning is turned off on this bot.", reason="clones_disabled", resets_at=None)
         if kind == "clone":
-            used = await self.db.ledger_count(user_id, "clone", day, tx=tx)
+            used = await self.db.ledger.count(user_id, "clone", day, tx=tx)
             if used >= limit:
                 log.info("user %s reached the daily clone limit (%d)", user_id, limit)
                 raise LimitExceeded(_clone_limit_message(limit, resets_at), reason="clone_limit",
                                     resets_at=resets_at)
         bot_budget = self.config.bot_daily_budget_micros
         if bot_budget > 0:
-            spent = await self.db.ledger_total_spend(day, tx=tx)  # same transaction as the reservation
+            spent = await self.db.ledger.total_spend(day, tx=tx)  # same transaction as the reservation
             if spent + estimate_micros > bot_budget:
                 log.warning("the bot's daily budget stops a %s: spent %d + %d > %d micros (BOT_DAILY_BUDGET_USD)",
                             kind, spent, estimate_micros, bot_budget)
@@ -196,7 +195,7 @@ class Limits:
         if guild_id is not None:
             budget = await self.guild_budget_micros(guild_id)  # same connection: inside the transaction
             if budget > 0:
-                spent = await self.db.ledger_guild_spend(guild_id, day, tx=tx)
+                spent = await self.db.ledger.guild_spend(guild_id, day, tx=tx)
                 if spent + estimate_micros > budget:
                     log.info("guild %s budget stops a %s: spent %d + %d > %d micros",
                              guild_id, kind, spent, estimate_micros, budget)
@@ -209,8 +208,10 @@ class Limits:
         day = self.clock.utc_day(now)
         resets_at = self.clock.next_utc_midnight(now)
         async with self.db.transaction() as tx:
+            # The check reads the user's count, the guild's and the bot's spend: hold them until the insert.
+            await tx.lock(f"ledger:user:{user_id}", f"ledger:guild:{guild_id}", "ledger:bot")
             await self._check(kind, user_id, guild_id, estimate_micros, day, resets_at, tx=tx)
-            entry_id = await self.db.ledger_reserve(
+            entry_id = await self.db.ledger.reserve(
                 tx, user_id=user_id, guild_id=guild_id, kind=kind, ref=ref, amount_micros=estimate_micros,
                 day=day, now=now,
             )
@@ -229,24 +230,17 @@ class Limits:
         if amount < 0:
             raise ValueError("a charge cannot be negative")
         currency = (currency or "USD").upper()
-        if not await self.db.ledger_settle(reservation.id, amount, currency, ref, self.clock.now()):
+        if not await self.db.ledger.settle(reservation.id, amount, currency, ref, self.clock.now()):
             log.warning("ledger row #%d was not settled: it was already released or does not exist", reservation.id)
             return
         log.debug("settled %s #%d: %d %s micros", reservation.kind, reservation.id, amount, currency)
 
     async def release(self, reservation: Reservation) -> None:
         """The call failed without a charge: the reservation no longer counts."""
-        if not await self.db.ledger_release(reservation.id, self.clock.now()):
+        if not await self.db.ledger.release(reservation.id, self.clock.now()):
             log.warning("ledger row #%d was not released: it was already settled or released", reservation.id)
             return
         log.debug("released %s #%d", reservation.kind, reservation.id)
-
-    async def find_reservation(self, kind: str, ref: str) -> Reservation | None:
-        """The newest ledger entry of ``kind`` recorded with ``ref`` (e.g. to settle a job after a restart)."""
-        row = await self.db.ledger_find(kind, ref)
-        if row is None:
-            return None
-        return Reservation(row["id"], row["kind"], row["amount_micros"], row["day"])
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -256,14 +250,14 @@ class Limits:
         guild_spend: int | None = None
         guild_budget: int | None = None
         if guild_id is not None:
-            guild_spend = await self.db.ledger_guild_spend(guild_id, day)
+            guild_spend = await self.db.ledger.guild_spend(guild_id, day)
             guild_budget = await self.guild_budget_micros(guild_id)
         return Usage(
-            clones_today=await self.db.ledger_count(user_id, "clone", day),
+            clones_today=await self.db.ledger.count(user_id, "clone", day),
             clone_limit=self.config.clone_daily_limit,
-            user_spend_today_micros=await self.db.ledger_user_spend(user_id, day=day),
-            user_spend_total_micros=await self.db.ledger_user_spend(user_id),
-            user_spend_total_xno_micros=await self.db.ledger_user_spend(user_id, currency="XNO"),
+            user_spend_today_micros=await self.db.ledger.user_spend(user_id, day=day),
+            user_spend_total_micros=await self.db.ledger.user_spend(user_id),
+            user_spend_total_xno_micros=await self.db.ledger.user_spend(user_id, currency="XNO"),
             guild_spend_today_micros=guild_spend,
             guild_budget_micros=guild_budget,
             resets_at=self.clock.next_utc_midnight(now),

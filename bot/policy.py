@@ -51,7 +51,7 @@ async def ensure_clone_allowed(db: Database, guild_id: int | None, role_ids: Ite
     """
     if guild_id is None:
         return
-    settings = await db.get_guild_settings(guild_id)
+    settings = await db.guilds.get(guild_id)
     if settings.clones_enabled is False:
         raise Forbidden(CLONES_DISABLED)
     role_id = settings.clone_role_id
@@ -84,7 +84,7 @@ class EffectiveSettings:
 
 
 async def effective_settings(db: Database, config: Config, guild_id: int) -> EffectiveSettings:
-    stored = await db.get_guild_settings(guild_id)
+    stored = await db.guilds.get(guild_id)
     ceiling = config.guild_daily_budget_micros
     return EffectiveSettings(
         guild_id=guild_id,
@@ -150,7 +150,7 @@ class Blocks:
         self._blocked: dict[tuple[str, int], Block] = {}
 
     async def load(self) -> Blocks:
-        self._blocked = {(b.kind, b.target_id): b for b in await self.db.list_blocks()}
+        self._blocked = {(b.kind, b.target_id): b for b in await self.db.blocks.list()}
         return self
 
     def refusal(self, user_id: int | None, guild_id: int | None) -> str | None:
@@ -167,11 +167,11 @@ class Blocks:
     async def block(self, kind: str, target_id: int, reason: str | None, blocked_by: int, now: float) -> Block:
         if kind not in ("user", "guild"):
             raise ValueError(f"unknown block kind {kind!r}")
-        block = await self.db.add_block(kind, target_id, reason, blocked_by, now)
+        block = await self.db.blocks.add(kind, target_id, reason, blocked_by, now)
         self._blocked[(kind, target_id)] = block
         return block
 
     async def unblock(self, kind: str, target_id: int) -> bool:
-        removed = await self.db.remove_block(kind, target_id)
+        removed = await self.db.blocks.remove(kind, target_id)
         self._blocked.pop((kind, target_id), None)
         return removed

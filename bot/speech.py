@@ -430,15 +430,15 @@ class SpeechService:
         configured stock voice."""
         value = (value or "").strip()
         if not value:
-            saved = await self.db.get_default_voice(user_id)
+            saved = await self.db.user_settings.default_voice(user_id)
             return self.voice_from_saved(saved) if saved is not None else self.default_stock_voice()
-        saved = await self.db.get_voice_by_name(user_id, value)
+        saved = await self.db.voices.by_name(user_id, value)
         if saved is not None:
             return self.voice_from_saved(saved)
         if "/" in value:
             model, voice = parse_stock_voice(value, self.offered_models)
             self.check_stock_model(model)
-            if await self.db.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
+            if await self.db.voices.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
                 raise NotFound(f"“{shorten(voice, 40)}” is not a stock voice; use your own voices by their name "
                                "(/voice list).")
             return _stock(model, voice)
@@ -451,7 +451,7 @@ class SpeechService:
         """Autocomplete for ``voice``: ``(name, value)`` pairs, the user's own voices first, then stock
         voices, fuzzy-matched, at most 25. Reads SQLite only (never NanoGPT)."""
         current = (current or "")[:CHOICE_MAX]
-        own = await self.db.speech_voice_names(user_id)
+        own = await self.db.voices.names_for_speech(user_id)
         mine: list[tuple[float, int, str, str]] = []
         for index, (name, provider, is_default) in enumerate(own):
             score = fuzzy.score(current, name)
@@ -513,20 +513,20 @@ class SpeechService:
                     return hit
             result = await self._paid_tts(user_id, guild_id, text, voice, effective_speed, key)
             try:
-                await self.db.cache_put(key, user_id, result.content_type, result.audio, self.clock.now(),
+                await self.db.cache.put(key, user_id, result.content_type, result.audio, self.clock.now(),
                                         self.cache_max_bytes)
             except Exception:
                 log.exception("could not store speech in the cache")
         if voice.saved is not None:
             try:
-                await self.db.touch_voice(voice.saved.id, self.clock.now())
+                await self.db.voices.touch(voice.saved.id, self.clock.now())
             except Exception:
                 log.exception("could not record the use of voice %s", voice.saved.id)
         return Speech(result.audio, result.content_type, text, voice, effective_speed, key, cached=False,
                       cost_micros=result.cost_micros, currency=result.payment_source)
 
     async def _from_cache(self, key: str, text: str, voice: ResolvedVoice, speed: float) -> Speech | None:
-        entry = await self.db.cache_get(key, self.clock.now())
+        entry = await self.db.cache.get(key, self.clock.now())
         if entry is None:
             return None
         log.debug("speech cache hit %s", key[:12])
@@ -630,9 +630,14 @@ class SpeechService:
             self._voice_messages.popitem(last=False)
         return encoded
 
-    def forget_voice_messages(self) -> None:
-        """Drop the in-memory voice-message encodings (e.g. after /forget-me)."""
-        self._voice_messages.clear()
+    async def forget_user(self, user_id: int) -> int:
+        """For /forget-me (:mod:`bot.privacy`, before the rows go): drop the voice-message encodings of the
+        user's cached clips and their cooldown; returns how many encodings were dropped."""
+        dropped = 0
+        for key in await self.db.cache.user_keys(user_id):
+            dropped += self._voice_messages.pop(key, None) is not None
+        self.cooldown.reset(user_id)
+        return dropped
 
     # -- the operator --------------------------------------------------------------------------
 

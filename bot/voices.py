@@ -90,14 +90,14 @@ class VoiceService:
 
     async def list_voices(self, user_id: int) -> list[Voice]:
         """The user's voices, by name."""
-        return await self.db.list_voices(user_id)
+        return await self.db.voices.list(user_id)
 
     async def default_voice(self, user_id: int) -> Voice | None:
-        return await self.db.get_default_voice(user_id)
+        return await self.db.user_settings.default_voice(user_id)
 
     async def get(self, user_id: int, name: str) -> Voice:
         """The user's voice called ``name`` (any case), or :class:`NotFound` saying so."""
-        voice = await self.db.get_voice_by_name(user_id, name)
+        voice = await self.db.voices.by_name(user_id, name)
         if voice is None:
             raise no_such_voice(name)
         return voice
@@ -114,7 +114,7 @@ class VoiceService:
         else:
             stops_at = self.embeddings.expires_at(voice)
         return VoiceInfo(voice=voice, is_default=await self.is_default(user_id, voice),
-                         clone_job=await self.db.voice_clone_job(user_id, voice.id), now=self.clock.now(),
+                         clone_job=await self.db.jobs.for_voice(user_id, voice.id), now=self.clock.now(),
                          keep_until=keep_until, stops_at=stops_at)
 
     async def name_choices(self, user_id: int, current: str) -> list[Voice]:
@@ -124,17 +124,13 @@ class VoiceService:
 
     async def recent_jobs(self, user_id: int, limit: int = 10) -> list[CloneJob]:
         """The user's clone jobs, newest first."""
-        return await self.db.user_jobs(user_id, limit=limit)
-
-    async def stored_about(self, user_id: int) -> dict[str, int]:
-        """How many rows of each kind ``/forget-me`` would delete (``voices``, ``clone_jobs``, …)."""
-        return await self.db.user_data_counts(user_id)
+        return await self.db.jobs.for_user(user_id, limit=limit)
 
     # -- the name rules ------------------------------------------------------------------------
 
     async def ensure_name_free(self, user_id: int, name: str) -> None:
         """Refuse ``name`` for a new voice: the user has a voice or a running clone called that (any case)."""
-        if await self.db.voice_name_taken(user_id, name):
+        if await self.db.voices.name_taken(user_id, name):
             raise UserFacingError(
                 f"You already have a voice called “{name}”; pick another name or delete that one with /voice delete."
             )
@@ -143,7 +139,7 @@ class VoiceService:
     async def ensure_no_clone_named(self, user_id: int, name: str) -> None:
         """Refuse ``name`` while one of the user's clones of that name is still running."""
         key = name_key(name)
-        if any(name_key(other) == key for other in await self.db.open_job_names(user_id)):
+        if any(name_key(other) == key for other in await self.db.jobs.open_names(user_id)):
             raise UserFacingError(f"A clone called “{name}” is already in progress; pick another name.")
 
     # -- changing ------------------------------------------------------------------------------
@@ -156,7 +152,7 @@ class VoiceService:
         if name_key(cleaned) != name_key(voice.name):  # a change of case alone keeps the voice's own name
             await self.ensure_no_clone_named(user_id, cleaned)
         try:
-            await self.db.rename_voice(user_id, voice.id, cleaned)
+            await self.db.voices.rename(user_id, voice.id, cleaned)
         except DuplicateVoiceName:
             raise UserFacingError(
                 f"You already have a voice called {quoted(cleaned)}; pick another name or delete that one first."
@@ -173,13 +169,13 @@ class VoiceService:
     async def set_default(self, user_id: int, name: str) -> Voice | None:
         """Make the voice called ``name`` the user's default; one of :data:`CLEAR_DEFAULT_WORDS` (when no
         voice has that name) clears it. Returns the new default, None when cleared."""
-        voice = await self.db.get_voice_by_name(user_id, name)
+        voice = await self.db.voices.by_name(user_id, name)
         if voice is None and name.strip().casefold() in CLEAR_DEFAULT_WORDS:
-            await self.db.set_default_voice(user_id, None, self.clock.now())
+            await self.db.user_settings.set_default_voice(user_id, None, self.clock.now())
             return None
         if voice is None:
             raise no_such_voice(name)
-        await self.db.set_default_voice(user_id, voice.id, self.clock.now())
+        await self.db.user_settings.set_default_voice(user_id, voice.id, self.clock.now())
         return voice
 
 

@@ -86,7 +86,7 @@ class EmbeddingServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         try:
-            await self.db.fetchval("SELECT 1")
+            await self.db.ping()
         except Exception:
             log.warning("health check: the database did not answer", exc_info=True)
             return _json(503, {"status": "error", "database": "unavailable"})
@@ -97,7 +97,7 @@ class EmbeddingServer:
         filename = request.match_info["filename"]
         if not TOKEN_PATTERN.match(token):
             return _not_found()
-        found = await self.db.get_file_by_token(token)
+        found = await self.db.files.by_token(token)
         if found is None:
             return _not_found()
         meta, data = found

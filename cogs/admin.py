@@ -114,7 +114,7 @@ class Admin(commands.Cog):
         guild_id = interactions.guild_id_of(interaction)
         content = None
         if changes:
-            await self.bot.db.update_guild_settings(guild_id, self.bot.clock.now(), **changes)
+            await self.bot.db.guilds.update(guild_id, self.bot.clock.now(), **changes)
             log.info("guild %s settings changed by user %s: %s", guild_id, interaction.user.id,
                      ", ".join(f"{k}={v}" for k, v in sorted(changes.items())))
             content = ("Saved: every setting is back to the bot's defaults." if reset

@@ -107,9 +107,9 @@ class Owner(commands.Cog):
         limits, db, clock, config = self.bot.limits, self.bot.db, self.bot.clock, self.bot.config
         now = clock.now()
         day = clock.utc_day(now)
-        total = await db.ledger_total_spend(day)
-        top = await db.ledger_top_guilds(day, TOP_SERVERS + 1)  # one more: DMs may take a place
-        servers = await db.ledger_guild_count(day)
+        total = await db.ledger.total_spend(day)
+        top = await db.ledger.top_guilds(day, TOP_SERVERS + 1)  # one more: DMs may take a place
+        servers = await db.ledger.guild_count(day)
 
         embed = discord.Embed(title=f"Spend today ({day}, UTC)", colour=EMBED_COLOUR)
         budget = config.bot_daily_budget_micros

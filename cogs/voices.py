@@ -288,7 +288,7 @@ class Voices(commands.Cog):
     async def forget_me(self, interaction: discord.Interaction) -> None:
         await self._defer(interaction)
         user_id = interaction.user.id
-        counts = await self.bot.voices.stored_about(user_id)
+        counts = await self.bot.privacy.stored(user_id)
         if not any(counts.values()):
             await interactions.send(interaction, "I have nothing stored about you.", ephemeral=True)
             return
@@ -308,13 +308,13 @@ class Voices(commands.Cog):
         )
 
         async def do_forget() -> str:
-            done = await self.bot.embeddings.forget_user(user_id)
+            done = await self.bot.privacy.forget(user_id)
             log.info("user %s used /forget-me: %s", user_id, done)
-            return (f"Done: I deleted {plural(done.get('voices', 0), 'voice')}, "
-                    f"{plural(done.get('clone_jobs', 0), 'clone job record')}, "
-                    f"{plural(done.get('tts_cache', 0), 'cached speech clip')}, "
-                    f"{plural(done.get('user_settings', 0), 'setting')} and "
-                    f"{plural(done.get('stored_files', 0), 'stored file')}.")
+            return (f"Done: I deleted {plural(done.count('voices'), 'voice')}, "
+                    f"{plural(done.count('clone_jobs'), 'clone job record')}, "
+                    f"{plural(done.count('tts_cache'), 'cached speech clip')}, "
+                    f"{plural(done.count('user_settings'), 'setting')} and "
+                    f"{plural(done.count('stored_files'), 'stored file')}.")
 
         view = ConfirmDeleteView(interaction, do_forget, confirm_label="Delete everything",
                                  cancelled_text="Cancelled; nothing was deleted.")

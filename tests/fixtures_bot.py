@@ -102,10 +102,10 @@ class World:
         self.env.update(overrides)
         config = self.config()
         # The resources first, as bot.__main__ opens them; stop() closes them after the bot.
-        resources = contextlib.AsyncExitStack()
+        resources = self._resources = contextlib.AsyncExitStack()
         session = await resources.enter_async_context(http_session())
-        db = await resources.enter_async_context(Database(config.database_path))
-        self._resources = resources
+        db = await Database(config.database_path).connect()
+        resources.push_async_callback(db.close)
         nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
         bot = NanoVoice(config, session=session, db=db, nanogpt=nanogpt, clock=self.clock, http_host="127.0.0.1",
                         guild_ready_timeout=0.05)

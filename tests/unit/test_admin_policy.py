@@ -29,17 +29,17 @@ async def test_everyone_may_clone_by_default(db):
 
 
 async def test_clones_disabled_in_the_guild(db):
-    await db.update_guild_settings(GUILD, NOW, clones_enabled=False)
+    await db.guilds.update(GUILD, NOW, clones_enabled=False)
     with pytest.raises(Forbidden) as caught:
         await ensure_clone_allowed(db, GUILD, [ROLE])
     assert str(caught.value) == CLONES_DISABLED == "Voice cloning is turned off in this server."
     await ensure_clone_allowed(db, GUILD + 1, [])  # other guilds are not affected
-    await db.update_guild_settings(GUILD, NOW, clones_enabled=True)
+    await db.guilds.update(GUILD, NOW, clones_enabled=True)
     await ensure_clone_allowed(db, GUILD, [])
 
 
 async def test_clone_role_required(db):
-    await db.update_guild_settings(GUILD, NOW, clone_role_id=ROLE)
+    await db.guilds.update(GUILD, NOW, clone_role_id=ROLE)
     with pytest.raises(Forbidden) as caught:
         await ensure_clone_allowed(db, GUILD, [OTHER_ROLE])
     assert str(caught.value) == f"Only members with the <@&{ROLE}> role can clone voices here."
@@ -48,12 +48,12 @@ async def test_clone_role_required(db):
 
 
 async def test_everyone_role_as_clone_role_admits_all(db):
-    await db.update_guild_settings(GUILD, NOW, clone_role_id=GUILD)  # @everyone has the guild's id
+    await db.guilds.update(GUILD, NOW, clone_role_id=GUILD)  # @everyone has the guild's id
     await ensure_clone_allowed(db, GUILD, [])
 
 
 async def test_disabled_wins_over_role(db):
-    await db.update_guild_settings(GUILD, NOW, clone_role_id=ROLE, clones_enabled=False)
+    await db.guilds.update(GUILD, NOW, clone_role_id=ROLE, clones_enabled=False)
     with pytest.raises(Forbidden, match="turned off"):
         await ensure_clone_allowed(db, GUILD, [ROLE])
 
@@ -100,7 +100,7 @@ async def test_effective_settings_say_where_values_come_from(db):
     current = await effective_settings(db, config, GUILD)
     assert (current.daily_budget_micros, current.budget_from_server) == (0, False)
     assert current.clone_role_id is None and current.clones_enabled and not current.clones_enabled_from_server
-    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=0, clone_role_id=ROLE, clones_enabled=False)
+    await db.guilds.update(GUILD, NOW, daily_budget_micros=0, clone_role_id=ROLE, clones_enabled=False)
     current = await effective_settings(db, config, GUILD)
     assert (current.daily_budget_micros, current.budget_from_server) == (0, True)
     assert current.clone_role_id == ROLE and not current.clones_enabled and current.clones_enabled_from_server
@@ -124,17 +124,17 @@ async def test_settings_render_defaults(db):
 
 
 async def test_settings_stored_above_the_ceiling_show_the_ceiling(db):
-    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=0)  # "no limit", stored before the ceiling
+    await db.guilds.update(GUILD, NOW, daily_budget_micros=0)  # "no limit", stored before the ceiling
     current = await effective_settings(db, make_config(guild_daily_budget_micros=5_000_000), GUILD)
     assert current.daily_budget_micros == 5_000_000
     shown = {f.name: f.value for f in render_settings(current).fields}["Daily budget"]
     assert shown == "$5.00 (the most the bot allows; this server's setting of no limit is above it)"
-    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=8_000_000)
+    await db.guilds.update(GUILD, NOW, daily_budget_micros=8_000_000)
     lowered = await effective_settings(db, make_config(guild_daily_budget_micros=2_000_000), GUILD)
     assert lowered.daily_budget_micros == 2_000_000
     assert {f.name: f.value for f in render_settings(lowered).fields}["Daily budget"] == (
         "$2.00 (the most the bot allows; this server's setting of $8.00 is above it)")
-    await db.update_guild_settings(GUILD, NOW, daily_budget_micros=1_500_000)
+    await db.guilds.update(GUILD, NOW, daily_budget_micros=1_500_000)
     within = await effective_settings(db, make_config(guild_daily_budget_micros=2_000_000), GUILD)
     assert {f.name: f.value for f in render_settings(within).fields}["Daily budget"] == (
         "$1.50 (set for this server; the bot allows at most $2.00)")

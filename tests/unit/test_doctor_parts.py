@@ -4,14 +4,13 @@ check's ``/healthz``, timeouts) are in ``tests/wire/test_doctor_parts.py``."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from bot.doctor import INVITE_PERMISSIONS, check_database, check_ffmpeg, health, invite_url
 from bot.storage import Database
-from tests.fixtures_db import make_config
+from tests.fixtures_db import make_config, sqlite_file_at_version
 
 
 def test_invite_permissions_are_exactly_the_seven_needed():
@@ -55,7 +54,7 @@ async def test_health_without_http_server_checks_the_database(tmp_path):
         await db.close()
     assert health({"DATABASE_PATH": str(path)}) == 0
     other = tmp_path / "empty.sqlite3"
-    sqlite3.connect(other).close()  # exists but never migrated
+    sqlite_file_at_version(other)  # exists but never migrated
     assert health({"DATABASE_PATH": str(other)}) == 1
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"not a database at all" * 100)
@@ -64,7 +63,7 @@ async def test_health_without_http_server_checks_the_database(tmp_path):
 
 def test_health_module_entry_point(tmp_path):
     path = tmp_path / "nanovoice.sqlite3"
-    sqlite3.connect(path).execute("PRAGMA user_version = 1").connection.close()
+    sqlite_file_at_version(path, 1)
     env = {"DATABASE_PATH": str(path), "PATH": "/usr/bin:/bin"}
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "bot.doctor", "health"], cwd=root, env=env,

@@ -13,9 +13,10 @@ from bot.embeddings import EmbeddingHost
 from bot.errors import NotFound, UserFacingError
 from bot.storage import Database
 from bot.voices import MINIMAX_UNUSED_DAYS, NAME_MAX, VoiceService, validate_voice_name
-from tests.fixtures_db import make_config
+from tests.fixtures_db import add_job, add_minimax_voice, add_qwen_voice, make_config
 
 NOW = 1_800_000_000.0
+CREATED = NOW - 3600
 ALICE, BOB = 1, 2
 
 
@@ -26,20 +27,24 @@ async def voices(db: Database) -> AsyncIterator[VoiceService]:
         yield VoiceService(db, Clock(NOW, frozen=True), host)
 
 
-async def clone(db: Database, user_id: int, name: str, provider: str = "qwen", *, finish: bool = True,
-                cost_micros: int | None = None, payment_source: str = "USD", **voice: object) -> int:
-    """A voice made as the bot makes them: a clone job, completed (or left running with ``finish=False``)."""
-    job_id, custom_id = await db.create_clone_job(
-        user_id=user_id, guild_id=10, channel_id=20, application_id=None, interaction_token=None,
-        token_expires_at=None, voice_name=name, provider=provider, transcript="hello there", clone_model=None,
-        now=NOW - 3600, make_custom_voice_id=(lambda: f"nv1{user_id:016x}") if provider == "minimax" else None)
+async def clone(db: Database, user_id: int, name: str, provider: str = "qwen", *, cost_micros: int | None = None,
+                payment_source: str = "USD", **saved: object) -> int:
+    """A saved voice, made as a clone makes it (tests.fixtures_db); with the cost its clone job recorded."""
+    if provider == "minimax":
+        voice_id = await add_minimax_voice(db, user_id, name, voice_id=f"nv1{user_id:03d}{name.casefold()}",
+                                           now=CREATED, **saved)  # type: ignore[arg-type]
+    else:
+        voice_id = await add_qwen_voice(db, user_id, name, now=CREATED, **saved)  # type: ignore[arg-type]
     if cost_micros is not None:
-        await db.update_job(job_id, cost_micros=cost_micros, payment_source=payment_source)
-    if not finish:
-        return job_id
-    done = await db.complete_clone_job(job_id, now=NOW - 3600, provider_voice_id=custom_id, **voice)
-    assert done is not None
-    return done[0]
+        job = await db.jobs.for_voice(user_id, voice_id)
+        assert job is not None
+        await db.jobs.update(job.id, cost_micros=cost_micros, payment_source=payment_source)
+    return voice_id
+
+
+async def running(db: Database, user_id: int, name: str) -> int:
+    """A clone of that name still running at NanoGPT."""
+    return await add_job(db, user_id, name, state="pending", now=CREATED)
 
 
 def test_voice_name_rules():
@@ -91,7 +96,7 @@ async def test_rename(db, voices):
         await voices.rename(ALICE, "The Storyteller", "GRANDMA")
     assert str(taken.value) == ("You already have a voice called “GRANDMA”; pick another name or delete that "
                                 "one first.")
-    await clone(db, ALICE, "Running", finish=False)
+    await running(db, ALICE, "Running")
     with pytest.raises(UserFacingError, match="A clone called “running” is already in progress"):
         await voices.rename(ALICE, "Grandma", "running")
     with pytest.raises(UserFacingError, match="Voice names"):
@@ -103,7 +108,7 @@ async def test_rename(db, voices):
 
 async def test_names_taken_by_voices_or_running_clones_are_refused_for_new_voices(db, voices):
     await clone(db, ALICE, "Narrator")
-    await clone(db, ALICE, "Pending", finish=False)
+    await running(db, ALICE, "Pending")
     with pytest.raises(UserFacingError, match="You already have a voice called “narrator”"):
         await voices.ensure_name_free(ALICE, "narrator")
     with pytest.raises(UserFacingError, match="A clone called “PENDING” is already in progress"):
@@ -113,13 +118,13 @@ async def test_names_taken_by_voices_or_running_clones_are_refused_for_new_voice
 
 
 async def test_delete_removes_the_voice_and_its_stored_embedding(db, voices):
-    voice_id = await clone(db, ALICE, "Kept", embedding=("tok", "e.pt", "application/octet-stream", b"x" * 10))
+    voice_id = await clone(db, ALICE, "Kept")  # with its stored embedding file
     bobs = await clone(db, BOB, "Bobs")
     await voices.set_default(ALICE, "Kept")
     assert not await voices.delete(ALICE, bobs)  # not hers
     assert await voices.delete(ALICE, voice_id)
     assert await voices.list_voices(ALICE) == [] and await voices.default_voice(ALICE) is None
-    assert await db.user_files(ALICE) == []
+    assert len(await db.files.for_user(BOB)) == 1 and await db.files.for_user(ALICE) == []
     assert not await voices.delete(ALICE, voice_id)  # already gone
     assert [v.name for v in await voices.list_voices(BOB)] == ["Bobs"]
 
@@ -130,15 +135,15 @@ async def test_info_minimax_keep_until_and_clone_cost(db, voices):
     info = await voices.info(ALICE, "mini")
     assert info.is_default and info.now == NOW
     assert info.clone_job is not None and info.clone_job.cost_micros == 1_000_000
-    assert info.keep_until == NOW - 3600 + MINIMAX_UNUSED_DAYS * 86_400
+    assert info.keep_until == CREATED + MINIMAX_UNUSED_DAYS * 86_400
     assert info.stops_at is None
 
 
 async def test_info_qwen_without_a_durable_copy_says_when_it_stops(db, voices):
-    await clone(db, ALICE, "Q", "qwen", embedding_url="https://nano.example/e.pt", embedding_expires_at=NOW + 60)
+    await clone(db, ALICE, "Q", "qwen", embedding_url="https://nano.example/e.pt", lifetime=3600 + 60)
     info = await voices.info(ALICE, "Q")
     assert not info.is_default and info.keep_until is None
-    assert info.stops_at == NOW + 60
+    assert info.stops_at == NOW + 60  # no durable storage configured: the provider's copy is all there is
 
 
 async def test_name_choices_rank_the_users_own_voices(db, voices):
@@ -152,10 +157,9 @@ async def test_name_choices_rank_the_users_own_voices(db, voices):
     assert await voices.name_choices(ALICE, "zzzz") == []
 
 
-async def test_recent_jobs_and_stored_counts(db, voices):
+async def test_recent_jobs_are_the_users_newest_first(db, voices):
     await clone(db, ALICE, "One")
-    await clone(db, ALICE, "Two", finish=False)
+    await running(db, ALICE, "Two")
+    await running(db, BOB, "Three")
     assert [j.voice_name for j in await voices.recent_jobs(ALICE)] == ["Two", "One"]
-    counts = await voices.stored_about(ALICE)
-    assert counts["voices"] == 1 and counts["clone_jobs"] == 2
-    assert not any((await voices.stored_about(BOB)).values())
+    assert [j.voice_name for j in await voices.recent_jobs(ALICE, limit=1)] == ["Two"]

@@ -51,7 +51,7 @@ async def test_members_without_manage_server_are_refused(world: World):
     inter = await world.emu.slash(member, "nanovoice", subcommand="settings", options={"clones_enabled": False})
     reply = await inter.wait_final(10)
     assert reply.content == NO_MANAGE and reply.ephemeral and not reply.embeds
-    assert (await world.db.get_guild_settings(world.emu.guild_id)).clones_enabled is None  # nothing changed
+    assert (await world.db.guilds.get(world.emu.guild_id)).clones_enabled is None  # nothing changed
     # and the command is hidden from them by default (Discord's default_permissions)
     command = world.emu.find_command("nanovoice")
     assert str(command["default_member_permissions"]) == str(MANAGE_GUILD)
@@ -77,7 +77,7 @@ async def test_server_budget_overrides_an_unlimited_environment(world: World):
     reply = await settings(world, boss, daily_budget_usd="0.01")
     assert reply.content == "Saved: daily budget $0.01."
     assert fields(reply)["Daily budget"] == "$0.01 (set for this server)"
-    assert (await world.db.get_guild_settings(world.emu.guild_id)).daily_budget_micros == 10_000
+    assert (await world.db.guilds.get(world.emu.guild_id)).daily_budget_micros == 10_000
 
     text = " ".join(f"word{i}" for i in range(2000))[:6000]  # 6,000 characters: $0.006 each with Kokoro
     first = await (await world.emu.slash(alice, "say", options={"text": text})).wait_final(10)
@@ -113,7 +113,7 @@ async def test_bad_budget_is_one_sentence_and_changes_nothing(world: World, type
     inter = await world.emu.slash(boss, "nanovoice", subcommand="settings", options={"daily_budget_usd": typed})
     reply = await inter.wait_final(10)
     assert reply.content == answer and reply.ephemeral
-    assert (await world.db.get_guild_settings(world.emu.guild_id)).daily_budget_micros is None
+    assert (await world.db.guilds.get(world.emu.guild_id)).daily_budget_micros is None
 
 
 @pytest.mark.env(CLONE_CONFIRM="false")
@@ -126,7 +126,7 @@ async def test_clones_disabled_in_the_server(world: World):
     assert refused.content == "Voice cloning is turned off in this server."
     assert clone_requests(world) == []  # no NanoGPT request, no charge
     assert world.nano.charges == []
-    assert await world.db.user_jobs(alice.id) == []
+    assert await world.db.jobs.for_user(alice.id) == []
 
     await settings(world, boss, clones_enabled=True)
     accepted = await clone(world, alice)
@@ -166,7 +166,7 @@ async def test_bot_roles_cannot_be_clone_roles(world: World):
     reply = await inter.wait_final(10)
     assert reply.content == (f"<@&{bot_role['id']}> belongs to a bot or an integration and can't be given to "
                              "members; pick another role.")
-    assert (await world.db.get_guild_settings(world.emu.guild_id)).clone_role_id is None
+    assert (await world.db.guilds.get(world.emu.guild_id)).clone_role_id is None
 
 
 @pytest.mark.env(GUILD_DAILY_BUDGET_USD="2.00")
@@ -182,5 +182,5 @@ async def test_reset_goes_back_to_the_environment(world: World):
         "Who can clone voices": "Everyone",
         "Voice cloning": "On (the bot's default), 3 per member per day",
     }
-    stored = await world.db.get_guild_settings(world.emu.guild_id)
+    stored = await world.db.guilds.get(world.emu.guild_id)
     assert (stored.daily_budget_micros, stored.clone_role_id, stored.clones_enabled) == (None, None, None)

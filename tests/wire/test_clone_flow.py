@@ -14,6 +14,7 @@ from bot.jobs import LOST_AFTER_RESTART
 from cogs.clone_jobs import CONSENT
 from tests.fakes.nanogpt import Step
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_qwen_voice, ledger_rows
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_audio", "tests.fixtures_bot"]
 
@@ -103,10 +104,10 @@ async def test_minimax_clone_through_consent_polling_and_a_sample(world: World, 
     (submit,) = world.nano.submits
     voice_id = submit.fields["customVoiceId"]
     assert VOICE_ID.match(voice_id) and any(ch.isdigit() for ch in voice_id)
-    voice = await world.db.get_voice_by_name(alice.id, "alice voice")
+    voice = await world.db.voices.by_name(alice.id, "alice voice")
     assert voice.provider_voice_id == voice_id and voice.provider == "minimax"
     assert world.nano.tts_requests[0]["voice"] == voice_id  # the sample: a real use of the new voice
-    (job,) = await world.db.user_jobs(alice.id)
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "completed" and job.notified_at is not None
 
 
@@ -133,8 +134,8 @@ async def test_qwen_clone_of_a_voice_message_through_the_context_menu(world: Wor
     (submit,) = world.nano.submits
     assert submit.provider == "qwen" and submit.fields["referenceText"] == "hello from my voice message"
     assert submit.files[0].data[:3] in (b"ID3", b"\xff\xfb")  # the OGG/Opus was transcoded to MP3
-    voice = await world.db.get_voice_by_name(alice.id, "whisper")
-    stored = await world.db.get_file_data(voice.embedding_file_id)
+    voice = await world.db.voices.by_name(alice.id, "whisper")
+    stored = await world.db.files.data(voice.embedding_file_id)
     assert stored == world.nano.storage[voice.embedding_url.rsplit("/storage/", 1)[1]][0]
     assert voice.transcript == "hello from my voice message"
     assert world.nano.tts_requests[0]["reference_text"] == "hello from my voice message"
@@ -187,9 +188,7 @@ async def test_too_big_for_the_upload_limit_is_refused_before_download(world: Wo
 
 async def test_a_duplicate_name_is_refused(world: World, audio_corpus):
     alice = world.user("alice")
-    async with world.db.transaction() as tx:
-        await tx.execute("INSERT INTO voices (user_id, name, name_key, provider, created_at) "
-                         "VALUES (?, 'Narrator', 'narrator', 'qwen', 0)", (alice.id,))
+    await add_qwen_voice(world.db, alice.id, "Narrator")
     inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="NARRATOR ",
                             provider="qwen")
     assert "already have a voice called “NARRATOR”" in await one_sentence(inter)
@@ -219,8 +218,8 @@ async def test_cancel_and_expiry_cost_nothing(world: World, audio_corpus):
         await world.emu.click(alice, expired, buttons(expired)["Confirm"]["custom_id"])
 
     assert world.nano.requests == []
-    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE state != 'released'")
-    assert held == 0 and await world.db.user_jobs(alice.id) == []
+    held = sum(r["state"] != "released" for r in await ledger_rows(world.db))
+    assert held == 0 and await world.db.jobs.for_user(alice.id) == []
 
 
 # -- limits ---------------------------------------------------------------------------------------------------
@@ -240,7 +239,7 @@ async def test_ten_simultaneous_clones_against_a_limit_of_three(world: World, au
     for inter, final in zip(inters, finals, strict=True):
         if not final.content:
             await card(world, inter, is_ready)
-    assert len(await world.db.list_voices(alice.id)) == 3
+    assert len(await world.db.voices.list(alice.id)) == 3
 
 
 # -- NanoGPT's answers ------------------------------------------------------------------------------------
@@ -265,7 +264,7 @@ async def test_status_faults_then_success_and_a_failed_job_with_its_reason(world
                              provider="qwen")
     failed = await card(world, doomed, lambda m: fields(m).get("State") == "Failed")
     assert "Reference audio contains no speech" in embed(failed)["description"]
-    assert await world.db.get_voice_by_name(alice.id, "doomed") is None
+    assert await world.db.voices.by_name(alice.id, "doomed") is None
 
 
 @pytest.mark.env(CLONE_CONFIRM="false")
@@ -319,8 +318,8 @@ async def test_sigkill_mid_job_then_restart_completes_once(world: World, audio_c
     assert embed(done)["title"] == "Voice “Survivor” is ready"
     await asyncio.sleep(0.5)
     assert len(ready_edits(world, inter.token)) == 1
-    assert len(world.nano.submits) == 1 and len(await world.db.list_voices(alice.id)) == 1
-    (job,) = await world.db.user_jobs(alice.id)
+    assert len(world.nano.submits) == 1 and len(await world.db.voices.list(alice.id)) == 1
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "completed" and job.notified_at is not None
 
 
@@ -338,7 +337,7 @@ async def test_sigkill_between_sending_and_recording_the_submit_loses_the_job_ho
     await world.start()
     told = await card(world, inter, lambda m: LOST_AFTER_RESTART in embed(m).get("description", ""))
     assert fields(told)["State"] == "Not confirmed"
-    (job,) = await world.db.user_jobs(alice.id)
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "lost" and job.run_id is None and job.notified_at is not None
     await world.restart()
     await asyncio.sleep(0.5)
@@ -346,7 +345,7 @@ async def test_sigkill_between_sending_and_recording_the_submit_loses_the_job_ho
         "PATCH", rf"/webhooks/\d+/{re.escape(inter.token)}/messages/@original",
         predicate=lambda r: LOST_AFTER_RESTART in str(r.payload))
     assert len(lost_edits) == 1 and len(world.nano.submits) == 1  # told once; never resubmitted
-    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE kind = 'clone' AND state = 'reserved'")
+    held = sum(r["kind"] == "clone" and r["state"] == "reserved" for r in await ledger_rows(world.db))
     assert held == 1  # it may have been charged: the reservation stays
 
 
@@ -373,7 +372,7 @@ async def test_a_channel_notice_is_posted_once_when_discord_took_it_but_the_answ
     assert len(notices) == 1 and "“Once” is ready" in notices[0].content
     assert len(posts()) == 2 and world.emu.nonce_hits == 1
     assert {(r.payload["nonce"], r.payload["enforce_nonce"]) for r in posts()} == {(notices[0].data["nonce"], True)}
-    (job,) = await world.db.user_jobs(alice.id)
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.notified_at is not None
 
 
@@ -393,5 +392,5 @@ async def test_shutdown_while_a_notice_is_being_sent_waits_for_it_and_never_repe
     await world.start()
     await asyncio.sleep(1.0)
     assert len(ready_edits(world, inter.token)) == 1
-    (job,) = await world.db.user_jobs(alice.id)
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "completed" and job.notified_at is not None

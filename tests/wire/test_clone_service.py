@@ -35,6 +35,7 @@ from bot.speech import SpeechService
 from bot.storage import Database
 from bot.voices import VoiceService
 from tests.fakes.nanogpt import Step
+from tests.fixtures_db import add_qwen_voice, ledger_rows
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_audio"]
 
@@ -123,7 +124,7 @@ class Env:
         return await self.service.submit(prepared, where)
 
     async def ledger(self):
-        return [dict(r) for r in await self.db.fetchall("SELECT kind, state, amount_micros FROM ledger ORDER BY id")]
+        return [{k: r[k] for k in ("kind", "state", "amount_micros")} for r in await ledger_rows(self.db)]
 
 
 @pytest.fixture
@@ -147,9 +148,9 @@ async def test_minimax_clone_is_recorded_polled_saved_and_sampled(env):
     assert submit.files[0].content_type in ("audio/mpeg", "audio/mp3")
     done, notice = await env.events.wait()
     assert notice.outcome == "completed" and notice.sample and notice.sample_filename == "sample.mp3"
-    voice = await env.db.get_voice_by_name(1, "alice")
+    voice = await env.db.voices.by_name(1, "alice")
     assert voice.provider_voice_id == voice_id and done.voice_id == voice.id
-    assert (await env.db.get_job(job.id)).notified_at is not None
+    assert (await env.db.jobs.get(job.id)).notified_at is not None
     (tts,) = env.fake.tts_requests
     assert tts["voice"] == voice_id and tts["model"] == env.config.minimax_tts_model
     ledger = await env.ledger()
@@ -163,10 +164,10 @@ async def test_qwen_clone_stores_the_embedding_and_sends_the_transcript(env):
     _, notice = await env.events.wait()
     assert notice.outcome == "completed"
     assert env.fake.submits[0].fields["referenceText"] == "the quick brown fox"
-    voice = await env.db.get_voice_by_name(1, "bob")
-    stored = await env.db.get_file(voice.embedding_file_id)
+    voice = await env.db.voices.by_name(1, "bob")
+    stored = await env.db.files.get(voice.embedding_file_id)
     embedding = env.fake.storage[voice.embedding_url.rsplit("/storage/", 1)[1]][0]
-    assert await env.db.get_file_data(stored.id) == embedding and len(stored.token) >= 43
+    assert await env.db.files.data(stored.id) == embedding and len(stored.token) >= 43
     assert voice.embedding_expires_at == pytest.approx(env.clock.now() + 7 * 86400, abs=60)
     assert voice.transcript == "the quick brown fox"
     assert env.fake.tts_requests[0]["reference_text"] == "the quick brown fox"
@@ -203,7 +204,7 @@ async def test_failed_job_shows_nanogpts_reason(env):
     await env.clone("Mute", "qwen", seconds=4)
     job, notice = await env.events.wait()
     assert notice.outcome == "failed" and "Audio contains no speech" in notice.message
-    assert job.state == "failed" and await env.db.get_voice_by_name(1, "Mute") is None
+    assert job.state == "failed" and await env.db.voices.by_name(1, "Mute") is None
 
 
 async def test_a_job_fails_after_30_minutes(env):
@@ -220,7 +221,7 @@ async def test_submit_refused_releases_the_quota(env):
     with pytest.raises(InvalidRequest) as info:
         await env.clone("Nope", "minimax")
     assert "Invalid audio format" in info.value.user_message
-    (job,) = await env.db.user_jobs(1)
+    (job,) = await env.db.jobs.for_user(1)
     assert job.state == "failed" and job.notified_at is not None
     assert [r["state"] for r in await env.ledger()] == ["released"]
 
@@ -232,7 +233,7 @@ async def test_submit_answer_lost_marks_the_job_lost_and_keeps_the_reservation(e
     assert str(info.value) == LOST_AFTER_TIMEOUT == (
         "NanoGPT stopped answering after I sent your clone, so I can't tell whether it got it and charged for it. "
         "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard.")
-    (job,) = await env.db.user_jobs(1)
+    (job,) = await env.db.jobs.for_user(1)
     assert job.state == "lost" and job.run_id is None
     assert [r["state"] for r in await env.ledger()] == ["reserved"]
     await asyncio.sleep(0.3)
@@ -250,12 +251,10 @@ async def test_notice_is_retried_when_discord_fails_and_sent_once(env):
 async def test_name_taken_while_cloning_is_saved_with_a_suffix(env):
     env.fake.clone_script = [Step("processing", poll_after=0.3), Step("completed")]
     job = await env.clone("Echo", "qwen", seconds=4)
-    async with env.db.transaction() as tx:  # e.g. a rename landed meanwhile
-        await tx.execute("INSERT INTO voices (user_id, name, name_key, provider, created_at) "
-                         "VALUES (1, 'ECHO', 'echo', 'qwen', 0)")
+    await env.db.voices.rename(1, await add_qwen_voice(env.db, 1, "Other"), "ECHO")  # a rename landed meanwhile
     _, notice = await env.events.wait()
     assert notice.voice_name == "Echo (2)" and "saved as “Echo (2)”" in notice.message
-    assert (await env.db.get_voice_by_name(1, "echo (2)")).id == (await env.db.get_job(job.id)).voice_id
+    assert (await env.db.voices.by_name(1, "echo (2)")).id == (await env.db.jobs.get(job.id)).voice_id
 
 
 # -- limits and names -------------------------------------------------------------------------------------
@@ -296,14 +295,14 @@ async def test_restart_resumes_open_jobs_and_notifies_exactly_once(env):
     assert notice.outcome == "completed" and done.id == job.id
     await asyncio.sleep(0.3)
     assert len(env.events.notices) == 1 and len(env.fake.submits) == 1
-    assert len(await env.db.list_voices(1)) == 1
+    assert len(await env.db.voices.list(1)) == 1
 
 
 async def test_finished_but_unnotified_jobs_are_notified_after_a_restart(env):
     env.events.fail = 100  # Discord is unreachable until the process dies
     await env.clone("Late", "qwen", seconds=4)
     await env.events.wait(failures=2)
-    assert (await env.db.user_jobs(1))[0].state == "completed"
+    assert (await env.db.jobs.for_user(1))[0].state == "completed"
     await env.stop()
     await env.start()
     _, notice = await env.events.wait()
@@ -316,10 +315,10 @@ async def test_a_submit_cut_off_by_a_crash_is_lost_not_resubmitted(env):
     await env.stop()
     # What a crash between "row written" and "run id recorded" leaves behind.
     db = await Database(env.path).connect()
-    await db.create_clone_job(user_id=1, guild_id=10, channel_id=20, application_id=30, interaction_token="t",
-                              token_expires_at=env.clock.now() + 900, voice_name="Limbo", provider="minimax",
-                              transcript=None, clone_model=None, now=env.clock.now(),
-                              make_custom_voice_id=make_custom_voice_id)
+    await db.jobs.create(user_id=1, guild_id=10, channel_id=20, application_id=30, interaction_token="t",
+                         token_expires_at=env.clock.now() + 900, voice_name="Limbo", provider="minimax",
+                         transcript=None, clone_model=None, now=env.clock.now(),
+                         make_custom_voice_id=make_custom_voice_id)
     await db.close()
     await env.start()
     job, notice = await env.events.wait()
@@ -337,10 +336,10 @@ async def test_a_submit_cut_off_by_a_crash_is_lost_not_resubmitted(env):
 
 
 async def test_guild_policy_and_daily_limit_refuse_before_any_request(env):
-    await env.db.update_guild_settings(10, env.clock.now(), clones_enabled=False)
+    await env.db.guilds.update(10, env.clock.now(), clones_enabled=False)
     with pytest.raises(UserFacingError):
         await env.clone("Blocked")
-    await env.db.update_guild_settings(10, env.clock.now(), clones_enabled=None)
+    await env.db.guilds.update(10, env.clock.now(), clones_enabled=None)
     env.fake.clone_script = [Step("completed")]
     for i in range(3):
         await env.clone(f"ok{i}", "qwen", seconds=4)

@@ -7,7 +7,6 @@ real too, on a free local port.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import secrets
@@ -26,9 +25,10 @@ from bot.embeddings import (
     EmbeddingUnavailable,
     parse_discord_expiry,
 )
+from bot.privacy import Privacy
 from bot.storage import Database
 from tests.fakes.nanogpt import fake_safetensors
-from tests.fixtures_db import make_config
+from tests.fixtures_db import add_minimax_voice, add_qwen_voice, make_config
 
 pytest_plugins = ["tests.fixtures_nanogpt"]
 
@@ -47,31 +47,13 @@ async def insert_qwen_voice(db: Database, user_id: int, name: str, *, embedding_
                             data: bytes = EMBEDDING, filename: str = "speaker-embedding.safetensors",
                             transcript: str | None = "hello there") -> int:
     """A completed Qwen voice as the clone service leaves it: stored file + provider URL + expiry."""
-    async with db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO stored_files (user_id, kind, token, filename, content_type, data, size, sha256, created_at) "
-            "VALUES (?, 'qwen_embedding', ?, ?, 'application/octet-stream', ?, ?, ?, ?)",
-            (user_id, secrets.token_urlsafe(32), filename, data, len(data), hashlib.sha256(data).hexdigest(), now),
-        )
-        file_id = cur.lastrowid
-        cur = await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, embedding_url, embedding_expires_at, "
-            "embedding_file_id, transcript, created_at) VALUES (?, 1, ?, ?, 'qwen', ?, ?, ?, ?, ?)",
-            (user_id, name, name.casefold(), embedding_url, now + 7 * DAY if embedding_url else None, file_id,
-             transcript, now),
-        )
-        return cur.lastrowid
+    return await add_qwen_voice(db, user_id, name, embedding_url=embedding_url, embedding=data, filename=filename,
+                                transcript=transcript, guild_id=1, now=now, lifetime=7 * DAY)
 
 
 async def insert_minimax_voice(db: Database, user_id: int, name: str, *, now: float,
                                voice_id: str = "nv1abcdef0123") -> int:
-    async with db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-            "VALUES (?, 1, ?, ?, 'minimax', ?, ?)",
-            (user_id, name, name.casefold(), voice_id, now),
-        )
-        return cur.lastrowid
+    return await add_minimax_voice(db, user_id, name, voice_id=voice_id, guild_id=1, now=now)
 
 
 @pytest.fixture
@@ -102,7 +84,7 @@ async def test_without_storage_warns_and_reports_when_the_voice_stops(db, clock,
     assert NO_DURABLE_STORAGE_WARNING in caplog.text
     assert "Qwen voices will stop working about 7 days after cloning" in caplog.text
     assert not host.durable and host.server is None
-    voice = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now()))
+    voice = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now()))
     assert host.expires_at(voice) == T0 + 7 * DAY
     assert await host.url_for(voice) == url
     clock.advance(8 * DAY)  # nothing better exists: the provider URL is still what NanoGPT gets
@@ -120,7 +102,7 @@ async def test_no_warning_when_storage_is_configured(db, clock, session, caplog)
 
 async def test_minimax_voices_have_no_embedding(db, clock, session):
     host = await started(db, clock, session)
-    voice = await db.get_voice(5, await insert_minimax_voice(db, 5, "M", now=clock.now()))
+    voice = await db.voices.get(5, await insert_minimax_voice(db, 5, "M", now=clock.now()))
     assert host.expires_at(voice) is None
     with pytest.raises(ValueError):
         await host.url_for(voice)
@@ -131,7 +113,7 @@ async def test_a_voice_without_any_copy_says_so(db, clock, session):
     host = await started(db, clock, session)
     voice_id = await insert_qwen_voice(db, 5, "Gone", embedding_url=None, now=clock.now())
     with pytest.raises(EmbeddingUnavailable, match="clone it again"):
-        await host.url_for(await db.get_voice(5, voice_id))
+        await host.url_for(await db.voices.get(5, voice_id))
     await host.close()
 
 
@@ -149,7 +131,7 @@ async def http_host(db, clock, session):
 async def test_fresh_provider_url_then_own_url_after_six_days(http_host, db, clock, session, fake_nanogpt):
     url = fake_nanogpt.put_storage("embeddings/r2/speaker-embedding.safetensors", EMBEDDING,
                                    "application/octet-stream")
-    voice = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now()))
+    voice = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now()))
     assert http_host.durable and http_host.expires_at(voice) is None
     assert await http_host.url_for(voice) == url
     clock.advance(5 * DAY + 23 * 3600)
@@ -168,13 +150,13 @@ async def test_fresh_provider_url_then_own_url_after_six_days(http_host, db, clo
 async def test_reported_dead_url_switches_to_the_stored_copy(http_host, db, clock, session, fake_nanogpt):
     url = fake_nanogpt.put_storage("embeddings/r3/speaker-embedding.safetensors", EMBEDDING,
                                    "application/octet-stream")
-    voice = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now()))
+    voice = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now()))
     assert await http_host.url_for(voice) == url
     assert await http_host.report_dead_url(voice) is True
     own = await http_host.url_for(voice)  # same (stale) Voice object, as a retrying /say holds it
     assert own != url and "/embeddings/" in own
     # Remembered in the database: a fresh read (or a restart) still avoids the dead URL.
-    fresh = await db.get_voice(5, voice.id)
+    fresh = await db.voices.get(5, voice.id)
     assert fresh.embedding_expires_at == clock.now()
     assert await http_host.url_for(fresh) == own
     # Reporting the bot's own URL changes nothing.
@@ -188,21 +170,21 @@ async def test_provider_404_is_detected_after_a_restart(db, clock, session, fake
     port = free_port()
     settings = dict(public_base_url=f"http://127.0.0.1:{port}", http_port=port)
     host = await started(db, clock, session, **settings)
-    assert await host.url_for(await db.get_voice(5, voice_id)) == url
+    assert await host.url_for(await db.voices.get(5, voice_id)) == url
     await host.close()
     fake_nanogpt.expire_storage(url)
     host = await started(db, clock, session, **settings)  # a new process: nothing remembered in memory
-    own = await host.url_for(await db.get_voice(5, voice_id))
+    own = await host.url_for(await db.voices.get(5, voice_id))
     assert "/embeddings/" in own
     async with session.get(own) as resp:
         assert resp.status == 200 and await resp.read() == EMBEDDING
-    assert (await db.get_voice(5, voice_id)).embedding_expires_at == clock.now()
+    assert (await db.voices.get(5, voice_id)).embedding_expires_at == clock.now()
     await host.close()
 
 
 async def test_healthz_and_nothing_else_is_served(http_host, db, clock, session):
     base = http_host.config.public_base_url
-    voice = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url=None, now=clock.now()))
+    voice = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url=None, now=clock.now()))
     own = await http_host.url_for(voice)
     token = own.split("/embeddings/")[1].split("/")[0]
     async with session.get(f"{base}/healthz") as resp:
@@ -224,7 +206,7 @@ async def test_healthz_and_nothing_else_is_served(http_host, db, clock, session)
 async def test_tokens_are_unguessable(http_host, db, clock):
     tokens = []
     for i in range(20):
-        voice = await db.get_voice(5, await insert_qwen_voice(db, 5, f"Q{i}", embedding_url=None, now=clock.now()))
+        voice = await db.voices.get(5, await insert_qwen_voice(db, 5, f"Q{i}", embedding_url=None, now=clock.now()))
         url = await http_host.url_for(voice)
         tokens.append(url.split("/embeddings/")[1].split("/")[0])
     assert len(set(tokens)) == len(tokens)
@@ -294,7 +276,7 @@ async def test_channel_rehosting_and_refresh(db, clock, session, fake_nanogpt):
     url = fake_nanogpt.put_storage("embeddings/r5/speaker-embedding.safetensors", EMBEDDING,
                                    "application/octet-stream")
     voice_id = await insert_qwen_voice(db, 5, "Q", embedding_url=url, now=clock.now())
-    voice = await db.get_voice(5, voice_id)
+    voice = await db.voices.get(5, voice_id)
     assert await host.url_for(voice) == url and channel.uploads == 0  # fresh: no upload yet
     clock.advance(6 * DAY + 1)
     first = await host.url_for(voice)
@@ -310,23 +292,23 @@ async def test_channel_rehosting_and_refresh(db, clock, session, fake_nanogpt):
     clock.advance(DAY)
     third = await host.url_for(voice)
     assert channel.uploads == 2 and third not in (first, second)
-    stored = await db.get_file(voice.embedding_file_id)
+    stored = await db.files.get(voice.embedding_file_id)
     assert stored.discord_url == third and stored.discord_message_id in channel.messages
     # A reported dead CDN URL is refreshed on the next call.
     assert await host.report_dead_url(voice, third) is True
-    assert (await db.get_file(voice.embedding_file_id)).discord_url is None
+    assert (await db.files.get(voice.embedding_file_id)).discord_url is None
     await host.url_for(voice)
     assert channel.refreshes == 3
     # Deleting the voice deletes its copy in the channel.
-    message_id = (await db.get_file(voice.embedding_file_id)).discord_message_id
+    message_id = (await db.files.get(voice.embedding_file_id)).discord_message_id
     assert await host.delete_voice(5, voice_id)
-    assert message_id in channel.deleted and await db.get_file(voice.embedding_file_id) is None
+    assert message_id in channel.deleted and await db.files.get(voice.embedding_file_id) is None
     await host.close()
 
 
 async def test_channel_mode_without_hooks_falls_back_to_the_provider(db, clock, session):
     host = await started(db, clock, session, embedding_channel_id=777)
-    voice = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url="http://127.0.0.1:9/x",
+    voice = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url="http://127.0.0.1:9/x",
                                                          now=clock.now()))
     clock.advance(8 * DAY)
     assert await host.url_for(voice) == "http://127.0.0.1:9/x"
@@ -337,21 +319,26 @@ async def test_forget_user_removes_files_and_channel_copies(db, clock, session):
     host = await started(db, clock, session, embedding_channel_id=777)
     channel = FakeChannel(clock)
     host.set_discord_hooks(channel.rehost, channel.refresh, channel.delete)
-    mine = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url=None, now=clock.now()))
-    theirs = await db.get_voice(6, await insert_qwen_voice(db, 6, "Q", embedding_url=None, now=clock.now()))
+    mine = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url=None, now=clock.now()))
+    theirs = await db.voices.get(6, await insert_qwen_voice(db, 6, "Q", embedding_url=None, now=clock.now()))
     await host.url_for(mine)
     await host.url_for(theirs)
     assert len(channel.messages) == 2
-    counts = await host.forget_user(5)
-    assert counts["voices"] == 1 and counts["stored_files"] == 1
-    assert await db.count_user_rows(5) == 0 and await db.user_files(5) == []
-    assert len(channel.messages) == 1 and len(await db.user_files(6)) == 1
+    privacy = Privacy(db)
+    privacy.register("embeddings", host)
+    done = await privacy.forget(5)
+    assert done.count("voices") == 1 and done.count("stored_files") == 1 and done.forgotten["embeddings"] >= 1
+    assert not any((await privacy.stored(5)).values()) and await db.files.for_user(5) == []
+    assert len(channel.messages) == 1 and len(await db.files.for_user(6)) == 1
+    # Only user 6's URL is still remembered; forgetting 5 again finds nothing of theirs.
+    assert mine.id not in host._last_url and theirs.id in host._last_url
+    assert await host.forget_user(5) == 0
     await host.close()
 
 
 async def test_a_voice_never_resolves_another_users_file(http_host, db, clock):
-    other = await db.get_voice(6, await insert_qwen_voice(db, 6, "Q", embedding_url=None, now=clock.now()))
-    mine = await db.get_voice(5, await insert_qwen_voice(db, 5, "Q", embedding_url=None, now=clock.now()))
+    other = await db.voices.get(6, await insert_qwen_voice(db, 6, "Q", embedding_url=None, now=clock.now()))
+    mine = await db.voices.get(5, await insert_qwen_voice(db, 5, "Q", embedding_url=None, now=clock.now()))
     forged = replace(mine, embedding_file_id=other.embedding_file_id)
     with pytest.raises(EmbeddingUnavailable):
         await http_host.url_for(forged)

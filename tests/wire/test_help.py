@@ -50,8 +50,8 @@ async def test_help_lists_every_command_and_this_servers_limits(world: World):
 async def test_help_follows_the_servers_own_settings_and_the_provider_table(world: World, monkeypatch):
     now = world.clock.now()
     role = world.emu.add_role("Cloners")
-    await world.db.update_guild_settings(world.emu.guild_id, now, daily_budget_micros=2_000_000,
-                                         clone_role_id=int(role["id"]))
+    await world.db.guilds.update(world.emu.guild_id, now, daily_budget_micros=2_000_000,
+                                 clone_role_id=int(role["id"]))
     monkeypatch.setitem(providers.PROVIDERS, "qwen",
                         dataclasses.replace(providers.PROVIDERS["qwen"], price_micros=300_000))
     card = fields(await ask_help(world, world.user("bob")))
@@ -59,6 +59,6 @@ async def test_help_follows_the_servers_own_settings_and_the_provider_table(worl
     only = f"Only members with <@&{role['id']}> may clone."
     assert card["Your daily clone limit"] == f"You may start 3 clones a day (UTC). {only}"
     assert "Qwen3-TTS: $0.30 a clone" in card["Clone prices and recordings"]
-    await world.db.update_guild_settings(world.emu.guild_id, now, clones_enabled=False)
+    await world.db.guilds.update(world.emu.guild_id, now, clones_enabled=False)
     card = fields(await ask_help(world, world.user("carol")))
     assert card["Your daily clone limit"] == "Voice cloning is turned off on this server."

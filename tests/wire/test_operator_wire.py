@@ -60,7 +60,7 @@ async def test_servers_may_only_tighten_the_operators_budget(world: World):
         assert not reply.embeds
     tiny = await settings(world, boss, daily_budget_usd="0.001")
     assert tiny.content == "This server's budget must be at least $0.01 a day."
-    assert (await world.db.get_guild_settings(world.emu.guild_id)).daily_budget_micros is None  # nothing saved
+    assert (await world.db.guilds.get(world.emu.guild_id)).daily_budget_micros is None  # nothing saved
     ok = await settings(world, boss, daily_budget_usd="5")
     assert ok.content == "Saved: daily budget $5.00."
     assert fields(ok)["Daily budget"] == "$5.00 (set for this server; the bot allows at most $5.00)"
@@ -72,7 +72,7 @@ async def test_servers_may_only_tighten_the_operators_budget(world: World):
 @pytest.mark.env(GUILD_DAILY_BUDGET_USD="0.01", SAY_MAX_CHARS="10000")
 async def test_a_stored_budget_above_the_ceiling_is_enforced_at_the_ceiling(world: World):
     # Stored before the ceiling existed (or before the operator lowered it): "no limit".
-    await world.db.update_guild_settings(world.emu.guild_id, world.clock.now(), daily_budget_micros=0)
+    await world.db.guilds.update(world.emu.guild_id, world.clock.now(), daily_budget_micros=0)
     boss, alice = manager(world), world.user("alice")
     shown = fields(await settings(world, boss))["Daily budget"]
     assert shown == "$0.01 (the most the bot allows; this server's setting of no limit is above it)"
@@ -107,7 +107,7 @@ async def test_the_bot_budget_is_exact_across_two_servers_at_once(world: World):
     assert len(spoken) == 5 and len(world.nano.tts_requests) == 5  # 5 × $0.006 = the bot's $0.03
     assert {r.content for r in refused} == {f"This bot's daily budget is used up; it resets <t:{midnight(world)}:R>."}
     assert all(r.ephemeral for r in refused)
-    spent = await world.db.ledger_total_spend(world.clock.utc_day(world.clock.now()))
+    spent = await world.db.ledger.total_spend(world.clock.utc_day(world.clock.now()))
     assert spent == 30_000
 
 
@@ -189,7 +189,7 @@ async def test_owner_commands_work_in_the_owners_dms_only(world: World):
     refused = await owner(world, alice, "spend")
     assert refused.content == NOT_OWNER and not refused.embeds
     blocked = await owner(world, alice, "block", user_id=str(world.emu.owner.id))
-    assert blocked.content == NOT_OWNER and await world.db.list_blocks() == []
+    assert blocked.content == NOT_OWNER and await world.db.blocks.list() == []
 
     # Registered for DMs only: Discord doesn't show it in ordinary servers.
     command = next(c for c in world.emu.global_commands if c["name"] == "owner")
@@ -247,14 +247,14 @@ async def test_a_blocked_users_running_clone_still_finishes(world: World):
     await owner(world, world.emu.owner, "block", user_id=str(alice.id))
 
     async def saved() -> bool:
-        return await world.db.get_voice_by_name(alice.id, "Me") is not None
+        return await world.db.voices.by_name(alice.id, "Me") is not None
 
     for _ in range(100):
         if await saved():
             break
         await asyncio.sleep(0.1)
     assert await saved()  # paid for, so kept
-    (job,) = await world.db.user_jobs(alice.id)
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "completed"
 
 
@@ -271,7 +271,7 @@ async def test_a_block_stops_a_modal_that_was_already_open(world: World):
         "clone:name": "Whisper", "clone:provider": ["qwen"], "clone:transcript": "hello"})
     answer = await submitted.wait_response()
     assert answer["data"]["content"] == USER_BLOCKED and answer["data"]["flags"] & 64
-    assert world.nano.requests == [] and await world.db.user_jobs(alice.id) == []
+    assert world.nano.requests == [] and await world.db.jobs.for_user(alice.id) == []
 
 
 async def test_owner_commands_in_the_dev_guild(world: World):

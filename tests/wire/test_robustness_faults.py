@@ -21,6 +21,7 @@ from bot.jobs import LOST_AFTER_RESTART, LOST_AFTER_TIMEOUT
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import Step, make_tone
 from tests.fixtures_bot import World
+from tests.fixtures_db import ledger_rows
 
 NOT_ANSWERING = "NanoGPT is not answering; try again in a moment."
 KEY_REJECTED = "The bot's NanoGPT key was rejected; please tell the bot's operator."
@@ -134,7 +135,7 @@ async def test_say_answers_every_nanogpt_fault_with_one_sentence_and_never_repea
     message = await say(world, alice, f"fault {fault}")
     assert_sentence(message, sentence)
     assert len(tts_posts(world)) == 1  # a paid call is never sent twice
-    held = await world.db.fetchval("SELECT COUNT(*) FROM ledger WHERE state = 'reserved'")
+    held = sum(r["state"] == "reserved" for r in await ledger_rows(world.db))
     assert held == 0  # released or settled, never left hanging
     # The bot is fine afterwards: the next /say speaks.
     assert_speech(await say(world, alice, "after the fault"), "after the fault")
@@ -201,7 +202,7 @@ async def test_clone_submit_faults_are_told_once_and_never_resubmitted(world: Wo
     inter = await clone(world, alice, audio_corpus("mp3", 4), name="Faulty")
     final = await inter.wait_final(10)
     assert_sentence(final, sentence)
-    (job,) = await world.db.user_jobs(alice.id)
+    (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == state and job.notified_at is not None
     await asyncio.sleep(0.3)  # give the poller every chance to resubmit or to tell the user twice
     assert len(world.nano.submits) == 1
@@ -209,7 +210,7 @@ async def test_clone_submit_faults_are_told_once_and_never_resubmitted(world: Wo
     assert inter.original is None and len(inter.followups) == 1
     assert inter.answer.content == sentence and inter.answer.ephemeral
     assert not channel_notices(world, alice)
-    assert await world.db.list_voices(alice.id) == []
+    assert await world.db.voices.list(alice.id) == []
     # And the user can go on: the next clone works.
     world.nano.clone_script = QUICK
     again = await clone(world, alice, audio_corpus("mp3", 4), name="Second try")
@@ -241,9 +242,9 @@ async def test_clone_status_fault_storm_then_one_notice(world: World, audio_corp
     await asyncio.sleep(0.3)
     assert len(world.nano.submits) == 1
     assert len(notices_for(world, inter.token)) == 1
-    voice = await world.db.get_voice_by_name(alice.id, "sturdy")
+    voice = await world.db.voices.by_name(alice.id, "sturdy")
     run = next(iter(world.nano.runs.values()))
-    stored = await world.db.get_file_data(voice.embedding_file_id)
+    stored = await world.db.files.data(voice.embedding_file_id)
     assert stored == world.nano.storage[run.embedding_url.split("/storage/", 1)[1]][0]
 
 
@@ -377,11 +378,11 @@ async def test_sigkill_with_jobs_in_every_phase_loses_nothing_and_tells_everyone
     for user, inter in ((alice, alice_inter), (bob, bob_inter), (carol, carol_inter)):
         assert len(notices_for(world, inter.token)) == 1, user.name
         assert not channel_notices(world, user), user.name
-        (job,) = await world.db.user_jobs(user.id)
+        (job,) = await world.db.jobs.for_user(user.id)
         assert job.notified_at is not None
-    assert [v.name for v in await world.db.list_voices(alice.id)] == ["Alice"]
-    assert [v.name for v in await world.db.list_voices(bob.id)] == ["Bob"]
-    (carol_job,) = await world.db.user_jobs(carol.id)
-    assert carol_job.state == "lost" and await world.db.list_voices(carol.id) == []
+    assert [v.name for v in await world.db.voices.list(alice.id)] == ["Alice"]
+    assert [v.name for v in await world.db.voices.list(bob.id)] == ["Bob"]
+    (carol_job,) = await world.db.jobs.for_user(carol.id)
+    assert carol_job.state == "lost" and await world.db.voices.list(carol.id) == []
     # The real process never wrote a secret to its log.
     assert world.emu.token not in process_log and world.nano.api_key not in process_log

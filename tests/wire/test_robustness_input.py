@@ -15,6 +15,7 @@ import pytest
 
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_minimax_voice, table_count
 from tests.unit.test_robustness_input import FRAGMENTS, ID, RAW_MENTION, assert_sentence, invisible
 
 SAY_MAX_CHARS = 1000  # the default
@@ -158,7 +159,7 @@ async def test_hostile_clone_names_are_refused_before_download_and_money(world: 
         assert not final.components and not final.embeds, label
     assert world.nano.requests == []
     assert cdn_downloads(world, mark) == []  # the name is checked before the recording is fetched
-    assert await world.db.user_jobs(alice.id) == []
+    assert await world.db.jobs.for_user(alice.id) == []
 
 
 async def test_hostile_names_through_the_context_menu_modal(world: World, audio_corpus):
@@ -177,12 +178,8 @@ async def test_hostile_names_through_the_context_menu_modal(world: World, audio_
 
 
 async def add_voice(world: World, user_id: int, name: str, voice_id: str) -> int:
-    async with world.db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-            "VALUES (?, ?, ?, ?, 'minimax', ?, ?)",
-            (user_id, world.emu.guild_id, name, name.casefold(), voice_id, world.clock.now()))
-        return cur.lastrowid
+    return await add_minimax_voice(world.db, user_id, name, voice_id=voice_id, guild_id=world.emu.guild_id,
+                                   now=world.clock.now())
 
 
 async def voice_command(world: World, user, sub: str, **options) -> EmuMessage:
@@ -197,7 +194,7 @@ async def test_hostile_new_names_in_rename_are_refused(world: World):
         final = await voice_command(world, alice, "rename", name="Mine", new_name=name)
         assert_sentence(final.content)
         assert final.content.startswith(("Voice names", "Your voice is already")), (label, final.content)
-    assert [v.name for v in await world.db.list_voices(alice.id)] == ["Mine"]
+    assert [v.name for v in await world.db.voices.list(alice.id)] == ["Mine"]
     assert world.nano.requests == []
 
 
@@ -226,13 +223,13 @@ async def test_sql_metacharacters_are_just_characters(world: World, audio_corpus
     for name in SQL_NAMES:
         final = await voice_command(world, alice, "rename", name=current, new_name=name)
         assert final.content.startswith("Renamed"), (name, final.content)
-        assert [v.name for v in await world.db.list_voices(alice.id)] == [name]
+        assert [v.name for v in await world.db.voices.list(alice.id)] == [name]
         info = await voice_command(world, alice, "info", name=name)
         assert info.embeds, (name, info.content)
         current = name
     # Nothing else moved: bob's voices are untouched, every table is still there.
-    assert sorted(v.name for v in await world.db.list_voices(bob.id)) == ["Abc", "Mine"]
-    assert await world.db.fetchval("SELECT COUNT(*) FROM voices") == 3
+    assert sorted(v.name for v in await world.db.voices.list(bob.id)) == ["Abc", "Mine"]
+    assert await table_count(world.db, "voices") == 3
     assert_no_pings_anywhere(world)
 
 
@@ -256,7 +253,7 @@ async def test_oversized_recordings_are_refused_without_download_or_money(world:
     assert f"the limit is {shown_limit}" in final.content, final.content
     assert cdn_downloads(world, mark) == []
     assert world.nano.requests == []
-    assert await world.db.user_jobs(alice.id) == []
+    assert await world.db.jobs.for_user(alice.id) == []
 
 
 async def test_oversized_voice_message_through_the_context_menu(world: World):

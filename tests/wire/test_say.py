@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 from tests.fakes.discord import SEND_MESSAGES, DiscordEmulator, EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import FakeNanoGPT, fake_safetensors, make_tone
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_minimax_voice, add_qwen_voice, ledger_rows
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_bot"]
 
@@ -59,28 +59,15 @@ class Live:
 
     async def add_minimax_voice(self, user_id: int, name: str, voice_id: str = MINIMAX_ID) -> int:
         self.fake.voices[voice_id] = "run-1"
-        async with self.db.transaction() as tx:
-            cur = await tx.execute(
-                "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-                "VALUES (?, ?, ?, ?, 'minimax', ?, ?)",
-                (user_id, self.emu.guild_id, name, name.casefold(), voice_id, self.bot.clock.now()))
-            return cur.lastrowid
+        return await add_minimax_voice(self.db, user_id, name, voice_id=voice_id, guild_id=self.emu.guild_id,
+                                       now=self.bot.clock.now())
 
     async def add_qwen_voice(self, user_id: int, name: str, transcript: str | None) -> tuple[int, str]:
         url = self.fake.put_storage(f"emb/{secrets.token_hex(4)}.safetensors", EMBEDDING, "application/octet-stream")
-        now = self.bot.clock.now()
-        async with self.db.transaction() as tx:
-            cur = await tx.execute(
-                "INSERT INTO stored_files (user_id, kind, token, filename, content_type, data, size, sha256, "
-                "created_at) VALUES (?, 'qwen_embedding', ?, 'e.safetensors', 'application/octet-stream', ?, ?, ?, ?)",
-                (user_id, secrets.token_urlsafe(32), EMBEDDING, len(EMBEDDING), hashlib.sha256(EMBEDDING).hexdigest(),
-                 now))
-            cur = await tx.execute(
-                "INSERT INTO voices (user_id, guild_id, name, name_key, provider, embedding_url, embedding_expires_at, "
-                "embedding_file_id, transcript, created_at) VALUES (?, ?, ?, ?, 'qwen', ?, ?, ?, ?, ?)",
-                (user_id, self.emu.guild_id, name, name.casefold(), url, now + 7 * 86400, cur.lastrowid, transcript,
-                 now))
-            return cur.lastrowid, url
+        voice_id = await add_qwen_voice(self.db, user_id, name, embedding_url=url, embedding=EMBEDDING,
+                                        filename="e.safetensors", transcript=transcript, guild_id=self.emu.guild_id,
+                                        now=self.bot.clock.now())
+        return voice_id, url
 
 
 @pytest.fixture
@@ -111,7 +98,7 @@ async def test_default_voice_and_fallback_stock_voice(live):
     await (live.answer(await live.say(alice, "first")))
     assert live.fake.tts_requests[-1] == {"text": "first", "model": "Kokoro-82m", "voice": "af_bella"}
     voice_id = await live.add_minimax_voice(alice.id, "Narrator")
-    await live.db.set_default_voice(alice.id, voice_id, live.bot.clock.now())
+    await live.db.user_settings.set_default_voice(alice.id, voice_id, live.bot.clock.now())
     await live.answer(await live.say(alice, "second"))
     assert live.fake.tts_requests[-1] == {"text": "second", "model": "Minimax-Speech-02-HD", "voice": MINIMAX_ID}
 
@@ -123,7 +110,7 @@ async def test_saved_minimax_voice_with_speed(live):
     assert live.fake.tts_requests == [{"text": "read it", "model": "Minimax-Speech-02-HD", "voice": MINIMAX_ID,
                                        "speed": 1.5}]
     assert reply.content == f"> read it\n-# 🔊 Synthetic voice “Narrator” for {alice.mention} · 1.5× speed"
-    assert (await live.db.get_voice(alice.id, voice_id)).last_used_at is not None
+    assert (await live.db.voices.get(alice.id, voice_id)).last_used_at is not None
 
 
 async def test_saved_qwen_voice_sends_embedding_and_transcript(live):
@@ -180,7 +167,7 @@ async def test_cache_hit_makes_no_second_request_or_charge(live):
     second = await live.answer(await live.say(alice, "cache   me"))  # same once normalised
     assert len(live.fake.tts_requests) == 1 and len(live.fake.charges) == 1
     assert attachment_bytes(live, first) == attachment_bytes(live, second)
-    assert (await live.db.fetchval("SELECT COUNT(*) FROM ledger")) == 1
+    assert len(await ledger_rows(live.db)) == 1
 
 
 # -- hygiene and mention safety ------------------------------------------------------------------------
@@ -304,7 +291,7 @@ async def test_speak_this_message_uses_the_default_voice_and_cleans(live):
     alice = live.emu.add_user(name="alice")
     bob = live.emu.add_user(name="bob")
     voice_id = await live.add_minimax_voice(alice.id, "Narrator")
-    await live.db.set_default_voice(alice.id, voice_id, live.bot.clock.now())
+    await live.db.user_settings.set_default_voice(alice.id, voice_id, live.bot.clock.now())
     target = await live.emu.create_user_message(None, bob, f"hey {alice.mention} look at https://example.com !!!!!!")
     reply = await live.answer(await live.emu.message_context(alice, "Speak this message", target))
     assert live.fake.tts_requests == [{"text": "hey @alice look at link !!!", "model": "Minimax-Speech-02-HD",

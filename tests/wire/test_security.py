@@ -24,6 +24,7 @@ import pytest
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import Step
 from tests.fixtures_bot import World
+from tests.fixtures_db import add_minimax_voice
 
 QUICK = [Step("processing", poll_after=0.05), Step("completed")]
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43,}$")
@@ -83,8 +84,8 @@ async def test_another_users_voice_is_never_resolvable(world: World, audio_corpu
     alice, bob = world.user("alice"), world.user("bob")
     await wait_ready(world, await clone(world, alice, audio_corpus("mp3", 12), "Alice Secret", "minimax"))
     await wait_ready(world, await clone(world, alice, audio_corpus("mp3", 4), "Alice Qwen"))
-    secret = await world.db.get_voice_by_name(alice.id, "alice secret")
-    qwen = await world.db.get_voice_by_name(alice.id, "alice qwen")
+    secret = await world.db.voices.by_name(alice.id, "alice secret")
+    qwen = await world.db.voices.by_name(alice.id, "alice qwen")
     assert (await final(world, alice, "voice", "default", name="Alice Secret")).content.startswith("“Alice Secret”")
     alice_message = await world.emu.create_user_message(None, alice, "hello from alice, read me out")
     alice_ids = {secret.provider_voice_id}
@@ -123,9 +124,9 @@ async def test_another_users_voice_is_never_resolvable(world: World, audio_corpu
         assert "speaker_voice_embedding_file_url" not in body, body
         assert body["model"] == "Kokoro-82m", body
     # Alice's voices are exactly as she left them.
-    assert sorted(v.name for v in await world.db.list_voices(alice.id)) == ["Alice Qwen", "Alice Secret"]
-    assert (await world.db.get_default_voice(alice.id)).id == secret.id
-    assert await world.db.list_voices(bob.id) == [] and await world.db.get_default_voice(bob.id) is None
+    assert sorted(v.name for v in await world.db.voices.list(alice.id)) == ["Alice Qwen", "Alice Secret"]
+    assert (await world.db.user_settings.default_voice(alice.id)).id == secret.id
+    assert await world.db.voices.list(bob.id) == [] and await world.db.user_settings.default_voice(bob.id) is None
     assert qwen.embedding_file_id is not None
 
 
@@ -135,11 +136,8 @@ async def test_a_minimax_voice_id_cannot_be_borrowed_as_a_stock_voice(world: Wor
     alice, bob = world.user("alice"), world.user("bob")
     voice_id = "nv7" + secrets.token_hex(8)
     world.nano.voices[voice_id] = "run-alice"
-    async with world.db.transaction() as tx:
-        await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-            "VALUES (?, ?, 'Alice Secret', 'alice secret', 'minimax', ?, ?)",
-            (alice.id, world.emu.guild_id, voice_id, world.clock.now()))
+    await add_minimax_voice(world.db, alice.id, "Alice Secret", voice_id=voice_id, guild_id=world.emu.guild_id,
+                            now=world.clock.now())
     for model in ("Minimax-Speech-02-HD", "minimax-speech-02-hd", "Minimax-Speech-2.8-Turbo"):
         reply = await final(world, bob, "say", text="borrowed voice", voice=f"{model}/{voice_id}")
         assert not reply.files, f"bob spoke in alice's voice through {model}/{voice_id}"
@@ -186,7 +184,7 @@ async def test_secrets_never_leave_their_place(world: World, audio_corpus, monke
     # An unexpected error: a short apology with an id, the traceback in the log.
     async def broken(*_args, **_kwargs):
         raise RuntimeError(f"database exploded near {world.database_path}")
-    monkeypatch.setattr(world.bot.db, "list_voices", broken)
+    monkeypatch.setattr(world.bot.db.voices, "list", broken)
     apology = await final(world, alice, "voice", "list")
     error_id = re.search(r"error id `([0-9a-f]+)`", apology.content).group(1)
     assert any(error_id in line and "Traceback" in line for line in world.logs)
@@ -330,9 +328,9 @@ async def test_embedding_urls_are_unguessable_and_nothing_is_listable(world: Wor
     alice, bob = world.user("alice"), world.user("bob")
     await wait_ready(world, await clone(world, alice, audio_corpus("mp3", 4), "Mine"))
     await wait_ready(world, await clone(world, bob, audio_corpus("mp3", 4), "Mine"))
-    voice = await world.db.get_voice_by_name(alice.id, "mine")
-    other = await world.db.get_voice_by_name(bob.id, "mine")
-    embedding = await world.db.get_file_data(voice.embedding_file_id)
+    voice = await world.db.voices.by_name(alice.id, "mine")
+    other = await world.db.voices.by_name(bob.id, "mine")
+    embedding = await world.db.files.data(voice.embedding_file_id)
 
     # Once NanoGPT's copy is near its 7 days, NanoGPT is handed the bot's own URL.
     world.clock.advance(6.5 * 86_400)
@@ -343,7 +341,7 @@ async def test_embedding_urls_are_unguessable_and_nothing_is_listable(world: Wor
     token, filename = url.removeprefix(f"{base}/embeddings/").split("/")
     assert TOKEN_RE.match(token), token
     assert world.nano.embedding_fetches[-1] == (url, 200)
-    bob_token = (await world.db.fetchval("SELECT token FROM stored_files WHERE id = ?", (other.embedding_file_id,)))
+    bob_token = (await world.db.files.get(other.embedding_file_id)).token
     assert TOKEN_RE.match(bob_token) and bob_token != token
     digest = hashlib.sha256(embedding).hexdigest()
     assert str(alice.id) not in token and digest[:12] not in token  # not derived from who or what

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
-import secrets
 import socket
 from decimal import Decimal
 
@@ -24,6 +22,7 @@ from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import AuthError, ContentPolicyError, InsufficientBalance, NanoGPTClient, RateLimited
 from bot.speech import AUTOCOMPLETE_LIMIT, SpeechService
 from bot.storage import Database
+from tests import fixtures_db
 from tests.fakes.nanogpt import fake_safetensors, make_tone
 
 pytest_plugins = ["tests.fixtures_nanogpt"]
@@ -42,26 +41,13 @@ def free_port() -> int:
 
 
 async def add_minimax_voice(db: Database, user_id: int, name: str, voice_id: str = MINIMAX_ID) -> int:
-    async with db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, provider_voice_id, created_at) "
-            "VALUES (?, ?, ?, ?, 'minimax', ?, ?)", (user_id, GUILD, name, name.casefold(), voice_id, T0))
-        return cur.lastrowid
+    return await fixtures_db.add_minimax_voice(db, user_id, name, voice_id=voice_id, guild_id=GUILD, now=T0)
 
 
 async def add_qwen_voice(db: Database, user_id: int, name: str, url: str | None, transcript: str | None = "hi there",
                          now: float = T0) -> int:
-    async with db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO stored_files (user_id, kind, token, filename, content_type, data, size, sha256, created_at) "
-            "VALUES (?, 'qwen_embedding', ?, 'speaker-embedding.safetensors', 'application/octet-stream', ?, ?, ?, ?)",
-            (user_id, secrets.token_urlsafe(32), EMBEDDING, len(EMBEDDING), hashlib.sha256(EMBEDDING).hexdigest(), now))
-        file_id = cur.lastrowid
-        cur = await tx.execute(
-            "INSERT INTO voices (user_id, guild_id, name, name_key, provider, embedding_url, embedding_expires_at, "
-            "embedding_file_id, transcript, created_at) VALUES (?, ?, ?, ?, 'qwen', ?, ?, ?, ?, ?)",
-            (user_id, GUILD, name, name.casefold(), url, now + 7 * DAY, file_id, transcript, now))
-        return cur.lastrowid
+    return await fixtures_db.add_qwen_voice(db, user_id, name, embedding_url=url, embedding=EMBEDDING,
+                                            transcript=transcript, guild_id=GUILD, now=now, lifetime=7 * DAY)
 
 
 class Env:
@@ -76,7 +62,7 @@ class Env:
         return await self.svc.synthesize(user_id, guild_id, text, await self.svc.resolve_voice(user_id, voice), speed)
 
     async def ledger(self) -> list:
-        return await self.db.fetchall("SELECT state, amount_micros, currency FROM ledger ORDER BY id")
+        return [(r["state"], r["amount_micros"], r["currency"]) for r in await fixtures_db.ledger_rows(self.db)]
 
 
 @pytest.fixture
@@ -127,7 +113,7 @@ async def test_resolution_order_and_isolation(env):
         await svc.resolve_voice(BOB, "Narrator")
     stock = await svc.resolve_voice(BOB, "Elevenlabs-Turbo-V2.5/Rachel")
     assert (stock.model, stock.voice, stock.saved) == ("Elevenlabs-Turbo-V2.5", "Rachel", None)
-    await db.set_default_voice(ALICE, voice_id, T0)
+    await db.user_settings.set_default_voice(ALICE, voice_id, T0)
     assert (await svc.resolve_voice(ALICE, None)).voice == MINIMAX_ID
     assert (await svc.resolve_voice(BOB, None)).voice == "af_bella"  # Alice's default is hers only
 
@@ -165,7 +151,7 @@ async def test_three_response_forms_give_the_exact_bytes(env, mode, fmt):
     assert not speech.cached
     [request] = env.fake.tts_requests
     assert request == {"text": "hello there", "model": "Kokoro-82m", "voice": "af_bella"}
-    assert [tuple(r) for r in await env.ledger()] == [("charged", 11, "USD")]  # $0.001/1k × 11 chars, rounded
+    assert await env.ledger() == [("charged", 11, "USD")]  # $0.001/1k × 11 chars, rounded
 
 
 async def test_minimax_voice_reaches_tts_and_is_touched(env):
@@ -174,7 +160,7 @@ async def test_minimax_voice_reaches_tts_and_is_touched(env):
     assert env.fake.tts_requests == [{"text": "read this", "model": "Minimax-Speech-02-HD", "voice": MINIMAX_ID,
                                       "speed": 1.25}]
     assert speech.voice.label == "Narrator" and speech.speed == 1.25
-    assert (await env.db.get_voice(ALICE, voice_id)).last_used_at == T0
+    assert (await env.db.voices.get(ALICE, voice_id)).last_used_at == T0
 
 
 async def test_qwen_voice_sends_embedding_url_and_transcript(env):
@@ -192,14 +178,14 @@ async def test_dead_provider_embedding_falls_back_to_the_bots_own_copy(tmp_path,
     env = await make_env(tmp_path, fake_nanogpt, public_base_url=f"http://127.0.0.1:{port}", http_port=port)
     url = fake_nanogpt.put_storage("emb/e.safetensors", EMBEDDING, "application/octet-stream")
     voice_id = await add_qwen_voice(env.db, ALICE, "Me", url)
-    assert await env.host.url_for(await env.db.get_voice(ALICE, voice_id)) == url  # checked alive (cached)
+    assert await env.host.url_for(await env.db.voices.get(ALICE, voice_id)) == url  # checked alive (cached)
     fake_nanogpt.expire_storage(url)  # …and then it vanishes: NanoGPT cannot load it
     speech = await env.say(ALICE, GUILD, "still me", "Me")
     assert speech.audio
     first, second = fake_nanogpt.tts_requests
     assert first["speaker_voice_embedding_file_url"] == url
     assert second["speaker_voice_embedding_file_url"].startswith(f"http://127.0.0.1:{port}/embeddings/")
-    assert [r["state"] for r in await env.ledger()] == ["charged"]  # one reservation, charged once
+    assert [r[0] for r in await env.ledger()] == ["charged"]  # one reservation, charged once
 
 
 async def test_cache_hit_makes_no_second_request_or_charge(env):
@@ -211,7 +197,7 @@ async def test_cache_hit_makes_no_second_request_or_charge(env):
     await env.say(ALICE, GUILD, "same words", "Kokoro-82m/af_bella", 1.5)  # another speed: another entry
     await env.say(ALICE, GUILD, "same words", "Kokoro-82m/af_nova")  # another voice
     assert len(env.fake.tts_requests) == 3
-    count, _ = await env.db.cache_stats()
+    count, _ = await env.db.cache.stats()
     assert count == 3
 
 
@@ -226,12 +212,26 @@ async def test_cache_is_bounded_and_forget_me_removes_entries(env):
     env.svc.cache_max_bytes = len(make_tone(1.0, "mp3")) * 2
     for word in ("one", "two", "three", "four"):
         await env.say(ALICE, GUILD, word, None)
-    count, size = await env.db.cache_stats()
+    count, size = await env.db.cache.stats()
     assert count == 2 and size <= env.svc.cache_max_bytes
     await env.say(ALICE, GUILD, "four", None)
     assert len(env.fake.tts_requests) == 4  # the newest survived eviction
-    await env.db.forget_user(ALICE)
-    assert await env.db.cache_stats() == (0, 0)
+    assert await env.db.cache.delete_user_data(ALICE) == 2
+    assert await env.db.cache.stats() == (0, 0)
+
+
+async def test_forget_user_drops_only_that_users_voice_messages_and_cooldown(env):
+    """The in-memory voice-message encodings and the cooldown are per user: forgetting alice leaves bob's."""
+    mine = await env.say(ALICE, GUILD, "alice speaks", None)
+    theirs = await env.say(BOB, GUILD, "bob speaks", None)
+    await env.svc.voice_message(mine)
+    await env.svc.voice_message(theirs)
+    assert env.svc.cooldown.check(ALICE) is None and env.svc.cooldown.check(BOB) is None  # both just spoke
+    assert await env.svc.forget_user(ALICE) == 1
+    assert mine.cache_key not in env.svc._voice_messages and theirs.cache_key in env.svc._voice_messages
+    assert env.svc.cooldown.check(ALICE) is None  # alice's last use is forgotten
+    assert env.svc.cooldown.check(BOB) is not None  # bob is still cooling down
+    assert await env.svc.forget_user(ALICE) == 0
 
 
 # -- failures --------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ async def test_402_releases_and_logs_the_balance(env, caplog):
     assert err.value.user_message == "The bot's NanoGPT balance is too low; please tell the bot's operator."
     await asyncio.wait_for(env.svc.close(), 3)
     assert "NanoGPT balance too low: <$0.0001 left" in caplog.text
-    assert [tuple(r)[:2] for r in await env.ledger()] == [("released", 0)]
+    assert [r[:2] for r in await env.ledger()] == [("released", 0)]
 
 
 @pytest.mark.parametrize(("status", "body", "error", "sentence"), [
@@ -256,7 +256,7 @@ async def test_errors_carry_their_fixed_sentence(env, status, body, error, sente
     with pytest.raises(error) as err:
         await env.say(ALICE, GUILD, "hello", None)
     assert err.value.user_message == sentence
-    assert [r["state"] for r in await env.ledger()] == ["released"]
+    assert [r[0] for r in await env.ledger()] == ["released"]
 
 
 async def test_content_policy_shows_its_own_message(env):
@@ -272,7 +272,7 @@ async def test_deleted_minimax_voice_says_so(env):
 
 
 async def test_guild_budget_stops_speech(env):
-    await env.db.update_guild_settings(GUILD, T0, daily_budget_micros=5)
+    await env.db.guilds.update(GUILD, T0, daily_budget_micros=5)
     with pytest.raises(LimitExceeded, match="budget"):
         await env.say(ALICE, GUILD, "this is longer than five micro dollars " * 3, "tts-1/alloy")
     assert env.fake.tts_requests == []

@@ -39,14 +39,14 @@ async def say(world: World, user, text: str):
 
 async def wait_for_clone(world: World, user_id: int) -> None:
     async def done() -> bool:
-        jobs = await world.db.user_jobs(user_id)
+        jobs = await world.db.jobs.for_user(user_id)
         return bool(jobs) and all(j.state == "completed" and j.notified_at is not None for j in jobs)
 
     for _ in range(400):
         if await done():
             return
         await asyncio.sleep(0.025)
-    raise AssertionError(f"clone did not complete: {await world.db.user_jobs(user_id)}")
+    raise AssertionError(f"clone did not complete: {await world.db.jobs.for_user(user_id)}")
 
 
 @pytest.mark.env(CLONE_CONFIRM="false", GUILD_DAILY_BUDGET_USD="5.00", CLONE_DAILY_LIMIT="3")

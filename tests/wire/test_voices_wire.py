@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from bot.embeddings import NO_DURABLE_STORAGE_WARNING
+from tests import fixtures_db
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import make_tone
 from tests.fixtures_bot import World
@@ -70,16 +71,17 @@ async def press(world: World, user, message: EmuMessage, label: str) -> EmuInter
 async def add_job(world: World, user_id: int, name: str, *, state: str, provider: str = "qwen",
                   voice_id: int | None = None, error: str | None = None, cost_micros: int = 250_000,
                   created_at: float | None = None) -> int:
+    """A clone job of ``user_id``; with ``voice_id``, the (paid) job that made that voice."""
     now = created_at if created_at is not None else world.clock.now()
-    async with world.db.transaction() as tx:
-        cur = await tx.execute(
-            "INSERT INTO clone_jobs (provider, user_id, guild_id, voice_name, state, error, created_at, submitted_at, "
-            "cost_micros, payment_source, voice_id, finished_at, notified_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'USD', ?, ?, ?)",
-            (provider, user_id, world.emu.guild_id, name, state, error, now, now, cost_micros, voice_id,
-             None if state in ("pending", "processing") else now, now),
-        )
-        return cur.lastrowid
+    paid = {"cost_micros": cost_micros, "payment_source": "USD", "submitted_at": now}
+    if voice_id is not None:  # the voice was saved by its own clone job (tests.fixtures_db): record what it cost
+        job = await world.db.jobs.for_voice(user_id, voice_id)
+        assert job is not None and job.state == state == "completed"
+        await world.db.jobs.update(job.id, **paid)
+        return job.id
+    return await fixtures_db.add_job(world.db, user_id, name, state=state, provider=provider,
+                                     guild_id=world.emu.guild_id, now=now, error=error, notified_at=now,
+                                     finished_at=None if state in ("pending", "processing") else now, **paid)
 
 
 def sync_emulator_clock(world: World) -> None:
@@ -101,8 +103,8 @@ async def test_list_shows_name_provider_created_default_and_last_use(world: Worl
     narrator = await insert_minimax_voice(world.db, alice.id, "Narrator", now=now - DAY)
     await insert_qwen_voice(world.db, alice.id, "Grandma", embedding_url=None, now=now)
     await insert_minimax_voice(world.db, bob.id, "Bob's Secret", now=now, voice_id="nv9bobsecret1")
-    await world.db.set_default_voice(alice.id, narrator, now)
-    await world.db.touch_voice(narrator, now - 60)
+    await world.db.user_settings.set_default_voice(alice.id, narrator, now)
+    await world.db.voices.touch(narrator, now - 60)
     _, message = await run(world, alice, "list")
     [embed] = message.embeds
     assert embed["title"] == "Your voices (2)"
@@ -150,7 +152,7 @@ async def test_info_of_a_minimax_voice(world: World):
                                           voice_id="nv3narrator99")
     await add_job(world, alice.id, "Narrator", state="completed", provider="minimax", voice_id=voice_id,
                   cost_micros=1_000_000)
-    await world.db.set_default_voice(alice.id, voice_id, world.clock.now())
+    await world.db.user_settings.set_default_voice(alice.id, voice_id, world.clock.now())
     _, message = await run(world, alice, "info", {"name": "narrator"})
     info = fields(message)
     assert info["Provider"] == "MiniMax"
@@ -158,7 +160,7 @@ async def test_info_of_a_minimax_voice(world: World):
     assert info["Default"].startswith("Yes")
     assert info["Clone cost"] == "$1.00"
     assert info["Last used"] == "never"
-    created = int((await world.db.get_voice(alice.id, voice_id)).created_at)
+    created = int((await world.db.voices.get(alice.id, voice_id)).created_at)
     deadline = created + 7 * 86_400
     assert info["Keeping it"] == (f"MiniMax deletes voices that go unused for 7 days. Use it with /say by "
                                   f"<t:{deadline}:f> (<t:{deadline}:R>) to keep it.")
@@ -204,9 +206,9 @@ async def test_another_users_voice_cannot_be_seen_renamed_deleted_or_made_defaul
         assert message.content.startswith("You have no voice called “Secret Alice”") or \
             message.content.startswith("You have no voice called “secret alice”"), (sub, message.content)
         assert not message.components
-    voice = await world.db.get_voice(alice.id, secret)
+    voice = await world.db.voices.get(alice.id, secret)
     assert voice is not None and voice.name == "Secret Alice"
-    assert await world.db.get_default_voice(bob.id) is None
+    assert await world.db.user_settings.default_voice(bob.id) is None
     _, listing = await run(world, bob, "list")
     assert "Secret" not in text_of(listing)
 
@@ -241,7 +243,7 @@ async def test_rename_rules(world: World):
 
     _, message = await run(world, alice, "rename", {"name": "narrator", "new_name": "  The   Storyteller "})
     assert message.content == "Renamed “Narrator” to “The Storyteller”."
-    assert (await world.db.get_voice(alice.id, first)).name == "The Storyteller"
+    assert (await world.db.voices.get(alice.id, first)).name == "The Storyteller"
 
     _, message = await run(world, alice, "rename", {"name": "The Storyteller", "new_name": "GRANDMA"})
     assert "You already have a voice called “GRANDMA”" in message.content
@@ -257,7 +259,7 @@ async def test_rename_rules(world: World):
     await add_job(world, alice.id, "Busy Name", state="processing")
     _, message = await run(world, alice, "rename", {"name": "the storyteller", "new_name": "busy name"})
     assert "in progress" in message.content
-    assert (await world.db.get_voice(alice.id, first)).name == "the storyteller"
+    assert (await world.db.voices.get(alice.id, first)).name == "the storyteller"
 
 
 # -- /voice delete ----------------------------------------------------------------------------------
@@ -273,12 +275,12 @@ async def test_delete_asks_and_can_be_cancelled(world: World):
 
     intruder = await press(world, bob, message, "Delete")
     assert intruder.callback_type == 4 and "Only the person" in intruder.callback["data"]["content"]
-    assert await world.db.get_voice(alice.id, voice_id) is not None
+    assert await world.db.voices.get(alice.id, voice_id) is not None
 
     await press(world, alice, message, "Cancel")
     after = world.emu.messages[message.id]
     assert after.content == "Kept “Narrator”; nothing was deleted." and not after.components
-    assert await world.db.get_voice(alice.id, voice_id) is not None
+    assert await world.db.voices.get(alice.id, voice_id) is not None
 
 
 async def test_a_block_stops_the_delete_buttons_of_a_confirmation_already_shown(world: World):
@@ -289,19 +291,19 @@ async def test_a_block_stops_the_delete_buttons_of_a_confirmation_already_shown(
     refused = await press(world, alice, message, "Delete")
     assert refused.callback_type == 4 and refused.callback["data"]["flags"] & 64
     assert refused.callback["data"]["content"] == "You can't use this bot."
-    assert await world.db.get_voice(alice.id, voice_id) is not None
+    assert await world.db.voices.get(alice.id, voice_id) is not None
     await world.bot.blocks.unblock("user", alice.id)
     await press(world, alice, message, "Delete")  # the same buttons work again once unblocked
     await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Deleted"), 5,
                                "the deletion result")
-    assert await world.db.get_voice(alice.id, voice_id) is None
+    assert await world.db.voices.get(alice.id, voice_id) is None
 
 
 async def test_delete_confirmed_frees_the_name_file_and_default(world: World):
     alice = world.user("alice")
     voice_id = await insert_qwen_voice(world.db, alice.id, "Grandma", embedding_url=None, now=world.clock.now())
-    voice = await world.db.get_voice(alice.id, voice_id)
-    await world.db.set_default_voice(alice.id, voice_id, world.clock.now())
+    voice = await world.db.voices.get(alice.id, voice_id)
+    await world.db.user_settings.set_default_voice(alice.id, voice_id, world.clock.now())
     _, message = await run(world, alice, "delete", {"name": "grandma"})
     body = text_of(message)
     assert "Qwen3-TTS voice expires after about 7 days. I delete my own copy now." in body
@@ -311,10 +313,10 @@ async def test_delete_confirmed_frees_the_name_file_and_default(world: World):
                                "the deletion result")
     assert confirm.callback_type == 7
     assert world.emu.messages[message.id].content == "Deleted “Grandma”; the name is free again."
-    assert await world.db.get_voice(alice.id, voice_id) is None
-    assert await world.db.get_file(voice.embedding_file_id) is None
-    assert await world.db.get_default_voice(alice.id) is None
-    assert not await world.db.voice_name_taken(alice.id, "Grandma")
+    assert await world.db.voices.get(alice.id, voice_id) is None
+    assert await world.db.files.get(voice.embedding_file_id) is None
+    assert await world.db.user_settings.default_voice(alice.id) is None
+    assert not await world.db.voices.name_taken(alice.id, "Grandma")
 
 
 # -- /voice default ---------------------------------------------------------------------------------
@@ -325,10 +327,10 @@ async def test_default_set_and_clear(world: World):
     voice_id = await insert_minimax_voice(world.db, alice.id, "Narrator", now=world.clock.now())
     _, message = await run(world, alice, "default", {"name": "NARRATOR"})
     assert message.content.startswith("“Narrator” is now your default voice") and "name:none" in message.content
-    assert (await world.db.get_default_voice(alice.id)).id == voice_id
+    assert (await world.db.user_settings.default_voice(alice.id)).id == voice_id
     _, message = await run(world, alice, "default", {"name": "none"})
     assert message.content.startswith("Cleared your default voice") and "Kokoro-82m/af_bella" in message.content
-    assert await world.db.get_default_voice(alice.id) is None
+    assert await world.db.user_settings.default_voice(alice.id) is None
 
 
 # -- /voice jobs ------------------------------------------------------------------------------------
@@ -362,7 +364,8 @@ async def test_forget_me_cancel_keeps_everything(world: World):
     assert "• 1 voice\n" in text_of(message) and "(s)" not in text_of(message)
     await press(world, alice, message, "Cancel")
     assert world.emu.messages[message.id].content == "Cancelled; nothing was deleted."
-    assert await world.db.count_user_rows(alice.id) == 1
+    stored = await world.bot.privacy.stored(alice.id)
+    assert {k: n for k, n in stored.items() if n} == {"voices": 1, "clone_jobs": 1}  # the voice and its clone job
 
 
 async def test_forget_me_with_nothing_stored(world: World):
@@ -377,9 +380,9 @@ async def test_forget_me_deletes_every_row_and_file_and_running_clones_do_not_co
     now = world.clock.now()
     await insert_qwen_voice(world.db, alice.id, "Grandma", embedding_url=None, now=now)
     narrator = await insert_minimax_voice(world.db, alice.id, "Narrator", now=now)
-    await world.db.set_default_voice(alice.id, narrator, now)
+    await world.db.user_settings.set_default_voice(alice.id, narrator, now)
     await add_job(world, alice.id, "Narrator", state="completed", provider="minimax", voice_id=narrator)
-    await world.db.cache_put("k-alice", alice.id, "audio/mpeg", b"speech", now, 10_000_000)
+    await world.db.cache.put("k-alice", alice.id, "audio/mpeg", b"speech", now, 10_000_000)
     await insert_qwen_voice(world.db, bob.id, "Bob Voice", embedding_url=None, now=now)
     # A real clone that is still running at NanoGPT when alice asks to be forgotten.
     world.nano.complete_after(0.6, poll_after=0.05)
@@ -387,28 +390,66 @@ async def test_forget_me_deletes_every_row_and_file_and_running_clones_do_not_co
     clone = await world.emu.slash(alice, "voice", subcommand="clone",
                                   options={"audio": clip, "name": "Late", "provider": "qwen"})
     await clone.wait_final(20)
-    assert any(j.is_open for j in await world.db.user_jobs(alice.id))
+    assert any(j.is_open for j in await world.db.jobs.for_user(alice.id))
 
     _, message = await run(world, alice, None, command="forget-me")
     body = text_of(message)
-    for expected in ("• 2 voices\n", "• 2 clone job records (", "• 1 cached speech clip\n", "your settings",
+    # Clone job records: the two that made her voices and the running one.
+    for expected in ("• 2 voices\n", "• 3 clone job records (", "• 1 cached speech clip\n", "your settings",
                      "• 1 stored file (voice embeddings)"):
         assert expected in body, (expected, body)
     await press(world, alice, message, "Delete everything")
     await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Done"), 5,
                                "the forget-me result")
     assert world.emu.messages[message.id].content == (
-        "Done: I deleted 2 voices, 2 clone job records, 1 cached speech clip, 1 setting and "
+        "Done: I deleted 2 voices, 3 clone job records, 1 cached speech clip, 1 setting and "
         "1 stored file.")
-    assert await world.db.count_user_rows(alice.id) == 0
-    assert await world.db.user_files(alice.id) == []
+    assert not any((await world.bot.privacy.stored(alice.id)).values())
+    assert await world.db.ledger.count_user_data(alice.id) == 0  # her spending is kept, detached from her
+    assert await world.db.files.for_user(alice.id) == []
 
     await asyncio.sleep(1.2)  # the clone completes at NanoGPT meanwhile; the poller must let it go
-    assert await world.db.count_user_rows(alice.id) == 0
-    assert await world.db.list_voices(alice.id) == []
-    assert await world.db.count_user_rows(bob.id) == 2  # bob's voice and file are untouched
+    assert not any((await world.bot.privacy.stored(alice.id)).values())
+    assert await world.db.ledger.count_user_data(alice.id) == 0
+    assert await world.db.voices.list(alice.id) == []
+    bobs = await world.bot.privacy.stored(bob.id)  # bob's voice, its job and its file are untouched
+    assert {k: n for k, n in bobs.items() if n} == {"voices": 1, "clone_jobs": 1, "stored_files": 1}
     notices = [m for m in world.emu.channel_messages() if str(alice.id) in m.content]
     assert notices == []
+
+
+@pytest.mark.env(SAY_COOLDOWN_SECONDS="60")
+async def test_forget_me_empties_what_is_kept_in_memory_for_that_user_only(world: World):
+    """Besides the rows: the embedding host's remembered URLs, the speech service's voice-message encodings
+    and cooldown, and the clone service's notice samples go for alice; bob keeps his."""
+    world.bot.nanogpt.tts_poll_interval = 0.02
+    alice, bob = world.user("alice"), world.user("bob")
+    speech, embeddings, clones = world.bot.speech, world.bot.embeddings, world.bot.clones
+    voices, jobs, keys = {}, {}, {}
+    for user in (alice, bob):
+        url = world.nano.put_storage(f"emb/{user.id}.safetensors", EMBEDDING, "application/octet-stream")
+        voices[user.id] = await insert_qwen_voice(world.db, user.id, "Mine", embedding_url=url, now=world.clock.now())
+        said = await world.emu.slash(user, "say", options={"text": f"hello from {user.id}", "voice": "Mine",
+                                                           "voice_message": True})
+        await said.wait_final(10)
+        keys[user.id] = set(await world.db.cache.user_keys(user.id))
+        # A finished clone whose notice is still to be delivered keeps its sample (speech in the new voice).
+        jobs[user.id] = (await world.db.jobs.for_voice(user.id, voices[user.id])).id
+        clones._samples[jobs[user.id]] = (b"sample of " + str(user.id).encode(), "audio/mpeg")
+    for user in (alice, bob):
+        assert keys[user.id] and keys[user.id] <= set(speech._voice_messages), "the voice message was not kept"
+        assert voices[user.id] in embeddings._last_url and user.id in speech.cooldown._last
+
+    _, message = await run(world, alice, None, command="forget-me")
+    await press(world, alice, message, "Delete everything")
+    await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Done"), 5,
+                               "the forget-me result")
+
+    assert not keys[alice.id] & set(speech._voice_messages) and keys[bob.id] <= set(speech._voice_messages)
+    assert voices[alice.id] not in embeddings._last_url and voices[alice.id] not in embeddings._checks
+    assert voices[bob.id] in embeddings._last_url
+    assert jobs[alice.id] not in clones._samples and jobs[bob.id] in clones._samples
+    assert alice.id not in speech.cooldown._last and bob.id in speech.cooldown._last
 
 
 # -- durable Qwen voices ----------------------------------------------------------------------------
@@ -493,4 +534,4 @@ async def test_embedding_channel_rehosting_and_refresh(world: World):
     _, message = await run(world, alice, "delete", {"name": "Grandma"})
     await press(world, alice, message, "Delete")
     await world.emu.wait_until(lambda: stored.id in world.emu.deleted_messages, 5, "the re-hosted copy deleted")
-    assert await world.db.get_voice(alice.id, voice_id) is None
+    assert await world.db.voices.get(alice.id, voice_id) is None

@@ -1,0 +1,37 @@
+"""SQLite storage: one connection owner (:class:`Database`) and one repository per aggregate.
+
+All SQL lives in this package and is parameterised. ``db.voices``, ``db.user_settings``, ``db.jobs``,
+``db.ledger``, ``db.cache``, ``db.files``, ``db.guilds`` and ``db.blocks`` each hold one aggregate's
+queries; every one of them can count and delete a user's rows (``delete_user_data``, for /forget-me).
+"""
+
+from bot.storage.base import Repository, Transaction
+from bot.storage.cache import CACHE_EVICTION_ORDER
+from bot.storage.database import Database
+from bot.storage.ledger import ANONYMOUS_USER
+from bot.storage.records import (
+    Block,
+    CacheEntry,
+    CloneJob,
+    DuplicateVoiceName,
+    GuildSettings,
+    StoredFile,
+    Voice,
+    name_key,
+)
+
+__all__ = [
+    "ANONYMOUS_USER",
+    "CACHE_EVICTION_ORDER",
+    "Block",
+    "CacheEntry",
+    "CloneJob",
+    "Database",
+    "DuplicateVoiceName",
+    "GuildSettings",
+    "Repository",
+    "StoredFile",
+    "Transaction",
+    "Voice",
+    "name_key",
+]
