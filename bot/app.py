@@ -26,6 +26,7 @@ from bot.embeddings import EmbeddingHost
 from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient
+from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.privacy import Privacy
 from bot.speech import SpeechService
@@ -39,6 +40,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.voices",
     "cogs.clone_jobs",
     "cogs.speech",
+    "cogs.voice_channels",
     "cogs.usage",
     "cogs.admin",
     "cogs.owner",
@@ -92,7 +94,8 @@ class NanoVoice(commands.Bot):
     def __init__(self, config: Config, *, session: aiohttp.ClientSession, db: Database, nanogpt: NanoGPTClient,
                  clock: Clock | None = None, http_host: str = "0.0.0.0", **options: Any) -> None:
         point_discord_at(config)
-        options.setdefault("intents", discord.Intents(guilds=True))
+        # voice_states: who is in which voice channel (joining a channel waits for it, too).
+        options.setdefault("intents", discord.Intents(guilds=True, voice_states=True))
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, tree_cls=NanoVoiceTree,
                          help_command=None, **options)
@@ -109,10 +112,12 @@ class NanoVoice(commands.Bot):
         self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.speech, self.embeddings,
                                    self.voices)
         self.blocks = Blocks(db)
+        self.playback = Playback(self.clock, config.voice_idle_seconds)
         self.privacy = Privacy(db)  # /forget-me: the repositories, and these holders of user data
         self.privacy.register("embeddings", self.embeddings)
         self.privacy.register("speech", self.speech)
         self.privacy.register("clones", self.clones)
+        self.privacy.register("voice queue", self.playback)
         self.synced: str = "not synced"
         self._leaving: set[int] = set()
 

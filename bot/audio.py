@@ -333,6 +333,22 @@ def _slot() -> asyncio.Semaphore:
     return sem
 
 
+def ffmpeg_slot() -> asyncio.Semaphore:
+    """The one cap on ffmpeg processes of this event loop, for ffmpeg runs started elsewhere (voice playback)."""
+    return _slot()
+
+
+def sniff(data: bytes) -> str | None:
+    """The audio container named from its magic bytes (``"mp3"``, ``"ogg/opus"``, …), or None."""
+    return _sniff(data)
+
+
+def playback_input_args() -> list[str]:
+    """ffmpeg input options for synthesised speech piped on stdin: the same demuxer whitelist as every
+    other decode here, and no protocol but the pipe."""
+    return ["-format_whitelist", _DEMUXERS, "-protocol_whitelist", "pipe,fd"]  # ffmpeg 6+ reads "-" as fd:
+
+
 @dataclass(frozen=True, slots=True)
 class _Run:
     returncode: int

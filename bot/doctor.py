@@ -59,10 +59,12 @@ NEEDED: tuple[tuple[str, str], ...] = (
     ("embed_links", "Embed Links"),
     ("attach_files", "Attach Files"),
     ("read_message_history", "Read Message History"),
+    ("connect", "Connect"),  # voice channels: /join
+    ("speak", "Speak"),
     ("send_voice_messages", "Send Voice Messages"),
     ("send_messages_in_threads", "Send Messages in Threads"),
 )
-INVITE_PERMISSIONS = sum(getattr(discord.Permissions, name).flag for name, _ in NEEDED)  # 70643622202368
+INVITE_PERMISSIONS = sum(getattr(discord.Permissions, name).flag for name, _ in NEEDED)  # 70643625348096
 MAX_GUILDS_CHECKED = 50  # permission checks cost two requests per server; sample the first ones
 #: Each check is given up (a ``problem:`` line naming what didn't answer) after this long without an answer.
 CHECK_TIMEOUT = 10.0

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.app import NanoVoice, http_session
@@ -107,8 +108,10 @@ class World:
         db = await Database(config.database_path).connect()
         resources.push_async_callback(db.close)
         nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
+        # discord.py hard-codes wss:// for the voice websocket: the bot trusts the emulator's test CA.
+        connector = aiohttp.TCPConnector(ssl=self.emu.voice_client_ssl_context())
         bot = NanoVoice(config, session=session, db=db, nanogpt=nanogpt, clock=self.clock, http_host="127.0.0.1",
-                        guild_ready_timeout=0.05)
+                        guild_ready_timeout=0.05, connector=connector)
 
         async def no_identify_wait(*_: Any, **__: Any) -> None:
             return None

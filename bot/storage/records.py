@@ -90,6 +90,7 @@ class GuildSettings:
     daily_budget_micros: int | None
     clone_role_id: int | None
     clones_enabled: bool | None
+    voice_playback: bool | None = None  # None: never set (on)
 
 
 @dataclass(frozen=True, slots=True)
