@@ -48,7 +48,6 @@ __all__ = [
     "VoiceMessageAudio",
     "check_size",
     "encode_voice_message",
-    "extension_for",
     "normalize_clone_audio",
     "precheck",
     "provider_rule",
@@ -292,34 +291,6 @@ def precheck(data: bytes, filename: str | None = None) -> str | None:
         raise UnreadableAudio(f"That file is {what}, not audio; please upload an {ACCEPTED_FORMATS} recording.")
     log.debug("precheck: unrecognised header %r for %r; leaving it to ffmpeg", data[:12], filename)
     return None
-
-
-def extension_for(content_type: str | None) -> str:
-    """File extension for an audio content type (``audio/mpeg`` → ``mp3``); ``mp3`` when unknown."""
-    base = (content_type or "").split(";", 1)[0].strip().lower()
-    return _EXTENSIONS.get(base, "mp3")
-
-
-_EXTENSIONS = {
-    "audio/mpeg": "mp3",
-    "audio/mp3": "mp3",
-    "audio/mpeg3": "mp3",
-    "audio/x-mpeg": "mp3",
-    "audio/wav": "wav",
-    "audio/x-wav": "wav",
-    "audio/wave": "wav",
-    "audio/vnd.wave": "wav",
-    "audio/ogg": "ogg",
-    "application/ogg": "ogg",
-    "audio/opus": "opus",
-    "audio/aac": "aac",
-    "audio/x-aac": "aac",
-    "audio/flac": "flac",
-    "audio/x-flac": "flac",
-    "audio/webm": "webm",
-    "audio/mp4": "m4a",
-    "audio/x-m4a": "m4a",
-}
 
 
 # -- ffmpeg plumbing -------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -62,10 +61,10 @@ from bot.scheduler import Scheduler, backoff
 from bot.speech import SpeechService
 from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
 from bot.text import shorten
+from bot.voices import NAME_MAX, VoiceService, validate_voice_name
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 32
 TRANSCRIPT_MAX = 1000
 INTERACTION_TOKEN_LIFETIME = 15 * 60  # Discord interaction tokens live 15 minutes
 SAMPLE_TEXT = "Hello! This is my new voice. How do I sound?"
@@ -80,35 +79,6 @@ LOST_AFTER_TIMEOUT = (
 )
 TIMED_OUT = "NanoGPT did not finish the clone within 30 minutes."
 FAILED_WITHOUT_REASON = "NanoGPT reported that the clone failed without giving a reason."
-
-# Zero-width and text-direction characters that are not in Unicode category Cf everywhere.
-_INVISIBLE = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
-
-
-def validate_voice_name(raw: str) -> str:
-    """The cleaned voice name, or a :class:`UserFacingError` saying what to change."""
-    name = " ".join((raw or "").split()) if not _has_forbidden(raw or "") else None
-    if name is None:
-        raise UserFacingError(
-            "Voice names can't contain control, invisible or text-direction characters; "
-            "use letters, digits, spaces and punctuation."
-        )
-    if not 1 <= len(name) <= NAME_MAX:
-        raise UserFacingError(f"Voice names must be 1–{NAME_MAX} characters long.")
-    return name
-
-
-def _has_forbidden(text: str) -> bool:
-    for char in text:
-        if char in " \t":
-            continue
-        category = unicodedata.category(char)
-        # Cc: control (incl. newlines); Cf: format (zero-width, bidi overrides and isolates, BOM…);
-        # Zl/Zp: line/paragraph separators; Co/Cs/Cn: private use, surrogates, unassigned.
-        if category in {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"} or char in _INVISIBLE:
-            return True
-    return False
-
 
 def format_elapsed(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -218,7 +188,7 @@ class CloneService:
     notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
-                 speech: SpeechService, embeddings: EmbeddingHost) -> None:
+                 speech: SpeechService, embeddings: EmbeddingHost, voices: VoiceService) -> None:
         self.db = db
         self.nanogpt = nanogpt
         self.limits = limits
@@ -227,6 +197,7 @@ class CloneService:
         self.speech = speech
         self._notice_slots = asyncio.Semaphore(self.notice_concurrency)
         self.embeddings = embeddings
+        self.voices = voices
         self.events: JobEvents | None = None
         self._scheduler: Scheduler[int] = Scheduler(self._turn, name="clone-job")  # keys: job ids
         self._submitting: set[int] = set()  # jobs this process is submitting right now
@@ -235,19 +206,6 @@ class CloneService:
         self._notice_failures: dict[int, int] = {}
 
     # -- checks ----------------------------------------------------------------------------------
-
-    async def ensure_name_free(self, user_id: int, name: str) -> None:
-        if await self.db.voices.name_taken(user_id, name):
-            raise UserFacingError(
-                f"You already have a voice called “{name}”; pick another name or delete that one with /voice delete."
-            )
-        await self.ensure_no_clone_named(user_id, name)
-
-    async def ensure_no_clone_named(self, user_id: int, name: str) -> None:
-        """Refuse ``name`` while one of the user's clones of that name is still running."""
-        key = name_key(name)
-        if any(name_key(other) == key for other in await self.db.jobs.open_names(user_id)):
-            raise UserFacingError(f"A clone called “{name}” is already in progress; pick another name.")
 
     async def check_quota(self, request: CloneRequest) -> None:
         """Raise :class:`bot.limits.LimitExceeded` now if the limit or budget would refuse the clone.
@@ -269,7 +227,7 @@ class CloneService:
             raise UserFacingError(f"The transcript can be at most {TRANSCRIPT_MAX} characters long.")
         request = replace(request, name=name, provider=provider.key, transcript=transcript,
                           model=request.model if provider.takes_clone_model else None)
-        await self.ensure_name_free(request.user_id, name)
+        await self.voices.ensure_name_free(request.user_id, name)
         await ensure_clone_allowed(self.db, request.guild_id, request.role_ids)
         await self.check_quota(request)
         # AudioError is a UserFacingError: one sentence.
@@ -464,7 +422,7 @@ class CloneService:
         if result is PollResult.COMPLETED:
             await self._complete(job, provider, status, now)
         elif result is PollResult.FAILED:
-            await self._finish(job, JobState.FAILED, _one_line(status.error) or FAILED_WITHOUT_REASON)
+            await self._finish(job, JobState.FAILED, shorten(status.error or "", 300) or FAILED_WITHOUT_REASON)
         else:
             new_state = check_move(job.state, JobState.PROCESSING if result is PollResult.PROCESSING
                                    else JobState.PENDING)
@@ -629,10 +587,6 @@ class CloneService:
         return speech.audio, speech.content_type
 
 
-def _one_line(text: str | None, limit: int = 300) -> str | None:
-    return shorten(str(text), limit) if text else None
-
-
 __all__ = [
     "STATE_LABELS",
     "ClipSource",
@@ -643,5 +597,4 @@ __all__ = [
     "JobEvents",
     "PreparedClone",
     "make_custom_voice_id",
-    "validate_voice_name",
 ]

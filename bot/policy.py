@@ -120,7 +120,7 @@ def parse_budget(text: str, ceiling_micros: int = 0) -> int:
         raw = raw[1:].strip()
     example = "2.50" if ceiling_micros <= 0 or ceiling_micros >= 2_500_000 else format_usd(ceiling_micros)[1:]
     problem = UserFacingError(
-        f"“{_shown(text)}” is not a dollar amount; write the daily budget like {example}"
+        f"“{shorten(text or '', 40)}” is not a dollar amount; write the daily budget like {example}"
         + (", or 0 for no limit." if ceiling_micros <= 0 else ".")
     )
     if "," in raw:
@@ -184,7 +184,3 @@ class Blocks:
         removed = await self.db.blocks.remove(kind, target_id)
         self._blocked.pop((kind, target_id), None)
         return removed
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    return shorten(text or "", limit)

@@ -23,7 +23,6 @@ Errors are :class:`~bot.errors.UserFacingError` (one sentence) or :class:`~bot.n
 from __future__ import annotations
 
 import asyncio
-import difflib
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot import audio, providers
+from bot import audio, fuzzy, providers
 from bot.clock import Clock
 from bot.config import TTS_MODELS, Config, canonical_model
 from bot.embeddings import EmbeddingHost
@@ -60,7 +59,7 @@ from bot.nanogpt import (
 )
 from bot.providers.base import TTSArguments
 from bot.storage import Database, Voice
-from bot.text import shorten
+from bot.text import escape_markdown, shorten
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ def prepare_text(text: str, limit: int, names: MentionNames | None = None, *, wh
 def quote_text(text: str, max_chars: int) -> str:
     """``text`` as a Discord block quote of at most ``max_chars`` characters (markdown shown literally)."""
     def render(body: str) -> str:
-        return "> " + _escape_markdown(body)
+        return "> " + escape_markdown(body)
 
     quoted = render(text)
     if len(quoted) <= max_chars:
@@ -249,13 +248,6 @@ def quote_text(text: str, max_chars: int) -> str:
         else:
             high = mid - 1
     return render(text[:low].rstrip() + "…")
-
-
-_MARKDOWN = re.compile(r"([\\*_~`|>#\-\[\]()])")
-
-
-def _escape_markdown(text: str) -> str:
-    return _MARKDOWN.sub(r"\\\1", text)
 
 
 # -- voices ----------------------------------------------------------------------------------------
@@ -291,12 +283,8 @@ class Speech:
     currency: str | None = None
 
     @property
-    def extension(self) -> str:
-        return extension_for(self.content_type)
-
-    @property
     def filename(self) -> str:
-        return f"speech.{self.extension}"
+        return f"speech.{extension_for(self.content_type)}"
 
 
 # The shape of the MiniMax voice ids the bot generates for clones (bot.jobs.make_custom_voice_id). A
@@ -319,21 +307,17 @@ def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple
     model = canonical_model(model_part)
     if model is None:
         raise UserFacingError(
-            f"“{_short(model_part)}” is not a speech model I know. Write a stock voice as model/voice, "
+            f"“{shorten(model_part, 40)}” is not a speech model I know. Write a stock voice as model/voice, "
             f"e.g. {stock_examples(models)}; see /say's voice suggestions for more."
         )
     voice = voice_part.strip()
     if not voice:
         raise UserFacingError(f"Add a voice after the model, e.g. {STOCK_EXAMPLE}.")
     if len(voice) > 64 or any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in voice):
-        raise UserFacingError(f"“{_short(voice)}” is not a voice name; stock voices look like {STOCK_EXAMPLE}.")
+        raise UserFacingError(f"“{shorten(voice, 40)}” is not a voice name; stock voices look like {STOCK_EXAMPLE}.")
     if BOT_VOICE_ID.match(voice):
-        raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name (/voice list).")
+        raise NotFound(f"“{shorten(voice, 40)}” is not a stock voice; use your own voices by their name (/voice list).")
     return model, voice
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return shorten(text, limit)
 
 
 def _stock(model: str, voice: str) -> ResolvedVoice:
@@ -350,29 +334,6 @@ def cache_key(voice: ResolvedVoice, speed: float, text: str) -> str:
     blob = json.dumps([CACHE_KEY_VERSION, voice.identity, voice.model, _speed_key(speed), text],
                       ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _match_score(query: str, candidate: str) -> float | None:
-    """How well ``query`` matches ``candidate`` (higher is better), None when it does not."""
-    q, c = query.casefold().strip(), candidate.casefold()
-    if not q:
-        return 0.0
-    if c == q:
-        return 10.0
-    if c.startswith(q):
-        return 8.0 + len(q) / len(c)
-    words = re.split(r"[\s/_.\-]+", c)
-    if any(w.startswith(q) for w in words):
-        return 7.0 + len(q) / len(c)
-    if q in c:
-        return 6.0 + len(q) / len(c)
-    it = iter(c)
-    if all(ch in it for ch in q):  # subsequence: "afbel" → "af_bella"
-        return 4.0 + len(q) / len(c)
-    ratio = difflib.SequenceMatcher(None, q, c).ratio()
-    best_word = max((difflib.SequenceMatcher(None, q, w).ratio() for w in words), default=0.0)
-    ratio = max(ratio, best_word)
-    return ratio * 3.0 if ratio >= 0.7 else None
 
 
 # -- the service -----------------------------------------------------------------------------------
@@ -465,11 +426,11 @@ class SpeechService:
             model, voice = parse_stock_voice(value, self.offered_models)
             self.check_stock_model(model)
             if await self.db.voices.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
-                raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name "
+                raise NotFound(f"“{shorten(voice, 40)}” is not a stock voice; use your own voices by their name "
                                "(/voice list).")
             return _stock(model, voice)
         raise NotFound(
-            f"You have no voice named “{_short(value)}”; pick one of your voices (/voice list) or a stock voice "
+            f"You have no voice named “{shorten(value, 40)}”; pick one of your voices (/voice list) or a stock voice "
             f"such as {self.default_stock_voice().label}."
         )
 
@@ -480,7 +441,7 @@ class SpeechService:
         own = await self.db.voices.names_for_speech(user_id)
         mine: list[tuple[float, int, str, str]] = []
         for index, (name, provider, is_default) in enumerate(own):
-            score = _match_score(current, name)
+            score = fuzzy.score(current, name)
             if score is None:
                 continue
             marker = ", default" if is_default else ""
@@ -491,8 +452,8 @@ class SpeechService:
         stock: list[tuple[float, int, str]] = []
         for index, value in enumerate(self.stock_choices):
             model, _, voice = value.partition("/")
-            score = _match_score(current, value)
-            voice_score = _match_score(current, voice)
+            score = fuzzy.score(current, value)
+            voice_score = fuzzy.score(current, voice)
             best = max((s for s in (score, voice_score) if s is not None), default=None)
             if best is None:
                 continue

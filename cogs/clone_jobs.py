@@ -31,9 +31,10 @@ from bot.jobs import (
     PreparedClone,
     format_elapsed,
 )
-from bot.limits import format_money, format_usd
 from bot.nanogpt import NanoGPTError
 from bot.storage import CloneJob
+from bot.text import format_money, format_usd
+from cogs import ui
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
@@ -122,40 +123,22 @@ def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embe
 # -- views -----------------------------------------------------------------------------------------
 
 
-class ConfirmCloneView(discord.ui.View):
-    """Cost-and-consent confirmation; only the invoking user may press it."""
+class ConfirmCloneView(ui.ConfirmView):
+    """Cost-and-consent confirmation; only the invoking user may press it, once."""
+
+    already_answered_text = "This clone was already confirmed or cancelled."
 
     def __init__(self, cog: CloneJobs, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
                  *, timeout: float) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(origin, confirm_style=discord.ButtonStyle.success, timeout=timeout)
         self.cog = cog
-        self.origin = origin
         self.prepared = prepared
         self.where = where
-        self.answered = False  # a second press that raced the first one is turned away
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id == self.origin.user.id:
-            if not self.answered:
-                self.answered = True
-                return True
-            await interaction.response.send_message("This clone was already confirmed or cancelled.",
-                                                    ephemeral=True)
-            return False
-        await interaction.response.send_message(
-            f"Only {self.origin.user.mention} can confirm this clone.", ephemeral=True,
-            allowed_mentions=interactions.NO_PINGS,
-        )
-        return False
+    def not_yours_text(self) -> str:
+        return f"Only {self.origin.user.mention} can confirm this clone."
 
-    def _disable(self) -> None:
-        for item in self.children:
-            if isinstance(item, discord.ui.Button):
-                item.disabled = True
-
-    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
+    async def confirmed(self, interaction: discord.Interaction) -> None:
         await interaction.response.edit_message(
             embed=closed_embed(self.prepared, "Submitting to NanoGPT…", colour=COLOUR_WAITING), view=None,
         )
@@ -167,16 +150,14 @@ class ConfirmCloneView(discord.ui.View):
                 self.origin, embed=closed_embed(self.prepared, message, colour=COLOUR_PROBLEM), view=None,
             )
 
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
-        self._disable()
+    async def cancelled(self, interaction: discord.Interaction) -> None:
+        self.disable_buttons()
         await interaction.response.edit_message(
             embed=closed_embed(self.prepared, "Cancelled; nothing was charged."), view=self,
         )
 
     async def on_timeout(self) -> None:
-        self._disable()
+        self.disable_buttons()
         try:
             await interactions.edit_original(
                 self.origin,
@@ -188,13 +169,8 @@ class ConfirmCloneView(discord.ui.View):
             log.warning("could not mark the clone confirmation of interaction %s as expired", self.origin.id,
                         exc_info=True)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
-        from bot.app import report_error
 
-        await report_error(interaction, error)
-
-
-class CloneModal(discord.ui.Modal):
+class CloneModal(ui.Modal):
     """Name, provider and transcript for "Clone this voice"."""
 
     def __init__(self, cog: CloneJobs, attachment: discord.Attachment) -> None:
@@ -224,14 +200,6 @@ class CloneModal(discord.ui.Modal):
             provider=values[0] if values else "", transcript=self.transcript_input.value or None,
             model=None, noise_reduction=False, normalize_volume=False,
         )
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception,
-                       _item: discord.ui.Item[Any] | None = None) -> None:
-        # Modal calls this with two arguments; the optional third keeps the signature of the View base
-        # class that discord.py's Modal shares.
-        from bot.app import report_error
-
-        await report_error(interaction, error)
 
 
 def find_audio(message: discord.Message) -> discord.Attachment | None:

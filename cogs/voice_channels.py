@@ -27,6 +27,7 @@ from discord.voice_state import SocketReader, VoiceConnectionState
 
 from bot import audio, interactions, playback
 from bot.errors import Forbidden, UserFacingError
+from bot.nanogpt import extension_for
 from bot.playback import GuildQueue, Line, Playback, QueueFull
 from bot.policy import voice_playback_enabled
 from bot.speech import Speech as SpokenAudio
@@ -184,7 +185,7 @@ async def open_source(data: bytes, content_type: str) -> PrefetchedOpus:
             loop.call_soon_threadsafe(slot.release)
 
     try:
-        kind = audio.sniff(data) or audio.extension_for(content_type)
+        kind = audio.sniff(data) or extension_for(content_type)
         codec = "opus" if kind == "ogg/opus" else kind.split("/", 1)[0]  # opus is copied, anything else encoded
         ffmpeg = await asyncio.to_thread(
             discord.FFmpegOpusAudio, io.BytesIO(data), pipe=True, executable=exe, codec=codec,

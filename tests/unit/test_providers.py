@@ -20,6 +20,7 @@ from bot.nanogpt import NanoGPTClient
 from bot.policy import effective_settings
 from bot.providers.base import CloneProvider, UploadFormat
 from bot.speech import SpeechService
+from bot.voices import VoiceService
 from cogs import clone_jobs, voices
 from cogs.help import help_embed
 from tests.fixtures_db import TEST_NANOGPT_KEY, make_config
@@ -81,7 +82,7 @@ async def parrot_service(monkeypatch, db) -> AsyncIterator[CloneService]:
         limits = Limits(db, config, clock)
         embeddings = EmbeddingHost(db, config, clock, session)
         speech = SpeechService(db, nanogpt, limits, clock, config, embeddings)
-        yield CloneService(db, nanogpt, limits, clock, config, speech, embeddings)
+        yield CloneService(db, nanogpt, limits, clock, config, speech, embeddings, VoiceService(db, clock, embeddings))
 
 
 def _clip(data: bytes, filename: str = "clip.mp3") -> ClipSource:

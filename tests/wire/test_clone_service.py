@@ -33,6 +33,7 @@ from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import InvalidRequest, NanoGPTClient
 from bot.speech import SpeechService
 from bot.storage import Database
+from bot.voices import VoiceService
 from tests.fakes.nanogpt import Step
 from tests.fixtures_db import add_qwen_voice, ledger_rows
 
@@ -90,7 +91,9 @@ class Env:
         self.limits = Limits(self.db, self.config, self.clock)
         embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session)
         speech = SpeechService(self.db, nanogpt, self.limits, self.clock, self.config, embeddings)
-        self.service = CloneService(self.db, nanogpt, self.limits, self.clock, self.config, speech, embeddings)
+        voices = VoiceService(self.db, self.clock, embeddings)
+        self.service = CloneService(self.db, nanogpt, self.limits, self.clock, self.config, speech, embeddings,
+                                    voices)
         self.service.backoff_base = 0.05
         self.events = Recorder()
         self.pollers.append(asyncio.create_task(self.service.run_poller(self.events)))
