@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import importlib.metadata
 import logging
@@ -19,20 +20,24 @@ import sqlite3
 import ssl
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Only what the configuration needs at the top: ``--version`` and a configuration error answer without
+# loading discord.py and the bot (they are imported where the bot or the check starts).
 from bot.config import Config, ConfigError, load_config
 from bot.text import shorten
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
+    from bot.storage import Database
 
 log = logging.getLogger("bot")
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+DETAIL_MAX = 160  # characters of an error's own text quoted in the one line operators see
 
 
 def version() -> str:
@@ -91,51 +96,77 @@ class _FirstGatewayFailure(logging.Filter):
 
 
 async def _run(config: Config) -> None:
+    """Open the resources, then run the bot on them (discord.py's ``examples/advanced_startup.py``):
+    the HTTP session and the database are opened here and closed here, after the bot has closed."""
     import aiohttp
-    import asyncpg
     import discord
 
-    from bot.app import NanoVoice
+    from bot.app import NanoVoice, http_session
+    from bot.nanogpt import NanoGPTClient
 
-    async with NanoVoice(config) as client:
-        loop = asyncio.get_running_loop()
-        # SIGTERM (systemd, docker stop) closes the bot as cleanly as Ctrl+C: cogs, gateway, database.
-        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(client.close()))
-        try:
-            await client.login(str(config.discord_token))
-        except (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException) as exc:
-            if client.user is None:  # discord.py's own login (GET /users/@me) failed, before our setup_hook
-                raise StartupFailure(f"can't reach Discord at {_address(exc, config.discord_api_base)}: "
-                                     f"{_reason(exc)}") from exc
-            line = _setup_failure(exc, config)
-            if line is None:
-                raise
-            log.debug("start-up failed", exc_info=exc)
-            raise StartupFailure(line) from exc
-        except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.debug("start-up failed", exc_info=exc)
-            raise StartupFailure(f"can't open the database {config.database_label}: {_one_line(str(exc))}; check "
-                                 f"{config.database_variable}") from exc
-        first = _FirstGatewayFailure(client)
-        client_log = logging.getLogger("discord.client")
-        client_log.addFilter(first)
-        try:
-            await client.connect(reconnect=True)
-        except Exception as exc:
-            if first.error is None:
-                raise
-            raise _gateway_unreachable(config, first.error) from exc
-        finally:
-            client_log.removeFilter(first)
-        if first.error is not None:
-            raise _gateway_unreachable(config, first.error)
+    async with http_session() as session, _database(config) as db:
+        nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
+        async with NanoVoice(config, session=session, db=db, nanogpt=nanogpt) as client:
+            loop = asyncio.get_running_loop()
+            # SIGTERM (systemd, docker stop) closes the bot as cleanly as Ctrl+C: cogs, gateway, database.
+            loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(client.close()))
+            try:
+                await client.login(str(config.discord_token))
+            except (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException) as exc:
+                if client.user is None:  # discord.py's own login (GET /users/@me) failed, before our setup_hook
+                    raise StartupFailure(f"can't reach Discord at {_address(exc, config.discord_api_base)}: "
+                                         f"{_reason(exc)}") from exc
+                line = _setup_failure(exc, config)
+                if line is None:
+                    raise
+                log.debug("start-up failed", exc_info=exc)
+                raise StartupFailure(line) from exc
+            first = _FirstGatewayFailure(client)
+            client_log = logging.getLogger("discord.client")
+            client_log.addFilter(first)
+            try:
+                await client.connect(reconnect=True)
+            except Exception as exc:
+                if first.error is None:
+                    raise
+                raise _gateway_unreachable(config, first.error) from exc
+            finally:
+                client_log.removeFilter(first)
+            if first.error is not None:
+                raise _gateway_unreachable(config, first.error)
+
+
+@contextlib.asynccontextmanager
+async def _database(config: Config) -> AsyncIterator[Database]:
+    """The connected database, closed on the way out; a :class:`StartupFailure` in one line when it
+    can't be opened."""
+    import asyncpg
+
+    from bot.storage import Database
+
+    try:
+        db = await Database.from_config(config).connect()
+    except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.debug("opening the database failed", exc_info=exc)
+        raise StartupFailure(f"can't open the database {config.database_label}: {shorten(str(exc), DETAIL_MAX)}; "
+                             f"check {config.database_variable}") from exc
+    except OSError as exc:
+        line = _setup_failure(exc, config)
+        if line is None:
+            raise
+        log.debug("opening the database failed", exc_info=exc)
+        raise StartupFailure(line) from exc
+    try:
+        yield db
+    finally:
+        await db.close()
 
 
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNRESET}
 
 
 def _setup_failure(exc: BaseException, config: Config) -> str | None:
-    """One line for what commonly fails in the bot's own set-up (after the Discord login), else None."""
+    """One line for what commonly fails in the bot's own set-up (its database, its HTTP port), else None."""
     if not isinstance(exc, OSError) or not isinstance(exc.errno, int):
         return None
     if exc.filename is not None:  # creating the database's directory, opening the file
@@ -175,27 +206,23 @@ def _reason(exc: BaseException) -> str:
     import discord
 
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"its TLS certificate was not accepted ({_one_line(str(exc.certificate_error))})"
+        return f"its TLS certificate was not accepted ({shorten(str(exc.certificate_error), DETAIL_MAX)})"
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         return f"the websocket handshake was refused (HTTP {exc.status})"
     if isinstance(exc, discord.HTTPException):
         return f"Discord answered HTTP {exc.status}; try again later"
     cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(cause, socket.gaierror):
-        return f"DNS lookup failed ({_one_line(cause.strerror or str(cause)).lower()})"
+        return f"DNS lookup failed ({shorten(cause.strerror or str(cause), DETAIL_MAX).lower()})"
     if isinstance(cause, ssl.SSLError):
-        return f"TLS failed ({_one_line(cause.reason or str(cause)).lower()})"
+        return f"TLS failed ({shorten(cause.reason or str(cause), DETAIL_MAX).lower()})"
     if isinstance(cause, TimeoutError) or getattr(cause, "errno", None) == errno.ETIMEDOUT:
         return "no answer in time"
     if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
         return "connection refused"
     if isinstance(cause, OSError) and cause.strerror:
-        return _one_line(cause.strerror).lower()
-    return _one_line(str(exc)) or type(exc).__name__
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    return shorten(text, limit)
+        return shorten(cause.strerror, DETAIL_MAX).lower()
+    return shorten(str(exc), DETAIL_MAX) or type(exc).__name__
 
 
 def _fail(message: str, config: Config) -> int:

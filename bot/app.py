@@ -1,18 +1,17 @@
-"""The Bot: owner of every long-lived resource, command sync, and the one app-command error handler.
+"""The Bot: the services, the cogs, command sync, and the gate in front of every command.
 
-Resources open in order in ``setup_hook`` (HTTP session → database → NanoGPT client → services →
-extensions) and close in reverse in ``close`` after discord.py has unloaded the cogs, so background
-tasks finish before the session and the database go away.
+The resources come first (discord.py's ``examples/advanced_startup.py``): the command line opens the
+HTTP session and the database, builds the NanoGPT client, and hands them to :class:`NanoVoice`, which
+builds the services from them. ``close`` unloads the cogs (their tasks finish) and stops the embedding
+host; the caller then closes the database and the session, in reverse order of opening.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import secrets
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
@@ -24,24 +23,27 @@ from bot import interactions
 from bot.clock import Clock
 from bot.config import Config
 from bot.embeddings import EmbeddingHost
-from bot.errors import UserFacingError
 from bot.jobs import CloneService
 from bot.limits import Limits
-from bot.nanogpt import NanoGPTClient, NanoGPTError
+from bot.nanogpt import NanoGPTClient
+from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.privacy import Privacy
 from bot.speech import SpeechService
 from bot.storage import Database
+from bot.voices import VoiceService
 
 if TYPE_CHECKING:
-    from discord.types.interactions import Interaction as InteractionPayload
+    from cogs.clone_jobs import CloneJobs
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (
+    "cogs.embedding_copies",
     "cogs.voices",
     "cogs.clone_jobs",
     "cogs.speech",
+    "cogs.voice_channels",
     "cogs.usage",
     "cogs.admin",
     "cogs.owner",
@@ -50,7 +52,6 @@ EXTENSIONS: tuple[str, ...] = (
 
 COMMAND_HASH_KEY = "global_command_hash"
 HTTP_CONNECTIONS = 512  # NanoGPT calls (and downloads) in flight at once
-EXPIRED_INTERACTION_CODES = {10062, 10015}  # Unknown interaction, Unknown webhook
 
 
 def point_discord_at(config: Config) -> None:
@@ -67,76 +68,19 @@ class NanoVoiceTree(app_commands.CommandTree):
     autocomplete from blocked users and from servers the bot may not serve before anything runs."""
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        client = interaction.client
-        refusal = client.refusal(interaction.user.id, interaction.guild_id) if isinstance(client, NanoVoice) else None
-        if refusal is None:
-            return True
-        await refuse(interaction, refusal)
-        return False
+        return await nanovoice_of(interaction.client).admit(interaction)
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await report_error(interaction, error)
+        await interactions.report_error(interaction, error)
 
 
-async def refuse(interaction: discord.Interaction, message: str) -> None:
-    """Answer a refused interaction with one private sentence (autocomplete: no choices), and nothing else."""
-    log.info("refused interaction %s (type %s) from user %s in guild %s: %s", interaction.id,
-             interaction.type.value, interaction.user.id, interaction.guild_id, message)
-    try:
-        if interaction.type is discord.InteractionType.autocomplete:
-            await interaction.response.autocomplete([])
-        else:
-            await interactions.send_error(interaction, message)
-    except discord.HTTPException:
-        log.warning("could not deliver a refusal for interaction %s", interaction.id, exc_info=True)
-
-
-async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
-    """Tell the user what went wrong in one sentence; log unexpected errors with an id."""
-    original = getattr(error, "original", error)
-    if interaction.client.is_closed():
-        # Shutting down: the session and the gateway are gone, so this is no bug and nobody can be told.
-        log.info("/%s was interrupted by shutdown: %s", interaction.command.qualified_name if interaction.command
-                 else "?", original.__class__.__name__)
-        return
-    now = discord.utils.utcnow().timestamp()
-    if isinstance(original, discord.NotFound) and original.code in EXPIRED_INTERACTION_CODES:
-        # Discord gave up on the interaction (we were too slow, or it was already answered elsewhere):
-        # nothing went wrong in the bot; the channel fallback tells the user to try again.
-        log.warning("interaction %s expired before /%s could answer (Discord code %s)", interaction.id,
-                    interaction.command.qualified_name if interaction.command else "?", original.code)
-        message = "I couldn't answer in time; please try again."
-    elif isinstance(error, app_commands.CommandOnCooldown):
-        message = f"Slow down a little: you can use this again <t:{int(now + error.retry_after) + 1}:R>."
-    elif isinstance(error, app_commands.MissingPermissions):
-        message = "You need the Manage Server permission to do that."
-    elif isinstance(error, app_commands.NoPrivateMessage):
-        message = "This command only works in a server channel."
-    elif isinstance(error, app_commands.CheckFailure) and not isinstance(error, app_commands.CommandInvokeError):
-        message = str(error) or "You can't use this command here."
-    elif isinstance(original, UserFacingError):
-        message = str(original)
-    elif isinstance(original, NanoGPTError):
-        message = original.user_message
-    else:
-        error_id = secrets.token_hex(4)
-        command = interaction.command.qualified_name if interaction.command else "?"
-        log.error("unexpected error %s in /%s", error_id, command, exc_info=original)
-        message = f"Sorry, something went wrong on my side (error id `{error_id}`)."
-    try:
-        await interactions.send_error(interaction, message)
-    except discord.HTTPException:
-        log.warning("could not deliver an error message for interaction %s", interaction.id, exc_info=True)
-
-
-_T = TypeVar("_T")
-
-
-def _opened(resource: _T | None, what: str) -> _T:
-    """A resource of the bot that only exists between ``setup_hook`` and ``close``."""
-    if resource is None:
-        raise RuntimeError(f"the bot's {what} is not open: setup_hook has not run yet, or close() has")
-    return resource
+def http_session() -> aiohttp.ClientSession:
+    """The bot's one HTTP session (NanoGPT, downloads, the embedding host); whoever opens it closes it."""
+    # aiohttp's default pool caps at 100 connections: /say calls beyond that would queue silently.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS),
+        timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"},
+    )
 
 
 def nanovoice_of(client: discord.Client) -> NanoVoice:
@@ -147,102 +91,63 @@ def nanovoice_of(client: discord.Client) -> NanoVoice:
 
 
 class NanoVoice(commands.Bot):
-    """The nanovoice bot. Construct with a :class:`Config`; ``start``/``close`` as any discord.py bot."""
+    """The nanovoice bot, built on resources its caller opened (and closes after it: see
+    :func:`bot.__main__._run`); ``start``/``close`` as any discord.py bot."""
 
-    def __init__(self, config: Config, *, clock: Clock | None = None, http_host: str = "0.0.0.0",
-                 **options: Any) -> None:
+    def __init__(self, config: Config, *, session: aiohttp.ClientSession, db: Database, nanogpt: NanoGPTClient,
+                 clock: Clock | None = None, http_host: str = "0.0.0.0", **options: Any) -> None:
         point_discord_at(config)
-        options.setdefault("intents", discord.Intents(guilds=True))
+        # voice_states: who is in which voice channel (joining a channel waits for it, too).
+        options.setdefault("intents", discord.Intents(guilds=True, voice_states=True))
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, tree_cls=NanoVoiceTree,
                          help_command=None, **options)
         self.config = config
         self.clock = clock or Clock()
         self.http_host = http_host
-        self.session: aiohttp.ClientSession | None = None
-        # Opened in setup_hook; read through the properties below, which say so when one is missing.
-        self._db: Database | None = None
-        self._nanogpt: NanoGPTClient | None = None
-        self._limits: Limits | None = None
-        self._embeddings: EmbeddingHost | None = None
-        self._speech: SpeechService | None = None
-        self._clones: CloneService | None = None
-        self._blocks: Blocks | None = None
-        self._privacy: Privacy | None = None
+        self.session = session
+        self.db = db
+        self.nanogpt = nanogpt
+        self.limits = Limits(db, config, self.clock)
+        self.embeddings = EmbeddingHost(db, config, self.clock, session, http_host=http_host)
+        self.speech = SpeechService(db, nanogpt, self.limits, self.clock, config, self.embeddings)
+        self.voices = VoiceService(db, self.clock, self.embeddings)
+        self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.speech, self.embeddings,
+                                   self.voices)
+        self.blocks = Blocks(db)
+        self.playback = Playback(self.clock, config.voice_idle_seconds)
+        self.privacy = Privacy(db)  # /forget-me: the repositories, and these holders of user data
+        self.privacy.register("embeddings", self.embeddings)
+        self.privacy.register("speech", self.speech)
+        self.privacy.register("clones", self.clones)
+        self.privacy.register("voice queue", self.playback)
+        self._clone_flow: CloneJobs | None = None  # the clone-jobs cog registers itself when it loads
         self.synced: str = "not synced"
-        self._refusals: set[asyncio.Task] = set()
         self._leaving: set[int] = set()
-        self._gate_components()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        # aiohttp's default pool caps at 100 connections: /say calls beyond that would queue silently.
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS),
-            timeout=aiohttp.ClientTimeout(total=60), headers={"User-Agent": "nanovoice"},
-        )
-        self._db = await Database.from_config(self.config).connect()
-        self._nanogpt = NanoGPTClient(self.session, self.config.nanogpt_base_url, self.config.nanogpt_api_key)
-        self._limits = Limits(self.db, self.config, self.clock)
-        self._embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session, http_host=self.http_host)
         await self.embeddings.start()
-        self._speech = SpeechService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.embeddings)
-        self._clones = CloneService(self.db, self.nanogpt, self.limits, self.clock, self.config, self.speech,
-                                    self.embeddings)
-        self._blocks = await Blocks(self.db).load()
-        self._privacy = Privacy(self.db)  # /forget-me: the repositories, and these holders of user data
-        self.privacy.register("embeddings", self.embeddings)
-        self.privacy.register("speech", self.speech)
-        self.privacy.register("clones", self.clones)
+        await self.blocks.load()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
 
     async def close(self) -> None:
         await super().close()  # unloads extensions (cogs cancel their tasks) and closes the gateway
-        if self._embeddings is not None:
-            await self._embeddings.close()
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
-
-    # -- the resources setup_hook opens ---------------------------------------------------------
+        await self.embeddings.close()  # its HTTP server; the session and the database are the caller's
 
     @property
-    def db(self) -> Database:
-        return _opened(self._db, "database")
+    def clone_flow(self) -> CloneJobs:
+        """The clone flow (``cogs.clone_jobs``) that /voice clone hands its requests to."""
+        if self._clone_flow is None:
+            raise RuntimeError("the clone flow (cogs.clone_jobs) is not loaded")
+        return self._clone_flow
 
-    @property
-    def nanogpt(self) -> NanoGPTClient:
-        return _opened(self._nanogpt, "NanoGPT client")
-
-    @property
-    def limits(self) -> Limits:
-        return _opened(self._limits, "limits service")
-
-    @property
-    def embeddings(self) -> EmbeddingHost:
-        return _opened(self._embeddings, "embedding host")
-
-    @property
-    def speech(self) -> SpeechService:
-        return _opened(self._speech, "speech service")
-
-    @property
-    def clones(self) -> CloneService:
-        return _opened(self._clones, "clone service")
-
-    @property
-    def blocks(self) -> Blocks:
-        return _opened(self._blocks, "block list")
-
-    @property
-    def privacy(self) -> Privacy:
-        return _opened(self._privacy, "privacy service")
+    def set_clone_flow(self, flow: CloneJobs | None) -> None:
+        """Called by the clone-jobs cog as it loads (``flow``) and unloads (None)."""
+        self._clone_flow = flow
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------
 
@@ -252,33 +157,18 @@ class NanoVoice(commands.Bot):
         Synchronous on purpose (the blocks are kept in memory): it runs in front of every interaction."""
         if guild_id is not None and not self.config.guild_allowed(guild_id):
             return GUILD_BLOCKED
-        return self._blocks.refusal(user_id, guild_id) if self._blocks is not None else None
+        return self.blocks.refusal(user_id, guild_id)
 
-    def _gate_components(self) -> None:
-        """Refuse buttons, selects and modal submits from blocked users and servers before any view sees them.
+    async def admit(self, interaction: discord.Interaction) -> bool:
+        """True to go ahead; else the interaction was refused (one private sentence) and must not run.
 
-        Application commands and autocomplete go through the tree's ``interaction_check``; components
-        and modals are dispatched by discord.py straight to the views, so the gate sits in front of the
-        INTERACTION_CREATE parser (one place for every view, present and future)."""
-        parsers = self._connection.parsers
-        parse = parsers["INTERACTION_CREATE"]
-
-        def gated(data: dict[str, Any]) -> None:
-            if data.get("type") in (3, 5):  # component, modal submit
-                user = (data.get("member") or {}).get("user") or data.get("user") or {}
-                guild_id = int(data["guild_id"]) if data.get("guild_id") else None
-                refusal = self.refusal(int(user["id"]) if user.get("id") else None, guild_id)
-                if refusal is not None:
-                    # The raw INTERACTION_CREATE payload discord.py would have parsed into this very object.
-                    payload = cast("InteractionPayload", data)
-                    interaction = discord.Interaction(data=payload, state=self._connection)
-                    task = asyncio.create_task(refuse(interaction, refusal), name=f"refuse-{interaction.id}")
-                    self._refusals.add(task)
-                    task.add_done_callback(self._refusals.discard)
-                    return
-            parse(data)
-
-        parsers["INTERACTION_CREATE"] = gated
+        Asked by the tree for commands and autocomplete, and by every view and modal
+        (:mod:`cogs.ui`) for buttons, selects and modal submits."""
+        refusal = self.refusal(interaction.user.id, interaction.guild_id)
+        if refusal is None:
+            return True
+        await interactions.refuse(interaction, refusal)
+        return False
 
     async def leave_if_not_allowed(self, guild: discord.Guild) -> bool:
         """Leave a server that is not in ALLOWED_GUILD_IDS; True when it was left."""

@@ -35,6 +35,7 @@ from typing import Any
 
 from bot import providers
 from bot.errors import UserFacingError
+from bot.providers.base import MP3_UPLOAD, DurationRule
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ __all__ = [
     "VoiceMessageAudio",
     "check_size",
     "encode_voice_message",
-    "extension_for",
     "normalize_clone_audio",
     "precheck",
     "provider_rule",
@@ -56,21 +56,10 @@ __all__ = [
 # -- rules -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DurationRule:
-    """A provider's accepted clip length in seconds; ``trim_to`` cuts longer (accepted) clips."""
-
-    min_s: float
-    max_s: float
-    trim_to: float | None = None
-
-
 def provider_rule(provider: str) -> DurationRule | None:
     """The clip rule of ``provider`` from :mod:`bot.providers` (read at call time: one source)."""
-    described = providers.PROVIDERS.get(provider)
-    if described is None:
-        return None
-    return DurationRule(min_s=described.min_s, max_s=described.max_s, trim_to=described.trim_to)
+    described = providers.find(provider)
+    return described.rule if described is not None else None
 
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -82,8 +71,8 @@ LENGTH_TOLERANCE_S = 0.5
 #: Decoding to less than this is "not audio" (a header followed by garbage decodes to ~0.1 s).
 MIN_READABLE_S = 0.25
 
-CLONE_BITRATE = 128_000
-CLONE_SAMPLE_RATE = 44_100
+CLONE_BITRATE = MP3_UPLOAD.bitrate  # what both providers' uploads use (bot.providers.base.UploadFormat)
+CLONE_SAMPLE_RATE = MP3_UPLOAD.sample_rate
 PROBE_RATE = 8_000  # u8 mono PCM used only to count decoded seconds
 WAVEFORM_RATE = 8_000  # s16le mono PCM used for the voice-message waveform
 MAX_WAVEFORM_BUCKETS = 256
@@ -304,34 +293,6 @@ def precheck(data: bytes, filename: str | None = None) -> str | None:
     return None
 
 
-def extension_for(content_type: str | None) -> str:
-    """File extension for an audio content type (``audio/mpeg`` → ``mp3``); ``mp3`` when unknown."""
-    base = (content_type or "").split(";", 1)[0].strip().lower()
-    return _EXTENSIONS.get(base, "mp3")
-
-
-_EXTENSIONS = {
-    "audio/mpeg": "mp3",
-    "audio/mp3": "mp3",
-    "audio/mpeg3": "mp3",
-    "audio/x-mpeg": "mp3",
-    "audio/wav": "wav",
-    "audio/x-wav": "wav",
-    "audio/wave": "wav",
-    "audio/vnd.wave": "wav",
-    "audio/ogg": "ogg",
-    "application/ogg": "ogg",
-    "audio/opus": "opus",
-    "audio/aac": "aac",
-    "audio/x-aac": "aac",
-    "audio/flac": "flac",
-    "audio/x-flac": "flac",
-    "audio/webm": "webm",
-    "audio/mp4": "m4a",
-    "audio/x-m4a": "m4a",
-}
-
-
 # -- ffmpeg plumbing -------------------------------------------------------------------------------
 
 _ffmpeg_path: str | None = None
@@ -360,6 +321,22 @@ def _slot() -> asyncio.Semaphore:
     if sem is None:
         sem = _slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_FFMPEG)
     return sem
+
+
+def ffmpeg_slot() -> asyncio.Semaphore:
+    """The one cap on ffmpeg processes of this event loop, for ffmpeg runs started elsewhere (voice playback)."""
+    return _slot()
+
+
+def sniff(data: bytes) -> str | None:
+    """The audio container named from its magic bytes (``"mp3"``, ``"ogg/opus"``, …), or None."""
+    return _sniff(data)
+
+
+def playback_input_args() -> list[str]:
+    """ffmpeg input options for synthesised speech piped on stdin: the same demuxer whitelist as every
+    other decode here, and no protocol but the pipe."""
+    return ["-format_whitelist", _DEMUXERS, "-protocol_whitelist", "pipe,fd"]  # ffmpeg 6+ reads "-" as fd:
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,11 +481,11 @@ async def _describe_no_audio(path: str, *, deadline_s: float) -> NoAudioTrack:
 # -- clone uploads ---------------------------------------------------------------------------------
 
 
-def _mp3_duration(mp3: bytes) -> float:
+def _mp3_duration(mp3: bytes, bitrate: int = CLONE_BITRATE) -> float:
     """Duration of our CBR MP3 by mutagen, cross-checked against bytes × 8 / bitrate."""
     import mutagen.mp3
 
-    by_size = len(mp3) * 8 / CLONE_BITRATE
+    by_size = len(mp3) * 8 / bitrate
     try:
         info = mutagen.mp3.MP3(io.BytesIO(mp3)).info
         if not isinstance(info, mutagen.mp3.MPEGInfo):  # mutagen declares FileType.info as None until loaded
@@ -549,11 +526,12 @@ async def normalize_clone_audio(
     real length, rejects it when too short or too long for the provider, and trims Qwen clips to
     their first 30 s. Raises :class:`AudioError` with one user-facing sentence on any problem.
     """
-    rule = provider_rule(provider)
-    if rule is None:
+    described = providers.find(provider)
+    if described is None:
         raise ValueError(f"unknown provider {provider!r}")
+    rule, upload = described.rule, described.upload
     kind = precheck(data, filename)
-    cap = min(rule.trim_to or rule.max_s, rule.max_s)
+    cap = rule.upload_s
     probe_limit = rule.max_s + 1  # decode just past the maximum to know whether it was exceeded
 
     async with _Workdir() as work:
@@ -563,8 +541,8 @@ async def normalize_clone_audio(
         args = [
             "-loglevel", "error", *_INPUT_GUARD, "-i", src,
             # Output 1: what we upload.
-            "-map", "0:a:0", "-vn", "-sn", "-dn", "-t", f"{cap:g}", "-ac", "1", "-ar", str(CLONE_SAMPLE_RATE),
-            "-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3", "pipe:1",
+            "-map", "0:a:0", "-vn", "-sn", "-dn", "-t", f"{cap:g}", "-ac", "1", "-ar", str(upload.sample_rate),
+            "-c:a", "libmp3lame", "-b:a", f"{upload.bitrate // 1000}k", "-f", "mp3", "pipe:1",
             # Output 2: 8 kHz u8 PCM, one byte per decoded sample: the authoritative source length.
             "-map", "0:a:0", "-vn", "-sn", "-dn", "-t", f"{probe_limit:g}", "-ac", "1", "-ar", str(PROBE_RATE),
             "-c:a", "pcm_u8", "-f", "u8", "-y", pcm,
@@ -586,7 +564,7 @@ async def normalize_clone_audio(
         log.info("upload %r (%s) decoded to %.2f s / %d MP3 bytes", filename, kind, source_duration, len(mp3))
         raise _unreadable()
 
-    name = providers.label(provider)
+    name = described.label
     if source_duration > rule.max_s + LENGTH_TOLERANCE_S:
         # We decoded only just past the maximum; the header's claim is good enough for the message.
         claimed = await asyncio.to_thread(_header_duration, data)
@@ -607,7 +585,7 @@ async def normalize_clone_audio(
             duration=source_duration,
         )
 
-    duration = await asyncio.to_thread(_mp3_duration, mp3)
+    duration = await asyncio.to_thread(_mp3_duration, mp3, upload.bitrate)
     expected = min(source_duration, cap)
     if abs(duration - expected) > 0.3:
         log.warning("MP3 output %.2f s vs decoded %.2f s for %r", duration, expected, filename)

@@ -73,6 +73,7 @@ class Config:
     clone_daily_limit: int = 3
     say_max_chars: int = 1000
     say_cooldown_seconds: float = 3.0
+    voice_idle_seconds: int = 300
     guild_daily_budget_micros: int = 5_000_000
     public_base_url: str | None = None
     http_port: int = 8080
@@ -134,6 +135,7 @@ SNOWFLAKE_MIN, SNOWFLAKE_MAX = 10**16, 2**64 - 1
 CLONE_DAILY_LIMIT_MAX = 100
 SAY_MAX_CHARS_MAX = 10_000
 SAY_COOLDOWN_MAX_SECONDS = 3600
+VOICE_IDLE_MIN_SECONDS, VOICE_IDLE_MAX_SECONDS = 10, 86_400
 #: A daily budget is 0 (unlimited) or between these, in micro-dollars ($0.001 and $10,000).
 BUDGET_MIN_MICROS, BUDGET_MAX_MICROS = 1_000, 10_000 * 1_000_000
 MONEY_DECIMALS = 6  # the bot counts in micro-dollars: a finer amount can't be honoured, so it is refused
@@ -447,6 +449,8 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
         clone_daily_limit=_int(env, "CLONE_DAILY_LIMIT", 3, minimum=0, maximum=CLONE_DAILY_LIMIT_MAX),
         say_max_chars=_int(env, "SAY_MAX_CHARS", 1000, minimum=1, maximum=SAY_MAX_CHARS_MAX),
         say_cooldown_seconds=_seconds(env, "SAY_COOLDOWN_SECONDS", 3.0, maximum=SAY_COOLDOWN_MAX_SECONDS),
+        voice_idle_seconds=_int(env, "VOICE_IDLE_SECONDS", 300, minimum=VOICE_IDLE_MIN_SECONDS,
+                                maximum=VOICE_IDLE_MAX_SECONDS),
         guild_daily_budget_micros=_money(env, "GUILD_DAILY_BUDGET_USD", 5_000_000),
         public_base_url=_url(env, "PUBLIC_BASE_URL", None, ("https", "http"), "https://nanovoice.example.com"),
         http_port=_int(env, "HTTP_PORT", 8080, minimum=1, maximum=65535),

@@ -39,9 +39,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 import discord
 
+from bot.app import point_discord_at
 from bot.config import Config
 from bot.limits import cost_to_micros, format_usd
 from bot.logs import redact, redaction_list
+from bot.nanogpt import AuthError, NanoGPTClient, NanoGPTError, UpstreamUnavailable
+from bot.storage import Database
 from bot.text import plural, shorten
 
 if TYPE_CHECKING:
@@ -56,13 +59,16 @@ NEEDED: tuple[tuple[str, str], ...] = (
     ("embed_links", "Embed Links"),
     ("attach_files", "Attach Files"),
     ("read_message_history", "Read Message History"),
+    ("connect", "Connect"),  # voice channels: /join
+    ("speak", "Speak"),
     ("send_voice_messages", "Send Voice Messages"),
     ("send_messages_in_threads", "Send Messages in Threads"),
 )
-INVITE_PERMISSIONS = sum(getattr(discord.Permissions, name).flag for name, _ in NEEDED)  # 70643622202368
+INVITE_PERMISSIONS = sum(getattr(discord.Permissions, name).flag for name, _ in NEEDED)  # 70643625348096
 MAX_GUILDS_CHECKED = 50  # permission checks cost two requests per server; sample the first ones
 #: Each check is given up (a ``problem:`` line naming what didn't answer) after this long without an answer.
 CHECK_TIMEOUT = 10.0
+DETAIL_MAX = 200  # characters of an error's own text quoted in a check's line
 DISCORD_TIMEOUT = 60.0  # the Discord check in all, however steadily Discord answers
 NANOGPT_TIMEOUT = 45.0
 FFMPEG_TIMEOUT = 30.0
@@ -185,7 +191,7 @@ async def _guarded(check: Callable[[Config], Awaitable[CheckResult]], config: Co
             raise  # our own deadline: _timed says what didn't answer
         result = CheckResult()
         name = check.__name__.removeprefix("check_")
-        result.problem(f"the {name} check failed unexpectedly: {type(exc).__name__}: {_one_line(str(exc))}")
+        result.problem(f"the {name} check failed unexpectedly: {type(exc).__name__}: {shorten(str(exc), DETAIL_MAX)}")
         log.debug("%s check crashed", name, exc_info=True)
         return result
 
@@ -202,10 +208,6 @@ def _quiet_loggers() -> Callable[[], None]:
             logging.getLogger(name).setLevel(level)
 
     return restore
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    return shorten(text, limit)
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -227,8 +229,6 @@ def check_config(config: Config) -> CheckResult:
 
 
 async def check_discord(config: Config) -> CheckResult:
-    from bot.app import point_discord_at
-
     point_discord_at(config)
     result = CheckResult()
     http = discord.http.HTTPClient(asyncio.get_running_loop())
@@ -251,7 +251,7 @@ async def _discord_checks(http: discord.http.HTTPClient, config: Config, result:
                        "Developer Portal (Bot → Reset Token)")
         return
     except discord.HTTPException as exc:
-        result.problem(f"Discord login failed: HTTP {exc.status} {_one_line(exc.text or '')}".rstrip())
+        result.problem(f"Discord login failed: HTTP {exc.status} {shorten(exc.text or '', DETAIL_MAX)}".rstrip())
         return
     except (aiohttp.ClientError, OSError) as exc:
         result.problem(f"cannot reach Discord at {config.discord_api_base}: {_describe(exc)}")
@@ -352,11 +352,11 @@ async def _guild_permissions(http: discord.http.HTTPClient, guild: GuildPayload,
 
 
 def _guild_label(guild: GuildPayload) -> str:
-    return f"{_one_line(str(guild.get('name') or '?'), 60)} ({guild['id']})"
+    return f"{shorten(str(guild.get('name') or '?'), 60)} ({guild['id']})"
 
 
 def _describe(exc: BaseException) -> str:
-    text = _one_line(str(exc)) or type(exc).__name__
+    text = shorten(str(exc), DETAIL_MAX) or type(exc).__name__
     return text
 
 
@@ -364,8 +364,6 @@ def _describe(exc: BaseException) -> str:
 
 
 async def check_nanogpt(config: Config) -> CheckResult:
-    from bot.nanogpt import AuthError, NanoGPTClient, NanoGPTError, UpstreamUnavailable
-
     result = CheckResult()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20),
                                      headers={"User-Agent": "nanovoice-check"}) as session:
@@ -379,12 +377,13 @@ async def check_nanogpt(config: Config) -> CheckResult:
                            "nano-gpt.com/api")
             return result
         except (UpstreamUnavailable, TimeoutError) as exc:
-            reason = _one_line(exc.message if isinstance(exc, NanoGPTError) else "no answer in time").rstrip(".")
+            reason = exc.message if isinstance(exc, NanoGPTError) else "no answer in time"
+            reason = shorten(reason, DETAIL_MAX).rstrip(".")
             result.problem(f"NanoGPT at {config.nanogpt_base_url} is not answering ({reason}); "
                            "check NANOGPT_BASE_URL and the network")
             return result
         except NanoGPTError as exc:
-            result.problem(f"NanoGPT refused /check-balance: {_one_line(str(exc))}")
+            result.problem(f"NanoGPT refused /check-balance: {shorten(str(exc), DETAIL_MAX)}")
             return result
     usd = _money(balance.usd)
     nano = f" and {balance.nano.normalize():f} XNO" if balance.nano else ""
@@ -413,23 +412,23 @@ async def check_ffmpeg(config: Config) -> CheckResult:
 
         exe = await asyncio.to_thread(imageio_ffmpeg.get_ffmpeg_exe)
     except Exception as exc:
-        result.problem(f"no usable ffmpeg: {_one_line(str(exc))}; reinstall imageio-ffmpeg "
+        result.problem(f"no usable ffmpeg: {shorten(str(exc), DETAIL_MAX)}; reinstall imageio-ffmpeg "
                        "(or set IMAGEIO_FFMPEG_EXE)")
         return result
     try:
         version = await _run(exe, "-hide_banner", "-version")
         encoders = await _run(exe, "-hide_banner", "-encoders")
     except (OSError, TimeoutError, RuntimeError) as exc:
-        result.problem(f"ffmpeg at {exe} does not run: {_one_line(str(exc)) or type(exc).__name__}")
+        result.problem(f"ffmpeg at {exe} does not run: {shorten(str(exc), DETAIL_MAX) or type(exc).__name__}")
         return result
     words = (version.splitlines()[0] if version else "ffmpeg").split()
     first = " ".join(words[:3]) if words[:2] == ["ffmpeg", "version"] else " ".join(words[:6])
     lacking = [name for name in FFMPEG_ENCODERS if name not in encoders]
     if lacking:
-        result.problem(f"{_one_line(first, 80)} lacks the encoder(s) {', '.join(lacking)}; use the ffmpeg "
+        result.problem(f"{shorten(first, 80)} lacks the encoder(s) {', '.join(lacking)}; use the ffmpeg "
                        "bundled with imageio-ffmpeg")
     else:
-        result.ok(f"{_one_line(first, 80)} (with {', '.join(FFMPEG_ENCODERS)})")
+        result.ok(f"{shorten(first, 80)} (with {', '.join(FFMPEG_ENCODERS)})")
     return result
 
 
@@ -452,8 +451,6 @@ async def _run(*args: str) -> str:
 
 
 async def check_database(config: Config) -> CheckResult:
-    from bot.storage import Database
-
     result = CheckResult()
     path = config.database_label
     try:
@@ -461,7 +458,8 @@ async def check_database(config: Config) -> CheckResult:
     except Exception as exc:
         advice = ("check DATABASE_URL and that PostgreSQL answers" if config.database_url
                   else "check DATABASE_PATH and that its directory is writable")
-        result.problem(f"cannot open the database {path}: {_one_line(str(exc)) or type(exc).__name__}; {advice}")
+        detail = shorten(str(exc), DETAIL_MAX) or type(exc).__name__
+        result.problem(f"cannot open the database {path}: {detail}; {advice}")
         return result
     try:
         version = await db.schema_version()
@@ -472,7 +470,7 @@ async def check_database(config: Config) -> CheckResult:
         else:
             result.ok(f"database {path} (schema version {version}) is writable")
     except Exception as exc:
-        result.problem(f"the database {path} is not writable: {_one_line(str(exc)) or type(exc).__name__}")
+        result.problem(f"the database {path} is not writable: {shorten(str(exc), DETAIL_MAX) or type(exc).__name__}")
     finally:
         await db.close()
     return result

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 
+from bot import providers
 from bot.clock import Clock
 from bot.config import Config
 from bot.errors import UserFacingError
@@ -54,6 +55,11 @@ Rehost = Callable[[bytes, str], Awaitable[tuple[str, float | None, int]]]
 Refresh = Callable[[int], Awaitable[tuple[str, float | None]]]
 # message_id → None (best effort)
 DeleteCopy = Callable[[int], Awaitable[None]]
+
+
+def _speaks_from_embedding(voice: Voice) -> bool:
+    provider = providers.find(voice.provider)
+    return provider is not None and provider.speaks_from_embedding
 
 
 class EmbeddingUnavailable(UserFacingError):
@@ -157,8 +163,8 @@ class EmbeddingHost:
         return expires - PROVIDER_TRUST_MARGIN
 
     def expires_at(self, voice: Voice) -> float | None:
-        """When a Qwen voice stops working, or None when it does not (durable, or not Qwen)."""
-        if voice.provider != "qwen":
+        """When a Qwen voice stops working, or None when it does not (durable, or no embedding voice)."""
+        if not _speaks_from_embedding(voice):
             return None
         if self.durable and voice.embedding_file_id is not None:
             return None
@@ -168,8 +174,8 @@ class EmbeddingHost:
 
     async def url_for(self, voice: Voice) -> str:
         """The ``speaker_voice_embedding_file_url`` to send NanoGPT for a Qwen voice."""
-        if voice.provider != "qwen":
-            raise ValueError(f"voice {voice.id} is not a Qwen voice")
+        if not _speaks_from_embedding(voice):
+            raise ValueError(f"voice {voice.id} does not speak from a speaker embedding")
         now = self.clock.now()
         trusted_until = self.provider_trusted_until(voice)
         provider_url = voice.embedding_url if trusted_until is not None and now < trusted_until else None

@@ -2,18 +2,21 @@
 
 The clone-jobs cog drives this service and only renders; nothing here knows Discord.
 
-* :meth:`CloneService.prepare` runs every free check, cheapest first (name, open jobs, guild policy,
-  daily limit and budget, size, download, decode, normalise). A rejection is one
+* :meth:`CloneService.check` runs every free check that needs no download, cheapest first (name, open
+  jobs, guild policy, daily limit and budget, size); :meth:`CloneService.prepare_audio` then downloads,
+  decodes and normalises the clip for its provider. A rejection is one
   :class:`~bot.errors.UserFacingError` sentence and no request reaches NanoGPT.
-* :meth:`CloneService.submit` reserves the quota, writes the job row ('submitting') *before* the paid
-  request, sends it, records the run ('pending') and settles the reservation, then hands the job to
-  the poller. A process that dies between send and record leaves a 'submitting' row without run id:
-  the next start marks it 'lost' and tells the user; it is never resubmitted (it may have been charged).
-* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job at its due time from
-  an in-memory heap (the database is the source of truth at start-up), with bounded concurrency,
-  honouring ``X-Poll-After``/``Retry-After``, backing off on transient errors, and finishing jobs:
-  the voice is saved and the job completed in one transaction, a short sample is synthesised, and
-  the user is told exactly once through :class:`JobEvents` (implemented by the cog).
+* :meth:`CloneService.submit` is reserve → record → send → record the run: it reserves the quota,
+  writes the job row ('submitting') *before* the paid request, sends it (the provider object of
+  :mod:`bot.providers` chooses the NanoGPT call), records the run ('pending') and settles the
+  reservation, then hands the job to the poller. A process that dies between send and record leaves a
+  'submitting' row without run id: the next start marks it 'lost' and tells the user; it is never
+  resubmitted (it may have been charged). States and their moves: :mod:`bot.job_states`.
+* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job at its due time through
+  a :class:`bot.scheduler.Scheduler` (the database is the source of truth at start-up), with bounded
+  concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on transient errors, and
+  finishing jobs: the voice is saved and the job completed in one transaction, a short sample is
+  synthesised, and the user is told exactly once through :class:`JobEvents` (implemented by the cog).
 
 Notification is claim → send → unclaim-on-failure (``mark_job_notified`` first). A crash in the
 instant between the claim commit and Discord accepting the message loses that one notice (the job
@@ -27,18 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
-import posixpath
-import random
-import re
-import secrets
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -47,38 +42,31 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
-from bot.limits import Limits
+from bot.job_states import LABELS as STATE_LABELS
+from bot.job_states import JobState, NoticeOutcome, check_move
+from bot.limits import Limits, Reservation
 from bot.nanogpt import (
+    CloneStatus,
     CloneTicket,
     ContentPolicyError,
-    DownloadTooLarge,
     InsufficientBalance,
     InvalidRequest,
     NanoGPTClient,
     NanoGPTError,
-    clone_provider,
 )
 from bot.policy import ensure_clone_allowed
+from bot.providers.base import CloneOrder, CloneProvider, PollResult, RetryLater, RunFailed
+from bot.providers.minimax import make_custom_voice_id
+from bot.scheduler import Scheduler, backoff
 from bot.speech import SpeechService
 from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
 from bot.text import shorten
+from bot.voices import NAME_MAX, VoiceService, validate_voice_name
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = tuple(providers.PROVIDERS)
-STATE_LABELS = {
-    "submitting": "Submitting",
-    "pending": "Queued",
-    "processing": "Processing",
-    "completed": "Completed",
-    "failed": "Failed",
-    "lost": "Not confirmed",
-}
-NAME_MAX = 32
 TRANSCRIPT_MAX = 1000
 INTERACTION_TOKEN_LIFETIME = 15 * 60  # Discord interaction tokens live 15 minutes
-EMBEDDING_RETENTION = 7 * 24 * 3600  # NanoGPT keeps a Qwen embedding at least 7 days
-EMBEDDING_MAX_BYTES = 20 * 1024 * 1024
 SAMPLE_TEXT = "Hello! This is my new voice. How do I sound?"
 
 LOST_AFTER_RESTART = (
@@ -91,42 +79,6 @@ LOST_AFTER_TIMEOUT = (
 )
 TIMED_OUT = "NanoGPT did not finish the clone within 30 minutes."
 FAILED_WITHOUT_REASON = "NanoGPT reported that the clone failed without giving a reason."
-
-# Zero-width and text-direction characters that are not in Unicode category Cf everywhere.
-_INVISIBLE = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
-
-
-def validate_voice_name(raw: str) -> str:
-    """The cleaned voice name, or a :class:`UserFacingError` saying what to change."""
-    name = " ".join((raw or "").split()) if not _has_forbidden(raw or "") else None
-    if name is None:
-        raise UserFacingError(
-            "Voice names can't contain control, invisible or text-direction characters; "
-            "use letters, digits, spaces and punctuation."
-        )
-    if not 1 <= len(name) <= NAME_MAX:
-        raise UserFacingError(f"Voice names must be 1–{NAME_MAX} characters long.")
-    return name
-
-
-def _has_forbidden(text: str) -> bool:
-    for char in text:
-        if char in " \t":
-            continue
-        category = unicodedata.category(char)
-        # Cc: control (incl. newlines); Cf: format (zero-width, bidi overrides and isolates, BOM…);
-        # Zl/Zp: line/paragraph separators; Co/Cs/Cn: private use, surrogates, unassigned.
-        if category in {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"} or char in _INVISIBLE:
-            return True
-    return False
-
-
-def make_custom_voice_id() -> str:
-    """A fresh MiniMax ``customVoiceId``: ``^[A-Za-z][A-Za-z0-9]{7,}$`` with a digit, 70 random bits.
-
-    Its shape is ``bot.speech.BOT_VOICE_ID``, which /say refuses as a stock voice."""
-    return f"nv{secrets.randbelow(10)}{secrets.token_hex(8)}"
-
 
 def format_elapsed(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -172,6 +124,10 @@ class PreparedClone:
     price_micros: int
 
     @property
+    def provider(self) -> CloneProvider:
+        return providers.get(self.request.provider)
+
+    @property
     def provider_label(self) -> str:
         return providers.label(self.request.provider)
 
@@ -189,7 +145,7 @@ class InteractionRef:
 class CloneNotice:
     """The single message that tells the user how a job ended."""
 
-    outcome: str  # 'completed' | 'failed' | 'lost'
+    outcome: NoticeOutcome
     message: str
     voice_name: str | None = None
     sample: bytes | None = field(default=None, repr=False)
@@ -232,7 +188,7 @@ class CloneService:
     notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
-                 speech: SpeechService, embeddings: EmbeddingHost) -> None:
+                 speech: SpeechService, embeddings: EmbeddingHost, voices: VoiceService) -> None:
         self.db = db
         self.nanogpt = nanogpt
         self.limits = limits
@@ -241,33 +197,15 @@ class CloneService:
         self.speech = speech
         self._notice_slots = asyncio.Semaphore(self.notice_concurrency)
         self.embeddings = embeddings
+        self.voices = voices
         self.events: JobEvents | None = None
-        self._heap: list[tuple[float, int, int]] = []  # (loop time due, sequence, job id)
-        self._due: dict[int, float] = {}  # job id → its live heap entry's due time (others are stale)
-        self._seq = 0
-        self._inflight: set[int] = set()
+        self._scheduler: Scheduler[int] = Scheduler(self._turn, name="clone-job")  # keys: job ids
         self._submitting: set[int] = set()  # jobs this process is submitting right now
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._delivering: dict[int, asyncio.Task[None]] = {}  # job id → the task whose notice is being sent
-        self._wake: asyncio.Event | None = None
         self._progress_shown: dict[int, tuple[str, float]] = {}
         self._samples: dict[int, tuple[bytes, str] | None] = {}
         self._notice_failures: dict[int, int] = {}
 
     # -- checks ----------------------------------------------------------------------------------
-
-    async def ensure_name_free(self, user_id: int, name: str) -> None:
-        if await self.db.voices.name_taken(user_id, name):
-            raise UserFacingError(
-                f"You already have a voice called “{name}”; pick another name or delete that one with /voice delete."
-            )
-        await self.ensure_no_clone_named(user_id, name)
-
-    async def ensure_no_clone_named(self, user_id: int, name: str) -> None:
-        """Refuse ``name`` while one of the user's clones of that name is still running."""
-        key = name_key(name)
-        if any(name_key(other) == key for other in await self.db.jobs.open_names(user_id)):
-            raise UserFacingError(f"A clone called “{name}” is already in progress; pick another name.")
 
     async def check_quota(self, request: CloneRequest) -> None:
         """Raise :class:`bot.limits.LimitExceeded` now if the limit or budget would refuse the clone.
@@ -277,23 +215,19 @@ class CloneService:
         """
         await self.limits.check_clone(request.user_id, request.guild_id, providers.price_micros(request.provider))
 
-    async def prepare(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
-        """Every check that costs nothing, then download and normalise the clip."""
-        return await self.prepare_audio(await self.check(request, clip), clip)
-
     async def check(self, request: CloneRequest, clip: ClipSource) -> CloneRequest:
         """The checks that need no download (name, policy, limits, size): fast enough to run before a
         Discord defer. Returns the request with its fields normalised."""
         name = validate_voice_name(request.name)
-        provider = (request.provider or "").strip().lower()
-        if provider not in PROVIDERS:
-            raise UserFacingError("Choose minimax or qwen as the provider.")
+        provider = providers.find(request.provider)
+        if provider is None:
+            raise UserFacingError(f"Choose {providers.keys_text()} as the provider.")
         transcript = " ".join((request.transcript or "").split()) or None
         if transcript is not None and len(transcript) > TRANSCRIPT_MAX:
             raise UserFacingError(f"The transcript can be at most {TRANSCRIPT_MAX} characters long.")
-        request = replace(request, name=name, provider=provider, transcript=transcript,
-                          model=request.model if provider == "minimax" else None)
-        await self.ensure_name_free(request.user_id, name)
+        request = replace(request, name=name, provider=provider.key, transcript=transcript,
+                          model=request.model if provider.takes_clone_model else None)
+        await self.voices.ensure_name_free(request.user_id, name)
         await ensure_clone_allowed(self.db, request.guild_id, request.role_ids)
         await self.check_quota(request)
         # AudioError is a UserFacingError: one sentence.
@@ -306,7 +240,7 @@ class CloneService:
         normalized = await audio.normalize_clone_audio(data, request.provider, filename=clip.filename)
         return PreparedClone(request, normalized, providers.price_micros(request.provider))
 
-    # -- submit ----------------------------------------------------------------------------------
+    # -- submit: reserve → record → send → record the run ----------------------------------------
 
     async def submit(self, prepared: PreparedClone, where: InteractionRef, *,
                      on_recorded: Callable[[CloneJob], Awaitable[object]] | None = None) -> CloneJob:
@@ -316,56 +250,12 @@ class CloneService:
         before the poller first looks at the job. Raises ``UserFacingError`` (limits, name taken
         meanwhile, job lost) or ``NanoGPTError`` (the job is then failed and the quota released).
         """
-        request = prepared.request
-        reservation = await self.limits.reserve_clone(request.user_id, request.guild_id, prepared.price_micros)
-        try:
-            job_id, custom_voice_id = await self.db.jobs.create(
-                user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
-                application_id=where.application_id, interaction_token=where.token,
-                token_expires_at=where.expires_at, voice_name=request.name, provider=request.provider,
-                transcript=request.transcript, clone_model=request.model, now=self.clock.now(),
-                make_custom_voice_id=make_custom_voice_id if request.provider == "minimax" else None,
-            )
-        except DuplicateVoiceName:
-            await self.limits.release(reservation)
-            raise UserFacingError(
-                f"You already have a voice or a running clone called “{request.name}”; pick another name."
-            ) from None
-        except BaseException:
-            await self.limits.release(reservation)
-            raise
+        reservation = await self._reserve(prepared)
+        job_id, custom_voice_id = await self._record(prepared, where, reservation)
         self._submitting.add(job_id)
         try:
-            try:
-                ticket = await self._send(prepared, custom_voice_id)
-            except NanoGPTError as exc:
-                if getattr(exc, "maybe_charged", False):
-                    # Sent but unanswered: it may have been charged. Keep the reservation, never resubmit.
-                    log.warning("clone job %s: submit timed out after sending; marking it lost", job_id)
-                    await self.db.jobs.finish(job_id, "lost", error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
-                                              notified=True)
-                    raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
-                log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
-                if isinstance(exc, InsufficientBalance):
-                    self.speech.report_low_balance()  # tell the operator how low the balance is
-                await self.limits.release(reservation)
-                await self.db.jobs.finish(job_id, "failed", error=exc.user_message, now=self.clock.now(),
-                                          notified=True)
-                raise
-            except BaseException:
-                # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
-                # resubmit; the poller (or the next start) tells the user honestly.
-                log.exception("clone job %s: submit interrupted; marking it lost", job_id)
-                await asyncio.shield(self.db.jobs.finish(job_id, "lost", error=LOST_AFTER_RESTART,
-                                                         now=self.clock.now()))
-                with contextlib.suppress(RuntimeError):
-                    self._schedule(job_id, 0.0)
-                raise
-            now = self.clock.now()
-            await self.db.jobs.update(
-                job_id, run_id=ticket.run_id, cost_micros=ticket.cost_micros, payment_source=ticket.payment_source,
-                is_api_request=int(bool(ticket.is_api_request)), state="pending", submitted_at=now, next_poll_at=now,
-            )
+            ticket = await self._send(job_id, prepared, custom_voice_id, reservation)
+            await self._record_run(job_id, ticket)
         finally:
             self._submitting.discard(job_id)
         try:
@@ -387,32 +277,80 @@ class CloneService:
         except Exception:  # the run is safe and will be polled; only its card may lag behind
             log.warning("clone job %s: could not show the status card", job_id, exc_info=True)
         finally:
-            self._schedule(job_id, 0.0)
+            self._scheduler.schedule(job_id, 0.0)
         return job
 
-    async def _send(self, prepared: PreparedClone, custom_voice_id: str | None) -> CloneTicket:
-        request, clip = prepared.request, prepared.audio
-        if request.provider == "minimax":
-            if custom_voice_id is None:
-                raise RuntimeError("a MiniMax clone needs the custom voice id reserved with its job")
-            return await self.nanogpt.submit_minimax_clone(
-                clip.mp3, clip.filename, custom_voice_id=custom_voice_id, model=request.model,
-                noise_reduction=request.noise_reduction, normalize_volume=request.normalize_volume,
+    async def _reserve(self, prepared: PreparedClone) -> Reservation:
+        """Reserve the clone's price against the user's limit and the budgets (atomic)."""
+        request = prepared.request
+        return await self.limits.reserve_clone(request.user_id, request.guild_id, prepared.price_micros)
+
+    async def _record(self, prepared: PreparedClone, where: InteractionRef,
+                      reservation: Reservation) -> tuple[int, str | None]:
+        """Write the 'submitting' job (and its provider-side voice id) before anything is sent;
+        releases the reservation when that fails."""
+        request = prepared.request
+        try:
+            return await self.db.jobs.create(
+                user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
+                application_id=where.application_id, interaction_token=where.token,
+                token_expires_at=where.expires_at, voice_name=request.name, provider=request.provider,
+                transcript=request.transcript, clone_model=request.model, now=self.clock.now(),
+                make_custom_voice_id=prepared.provider.voice_id_maker(),
             )
-        return await self.nanogpt.submit_qwen_clone(clip.mp3, clip.filename, reference_text=request.transcript)
+        except DuplicateVoiceName:
+            await self.limits.release(reservation)
+            raise UserFacingError(
+                f"You already have a voice or a running clone called “{request.name}”; pick another name."
+            ) from None
+        except BaseException:
+            await self.limits.release(reservation)
+            raise
+
+    async def _send(self, job_id: int, prepared: PreparedClone, custom_voice_id: str | None,
+                    reservation: Reservation) -> CloneTicket:
+        """Send the paid request once. A refusal fails the job and releases the quota; an answer that
+        never came (it may have been charged) or an interruption makes the job 'lost', never resent."""
+        request, clip = prepared.request, prepared.audio
+        order = CloneOrder(audio=clip.mp3, filename=clip.filename, custom_voice_id=custom_voice_id,
+                           transcript=request.transcript, model=request.model,
+                           noise_reduction=request.noise_reduction, normalize_volume=request.normalize_volume)
+        try:
+            return await prepared.provider.submit(self.nanogpt, order)
+        except NanoGPTError as exc:
+            if getattr(exc, "maybe_charged", False):
+                # Sent but unanswered: it may have been charged. Keep the reservation, never resubmit.
+                log.warning("clone job %s: submit timed out after sending; marking it lost", job_id)
+                await self.db.jobs.finish(job_id, JobState.LOST, error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
+                                               notified=True)
+                raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
+            log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
+            if isinstance(exc, InsufficientBalance):
+                self.speech.report_low_balance()  # tell the operator how low the balance is
+            await self.limits.release(reservation)
+            await self.db.jobs.finish(job_id, JobState.FAILED, error=exc.user_message, now=self.clock.now(),
+                                           notified=True)
+            raise
+        except BaseException:
+            # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
+            # resubmit; the poller (or the next start) tells the user honestly.
+            log.exception("clone job %s: submit interrupted; marking it lost", job_id)
+            await asyncio.shield(self.db.jobs.finish(job_id, JobState.LOST, error=LOST_AFTER_RESTART,
+                                                          now=self.clock.now()))
+            with contextlib.suppress(RuntimeError):
+                self._scheduler.schedule(job_id, 0.0)
+            raise
+
+    async def _record_run(self, job_id: int, ticket: CloneTicket) -> None:
+        """The run is accepted: record its id and cost; the job is 'pending' and due for its first poll."""
+        now = self.clock.now()
+        await self.db.jobs.update(
+            job_id, run_id=ticket.run_id, cost_micros=ticket.cost_micros, payment_source=ticket.payment_source,
+            is_api_request=int(bool(ticket.is_api_request)), state=check_move(JobState.SUBMITTING, JobState.PENDING),
+            submitted_at=now, next_poll_at=now,
+        )
 
     # -- the poller ------------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def _schedule(self, job_id: int, delay: float) -> None:
-        due = asyncio.get_running_loop().time() + max(0.0, delay)
-        self._seq += 1
-        self._due[job_id] = due
-        heapq.heappush(self._heap, (due, self._seq, job_id))
-        self.wake()
 
     async def recover(self) -> None:
         """At start-up: the database is the truth. Lose unrecorded submits, resume open jobs, and
@@ -421,80 +359,31 @@ class CloneService:
         lost = await self.db.jobs.mark_submitting_lost(LOST_AFTER_RESTART, now, keep=self._submitting)
         for job_id in lost:
             log.warning("clone job %s was being submitted when the bot stopped; marked lost", job_id)
-        open_jobs = [j for j in await self.db.jobs.open() if j.state != "submitting"]
+        open_jobs = [j for j in await self.db.jobs.open() if j.state != JobState.SUBMITTING]
         for job in open_jobs:
-            self._schedule(job.id, (job.next_poll_at or now) - now)
+            self._scheduler.schedule(job.id, (job.next_poll_at or now) - now)
         unnotified = await self.db.jobs.unnotified_finished()
         for job in unnotified:
-            self._schedule(job.id, 0.0)
+            self._scheduler.schedule(job.id, 0.0)
         if open_jobs or unnotified:
             log.info("clone poller resumed %d open job(s) and %d undelivered notice(s)", len(open_jobs),
                      len(unnotified))
 
     async def run_poller(self, events: JobEvents) -> None:
-        """Poll due jobs until cancelled. One job's error never stops the loop."""
+        """Poll due jobs until cancelled. One job's error never stops the loop. At shutdown, notices
+        already being sent get ``notice_drain_seconds`` to finish (see :meth:`_notify`)."""
         self.events = events
-        self._wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        scheduler = self._scheduler
+        scheduler.concurrency = self.concurrency
+        scheduler.idle_recheck = self.idle_recheck
+        scheduler.drain_seconds = self.notice_drain_seconds
         await self.recover()
-        try:
-            while True:
-                self._wake.clear()
-                now = loop.time()
-                busy: list[int] = []
-                while self._heap and self._heap[0][0] <= now and len(self._inflight) < self.concurrency:
-                    due, _, job_id = heapq.heappop(self._heap)
-                    if self._due.get(job_id) != due:
-                        continue  # superseded by a later _schedule
-                    if job_id in self._inflight:
-                        busy.append(job_id)  # still finishing its previous turn; look again shortly
-                        continue
-                    del self._due[job_id]
-                    self._inflight.add(job_id)
-                    task = asyncio.create_task(self._turn(job_id), name=f"clone-job-{job_id}")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                for job_id in busy:
-                    self._schedule(job_id, 0.05)
-                if len(self._inflight) >= self.concurrency:
-                    timeout = self.idle_recheck  # a finishing turn sets the event
-                elif self._heap:
-                    timeout = min(self.idle_recheck, max(0.0, self._heap[0][0] - loop.time()))
-                else:
-                    timeout = self.idle_recheck
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # arrives just as the event is set, and the poller would never stop.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
-        finally:
-            await self._drain_deliveries()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._inflight.clear()
-            self._wake = None
-
-    async def _drain_deliveries(self) -> None:
-        """Let notices that are already on their way to Discord finish before shutting down.
-
-        A notice cancelled mid-request may or may not have reached Discord, and its claim is kept (a
-        duplicate is worse than a lost notice), so cancelling one would lose it: give them a moment.
-        Everything else (polls, sample synthesis before a claim) is cancelled and resumes after a restart.
-        """
-        pending = {t for t in self._delivering.values() if not t.done()}
-        if not pending:
-            return
-        log.info("waiting up to %.0f s for %d notice(s) being delivered", self.notice_drain_seconds, len(pending))
-        _, late = await asyncio.wait(pending, timeout=self.notice_drain_seconds)
-        if late:
-            log.warning("%d notice(s) were still being delivered at shutdown; they may not have arrived", len(late))
+        await scheduler.run()
 
     async def _turn(self, job_id: int) -> None:
         try:
             job = await self.db.jobs.get(job_id)
-            if job is None or job.state == "submitting":
+            if job is None or job.state == JobState.SUBMITTING:
                 return  # deleted (/forget-me), or its submit is still running in this process
             if job.is_open:
                 await self._poll(job)
@@ -504,50 +393,45 @@ class CloneService:
             raise
         except Exception:
             log.exception("clone job %s: unexpected error in the poller; retrying in %.0f s", job_id, self.backoff_cap)
-            self._schedule(job_id, self.backoff_cap)
-        finally:
-            self._inflight.discard(job_id)
-            self.wake()
+            self._scheduler.schedule(job_id, self.backoff_cap)
 
     def _backoff(self, failures: int) -> float:
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** max(0, failures - 1))
-        return delay * random.uniform(0.8, 1.2)
+        return backoff(failures, base=self.backoff_base, cap=self.backoff_cap)
 
     async def _poll(self, job: CloneJob) -> None:
         now = self.clock.now()
         started = job.submitted_at or job.created_at
         if now - started > self.job_deadline:
-            await self._finish(job, "failed", TIMED_OUT)
+            await self._finish(job, JobState.FAILED, TIMED_OUT)
             return
         if job.run_id is None:
             raise RuntimeError(f"clone job {job.id} is {job.state} but has no run id to poll")
+        provider = providers.get(job.provider)
         try:
-            status = await self.nanogpt.clone_status(
-                clone_provider(job.provider), job.run_id, cost=_micros_to_units(job.cost_micros),
-                payment_source=job.payment_source, is_api_request=bool(job.is_api_request),
-            )
+            status = await provider.status(self.nanogpt, job)
         except (InvalidRequest, ContentPolicyError) as exc:  # a definitive 4xx about this run
             log.warning("clone job %s: NanoGPT refused the status request: %s", job.id, exc)
-            await self._finish(job, "failed", exc.user_message)
+            await self._finish(job, JobState.FAILED, exc.user_message)
             return
         except (NanoGPTError, aiohttp.ClientError, TimeoutError) as exc:
             # Timeouts, 5xx, 429 (Retry-After), and 401/402 (an operator problem, not this run's): back
             # off and retry until the job's deadline.
             await self._retry_later(job, now, exc)
             return
-        state = (status.status or "").lower()
-        if state == "completed":
-            await self._complete(job, status, now)
-        elif state in ("failed", "error"):
-            await self._finish(job, "failed", _one_line(status.error) or FAILED_WITHOUT_REASON)
+        result = provider.interpret(status)
+        if result is PollResult.COMPLETED:
+            await self._complete(job, provider, status, now)
+        elif result is PollResult.FAILED:
+            await self._finish(job, JobState.FAILED, shorten(status.error or "", 300) or FAILED_WITHOUT_REASON)
         else:
-            new_state = "processing" if state == "processing" else "pending"
+            new_state = check_move(job.state, JobState.PROCESSING if result is PollResult.PROCESSING
+                                   else JobState.PENDING)
             delay = self.default_poll_after if status.poll_after is None else float(status.poll_after)
             delay = max(self.min_poll_after, delay)
             changes: dict[str, Any] = dict(state=new_state, poll_count=job.poll_count + 1, last_polled_at=now,
                                            failures=0, next_poll_at=now + delay)
             await self.db.jobs.update(job.id, **changes)
-            self._schedule(job.id, delay)
+            self._scheduler.schedule(job.id, delay)
             await self._show_progress(replace(job, **changes), changed=new_state != job.state)
 
     async def _retry_later(self, job: CloneJob, now: float, exc: BaseException) -> None:
@@ -559,38 +443,22 @@ class CloneService:
         log.info("clone job %s: status check failed (%s: %s); retry %d in %.2f s", job.id, type(exc).__name__,
                  exc, failures, delay)
         await self.db.jobs.update(job.id, failures=failures, poll_count=job.poll_count + 1, last_polled_at=now,
-                                  next_poll_at=now + delay)
-        self._schedule(job.id, delay)
+                                 next_poll_at=now + delay)
+        self._scheduler.schedule(job.id, delay)
 
-    async def _complete(self, job: CloneJob, status, now: float) -> None:
-        embedding = None
-        embedding_url = None
-        if job.provider == "qwen":
-            embedding_url = status.speaker_embedding_url
-            if not embedding_url:
-                await self._retry_later(job, now, RuntimeError("completed without a speakerEmbeddingUrl"))
-                return
-            try:
-                data, content_type = await self.nanogpt.download(embedding_url, max_bytes=EMBEDDING_MAX_BYTES)
-            except DownloadTooLarge:
-                await self._finish(job, "failed", "The voice file NanoGPT produced is too large to store.")
-                return
-            except (NanoGPTError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                await self._retry_later(job, now, exc)  # the status is polled again; the URL may be fresh
-                return
-            if not data:
-                await self._retry_later(job, now, RuntimeError("empty speaker embedding"))
-                return
-            filename = re.sub(r"[^A-Za-z0-9._-]", "_", posixpath.basename(urlsplit(embedding_url).path))[:100]
-            if not filename.strip("._"):
-                filename = "speaker-embedding.safetensors"
-            embedding = (secrets.token_urlsafe(32), filename, content_type or "application/octet-stream", data)
+    async def _complete(self, job: CloneJob, provider: CloneProvider, status: CloneStatus, now: float) -> None:
+        try:
+            saved = await provider.collect(self.nanogpt, job, status, now)
+        except RetryLater as later:
+            await self._retry_later(job, now, later.cause)
+            return
+        except RunFailed as failed:
+            await self._finish(job, JobState.FAILED, failed.message)
+            return
+        check_move(job.state, JobState.COMPLETED)
         result = await self.db.jobs.complete(
-            job.id, now=now,
-            provider_voice_id=job.custom_voice_id if job.provider == "minimax" else None,
-            embedding_url=embedding_url,
-            embedding_expires_at=now + EMBEDDING_RETENTION if embedding_url else None,
-            embedding=embedding, max_name_length=NAME_MAX,
+            job.id, now=now, provider_voice_id=saved.provider_voice_id, embedding_url=saved.embedding_url,
+            embedding_expires_at=saved.embedding_expires_at, embedding=saved.embedding, max_name_length=NAME_MAX,
         )
         if result is None:
             return
@@ -598,7 +466,8 @@ class CloneService:
         log.info("clone job %s completed: voice #%s “%s” for user %s", job.id, voice_id, saved_name, job.user_id)
         self._hand_off_notice(job.id)
 
-    async def _finish(self, job: CloneJob, state: str, error: str) -> None:
+    async def _finish(self, job: CloneJob, state: JobState, error: str) -> None:
+        check_move(job.state, state)
         if await self.db.jobs.finish(job.id, state, error=error, now=self.clock.now()):
             log.info("clone job %s %s: %s", job.id, state, error)
         self._hand_off_notice(job.id)
@@ -606,9 +475,7 @@ class CloneService:
     def _hand_off_notice(self, job_id: int) -> None:
         """Deliver a finished job's notice (sample synthesis included) outside the polling slots, so a
         burst of completions never delays the polls that would find the next ones."""
-        task = asyncio.create_task(self._notify_later(job_id), name=f"clone-notice-{job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._scheduler.spawn(self._notify_later(job_id), name=f"clone-notice-{job_id}")
 
     async def _notify_later(self, job_id: int) -> None:
         async with self._notice_slots:
@@ -621,7 +488,7 @@ class CloneService:
             except Exception:  # the job is finished and saved; only its notice waits for another turn
                 log.exception("clone job %s: unexpected error while notifying; retrying in %.0f s", job_id,
                               self.backoff_cap)
-                self._schedule(job_id, self.backoff_cap)
+                self._scheduler.schedule(job_id, self.backoff_cap)
 
     async def _show_progress(self, job: CloneJob, *, changed: bool) -> None:
         """Refresh the job's status card (``job`` as just written), at most every ``progress_interval``."""
@@ -650,14 +517,14 @@ class CloneService:
         notice = await self.build_notice(job)
         if not await self.db.jobs.mark_notified(job.id, self.clock.now()):
             return  # someone else told the user already
-        task = asyncio.current_task()
-        if task is not None:
-            self._delivering[job.id] = task
         try:
-            await self.events.deliver_notice(job, notice)
+            # A notice cancelled mid-request may or may not have reached Discord, and its claim is kept
+            # (a duplicate is worse than a lost notice), so shutdown lets it finish first.
+            with self._scheduler.finishing():
+                await self.events.deliver_notice(job, notice)
         except asyncio.CancelledError:
             # The request may already have reached Discord: keep the claim (lost, never twice). Shutdown
-            # drains deliveries first (_drain_deliveries), so this is only a delivery that hung.
+            # drains deliveries first, so this is only a delivery that hung.
             log.warning("clone job %s: notice interrupted while being sent; it may not have arrived", job.id)
             raise
         except Exception:
@@ -670,10 +537,8 @@ class CloneService:
             else:
                 log.warning("clone job %s: notice not delivered (attempt %d); retrying", job.id, failures,
                             exc_info=True)
-                self._schedule(job.id, self._backoff(failures))
+                self._scheduler.schedule(job.id, self._backoff(failures))
             return
-        finally:
-            self._delivering.pop(job.id, None)
         self._samples.pop(job.id, None)
         self._notice_failures.pop(job.id, None)
         self._progress_shown.pop(job.id, None)
@@ -689,11 +554,11 @@ class CloneService:
         return dropped
 
     async def build_notice(self, job: CloneJob) -> CloneNotice:
-        if job.state == "lost":
-            return CloneNotice("lost", job.error or LOST_AFTER_RESTART)
-        if job.state != "completed":
+        if job.state == JobState.LOST:
+            return CloneNotice(NoticeOutcome.LOST, job.error or LOST_AFTER_RESTART)
+        if job.state != JobState.COMPLETED:
             reason = job.error or FAILED_WITHOUT_REASON
-            return CloneNotice("failed", f"Cloning “{job.voice_name}” failed: {reason}")
+            return CloneNotice(NoticeOutcome.FAILED, f"Cloning “{job.voice_name}” failed: {reason}")
         voice = await self.db.voices.get(job.user_id, job.voice_id) if job.voice_id is not None else None
         name = voice.name if voice is not None else job.voice_name
         message = f"Your voice “{name}” is ready: use it with /say voice:{name}."
@@ -705,8 +570,9 @@ class CloneService:
                 self._samples[job.id] = await self._make_sample(job, voice)
             sample = self._samples[job.id]
         if sample is None:
-            return CloneNotice("completed", message, voice_name=name)
-        return CloneNotice("completed", message, voice_name=name, sample=sample[0], sample_content_type=sample[1])
+            return CloneNotice(NoticeOutcome.COMPLETED, message, voice_name=name)
+        return CloneNotice(NoticeOutcome.COMPLETED, message, voice_name=name, sample=sample[0],
+                           sample_content_type=sample[1])
 
     async def _make_sample(self, job: CloneJob, voice: Voice) -> tuple[bytes, str] | None:
         """A short line in the new voice through the speech service (budget, ledger and cache like any
@@ -721,17 +587,8 @@ class CloneService:
         return speech.audio, speech.content_type
 
 
-def _micros_to_units(micros: int | None) -> Decimal | None:
-    """Turn stored micro-units back into the ``cost`` NanoGPT reported (exactly)."""
-    return None if micros is None else Decimal(micros) / 1_000_000
-
-
-def _one_line(text: str | None, limit: int = 300) -> str | None:
-    return shorten(str(text), limit) if text else None
-
-
 __all__ = [
-    "PROVIDERS",
+    "STATE_LABELS",
     "ClipSource",
     "CloneNotice",
     "CloneRequest",
@@ -740,5 +597,4 @@ __all__ = [
     "JobEvents",
     "PreparedClone",
     "make_custom_voice_id",
-    "validate_voice_name",
 ]

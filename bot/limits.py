@@ -28,7 +28,7 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.errors import UserFacingError
 from bot.storage import Database, Transaction
-from bot.text import MICROS_PER_UNIT, format_usd
+from bot.text import MICROS_PER_UNIT, format_money, format_usd
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def tts_price_text(model: str) -> str:
 
 
 def estimate_clone_micros(provider: str) -> int:
-    """The price of one clone run with ``provider`` ('minimax' or 'qwen'), from :mod:`bot.providers`."""
+    """The price of one clone run with ``provider`` (a key of :mod:`bot.providers`)."""
     return providers.price_micros(provider)
 
 
@@ -94,17 +94,6 @@ def cost_to_micros(cost: float | int | str | Decimal) -> int:
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"not a cost: {cost!r}")
     return int((amount * MICROS_PER_UNIT).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def format_money(micros: int, currency: str = "USD") -> str:
-    """``format_usd`` for USD; other payment sources (XNO) as ``0.5 XNO`` with up to 6 decimals."""
-    if currency.upper() == "USD":
-        return format_usd(micros)
-    amount = Decimal(int(micros)) / MICROS_PER_UNIT
-    text = f"{amount:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return f"{text} {currency.upper()}"
 
 
 def discord_relative(ts: float) -> str:

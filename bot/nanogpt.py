@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -47,19 +47,8 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-Provider = Literal["minimax", "qwen"]
-
-
-def clone_provider(value: str) -> Provider:
-    """``value`` (a stored provider key) as a :data:`Provider`; ValueError for any other text."""
-    if value == "minimax":
-        return "minimax"
-    if value == "qwen":
-        return "qwen"
-    raise ValueError(f"unknown clone provider {value!r}")
-
-
 CUSTOM_VOICE_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{7,}$")
+PROVIDER_PATH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # a provider key as it appears in /voice-clone/{key}/…
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_policy", "content_filter", "moderation"})
 # TTS ticket statuses [I]: 'pending' is documented; the others are tolerated spellings.
@@ -507,6 +496,23 @@ def parse_error_body(body: bytes, content_type: str | None = None) -> _ParsedErr
     return parsed
 
 
+def _error_text(exc: NanoGPTError) -> str:
+    return f"{exc.code or ''} {exc.error_type or ''} {exc.message}".casefold()
+
+
+def voice_missing(exc: NanoGPTError) -> bool:
+    """NanoGPT says the voice does not exist [I: the real wording is undocumented]."""
+    text = _error_text(exc)
+    return "voice_not_found" in text or ("voice" in text and ("not found" in text or "does not exist" in text))
+
+
+def embedding_rejected(exc: NanoGPTError) -> bool:
+    """NanoGPT could not fetch the speaker embedding URL [I: the real wording is undocumented]."""
+    if not isinstance(exc, InvalidRequest):
+        return False
+    return any(word in _error_text(exc) for word in ("embedding", "speaker_voice"))
+
+
 def _is_content_policy(code: str | None, error_type: str | None, message: str | None) -> bool:
     for value in (code, error_type):
         if value and value.strip().lower() in CONTENT_POLICY_CODES:
@@ -593,12 +599,10 @@ class NanoGPTClient:
 
     # -- public API ------------------------------------------------------------------------------
 
-    async def submit_minimax_clone(self, audio: bytes | None, filename: str, *, custom_voice_id: str,
+    async def submit_minimax_clone(self, audio: bytes, filename: str, *, custom_voice_id: str,
                                    model: str | None = None, noise_reduction: bool = False,
-                                   normalize_volume: bool = False, audio_url: str | None = None,
-                                   preview_text: str | None = None) -> CloneTicket:
-        """Start a paid MiniMax clone run ($1.00): multipart with the ``audio`` file, or JSON with
-        ``audioUrl`` when ``audio`` is None. Never retried once sent."""
+                                   normalize_volume: bool = False) -> CloneTicket:
+        """Start a paid MiniMax clone run ($1.00): multipart with the ``audio`` file. Never retried once sent."""
         if not CUSTOM_VOICE_ID_RE.match(custom_voice_id or ""):
             raise ValueError("custom_voice_id must match ^[A-Za-z][A-Za-z0-9]{7,}$")
         fields: dict[str, Any] = {
@@ -606,24 +610,21 @@ class NanoGPTClient:
             "voiceCloneModel": model,
             "needNoiseReduction": bool(noise_reduction),
             "needVolumeNormalization": bool(normalize_volume),
-            "text": preview_text,
         }
-        return await self._submit_clone("/voice-clone/minimax", audio, filename, audio_url, fields)
+        return await self._submit_clone("/voice-clone/minimax", audio, filename, fields)
 
-    async def submit_qwen_clone(self, audio: bytes | None, filename: str, *, reference_text: str | None = None,
-                                audio_url: str | None = None) -> CloneTicket:
-        """Start a paid Qwen clone run ($0.25): multipart or JSON ``audioUrl``. Never retried once sent."""
-        return await self._submit_clone("/voice-clone/qwen", audio, filename, audio_url,
-                                        {"referenceText": reference_text})
+    async def submit_qwen_clone(self, audio: bytes, filename: str, *, reference_text: str | None = None) -> CloneTicket:
+        """Start a paid Qwen clone run ($0.25): multipart with the ``audio`` file. Never retried once sent."""
+        return await self._submit_clone("/voice-clone/qwen", audio, filename, {"referenceText": reference_text})
 
-    async def clone_status(self, provider: Provider, run_id: str, *, cost: Decimal | None = None,
+    async def clone_status(self, provider: str, run_id: str, *, cost: Decimal | None = None,
                            payment_source: str | None = None, is_api_request: bool | None = None) -> CloneStatus:
         """Poll a clone run, echoing the ticket's cost/paymentSource/isApiRequest (they help refunds).
 
         Retried briefly inside (``status_attempts``); the poller owns longer backoff. ``poll_after`` is
         ``X-Poll-After`` (else ``Retry-After``) in seconds."""
-        if provider not in ("minimax", "qwen"):
-            raise ValueError(f"unknown clone provider {provider!r}")
+        if not PROVIDER_PATH_RE.match(provider or ""):
+            raise ValueError(f"not a clone provider key: {provider!r}")
         if not run_id:
             raise ValueError("run_id is required")
         body = _without_none({"runId": run_id, "cost": cost, "paymentSource": payment_source,
@@ -746,30 +747,22 @@ class NanoGPTClient:
 
     # -- clone submits ---------------------------------------------------------------------------
 
-    async def _submit_clone(self, path: str, audio: bytes | None, filename: str, audio_url: str | None,
-                            fields: dict[str, Any]) -> CloneTicket:
+    async def _submit_clone(self, path: str, audio: bytes, filename: str, fields: dict[str, Any]) -> CloneTicket:
         fields = _without_none(fields)
-        if audio is not None:
-            if not audio:
-                raise ValueError("audio is empty")
+        if not audio:
+            raise ValueError("audio is empty")
 
-            def form() -> aiohttp.FormData:
-                data = aiohttp.FormData()
-                name = filename or "audio.mp3"
-                extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-                data.add_field("audio", audio, filename=name,
-                               content_type=_UPLOAD_TYPES.get(extension, "application/octet-stream"))
-                if audio_url:
-                    data.add_field("audioUrl", audio_url)
-                for key, value in fields.items():
-                    data.add_field(key, ("true" if value else "false") if isinstance(value, bool) else str(value))
-                return data
+        def form() -> aiohttp.FormData:
+            data = aiohttp.FormData()
+            name = filename or "audio.mp3"
+            extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+            data.add_field("audio", audio, filename=name,
+                           content_type=_UPLOAD_TYPES.get(extension, "application/octet-stream"))
+            for key, value in fields.items():
+                data.add_field(key, ("true" if value else "false") if isinstance(value, bool) else str(value))
+            return data
 
-            response = await self._paid_api_call("POST", path, form=form)
-        elif audio_url:
-            response = await self._paid_api_call("POST", path, json_body={"audioUrl": audio_url, **fields})
-        else:
-            raise ValueError("either audio or audio_url is required")
+        response = await self._paid_api_call("POST", path, form=form)
         data = self._json_object(response, "POST", path, maybe_charged=True)
         run_id = _to_str(data.get("runId") or data.get("run_id"))
         if run_id is None:

@@ -4,6 +4,8 @@ A guild's settings override the environment defaults (README's configuration tab
 
 * ``clones_enabled`` — NULL (never set) or true: members may clone; false: nobody may clone there.
 * ``clone_role_id`` — NULL: everyone may clone; a role id: only members holding that role.
+* ``voice_playback`` — NULL (never set) or true: ``/say`` also plays in the bot's voice channel
+  (:mod:`bot.playback`); false: it never plays there.
 * ``daily_budget_micros`` — NULL: ``GUILD_DAILY_BUDGET_USD``; else the guild's own budget (0: unlimited).
   The operator's ``GUILD_DAILY_BUDGET_USD`` is a ceiling: when it is above 0 a server may only choose a
   budget up to it (:func:`parse_budget`), and what is enforced is never above it, whatever is stored
@@ -69,6 +71,7 @@ class EffectiveSettings:
     clones_enabled: bool
     clones_enabled_from_server: bool
     clone_daily_limit: int  # CLONE_DAILY_LIMIT (0: cloning disabled on the whole bot)
+    voice_playback: bool = True  # /say also plays in the bot's voice channel
     server_budget_micros: int | None = None  # what the server stored (None: nothing); may exceed the ceiling
     budget_ceiling_micros: int = 0  # GUILD_DAILY_BUDGET_USD: the most a server may choose (0: no ceiling)
 
@@ -95,7 +98,13 @@ async def effective_settings(db: Database, config: Config, guild_id: int) -> Eff
         clones_enabled=stored.clones_enabled is not False,
         clones_enabled_from_server=stored.clones_enabled is not None,
         clone_daily_limit=config.clone_daily_limit,
+        voice_playback=stored.voice_playback is not False,
     )
+
+
+async def voice_playback_enabled(db: Database, guild_id: int) -> bool:
+    """Whether this server lets ``/say`` play in the bot's voice channel (``/nanovoice settings``)."""
+    return (await db.guilds.get(guild_id)).voice_playback is not False
 
 
 def parse_budget(text: str, ceiling_micros: int = 0) -> int:
@@ -111,7 +120,7 @@ def parse_budget(text: str, ceiling_micros: int = 0) -> int:
         raw = raw[1:].strip()
     example = "2.50" if ceiling_micros <= 0 or ceiling_micros >= 2_500_000 else format_usd(ceiling_micros)[1:]
     problem = UserFacingError(
-        f"“{_shown(text)}” is not a dollar amount; write the daily budget like {example}"
+        f"“{shorten(text or '', 40)}” is not a dollar amount; write the daily budget like {example}"
         + (", or 0 for no limit." if ceiling_micros <= 0 else ".")
     )
     if "," in raw:
@@ -175,7 +184,3 @@ class Blocks:
         removed = await self.db.blocks.remove(kind, target_id)
         self._blocked.pop((kind, target_id), None)
         return removed
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    return shorten(text or "", limit)

@@ -23,7 +23,6 @@ Errors are :class:`~bot.errors.UserFacingError` (one sentence) or :class:`~bot.n
 from __future__ import annotations
 
 import asyncio
-import difflib
 import hashlib
 import json
 import logging
@@ -34,9 +33,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypedDict
 
-from bot import audio, providers
+from bot import audio, fuzzy, providers
 from bot.clock import Clock
 from bot.config import TTS_MODELS, Config, canonical_model
 from bot.embeddings import EmbeddingHost
@@ -57,9 +55,11 @@ from bot.nanogpt import (
     NanoGPTError,
     SpeechResult,
     extension_for,
+    voice_missing,
 )
+from bot.providers.base import TTSArguments
 from bot.storage import Database, Voice
-from bot.text import shorten
+from bot.text import escape_markdown, shorten
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def prepare_text(text: str, limit: int, names: MentionNames | None = None, *, wh
 def quote_text(text: str, max_chars: int) -> str:
     """``text`` as a Discord block quote of at most ``max_chars`` characters (markdown shown literally)."""
     def render(body: str) -> str:
-        return "> " + _escape_markdown(body)
+        return "> " + escape_markdown(body)
 
     quoted = render(text)
     if len(quoted) <= max_chars:
@@ -248,13 +248,6 @@ def quote_text(text: str, max_chars: int) -> str:
         else:
             high = mid - 1
     return render(text[:low].rstrip() + "…")
-
-
-_MARKDOWN = re.compile(r"([\\*_~`|>#\-\[\]()])")
-
-
-def _escape_markdown(text: str) -> str:
-    return _MARKDOWN.sub(r"\\\1", text)
 
 
 # -- voices ----------------------------------------------------------------------------------------
@@ -275,15 +268,6 @@ class ResolvedVoice:
         return self.saved.provider if self.saved is not None else None
 
 
-class TTSArguments(TypedDict, total=False):
-    """The voice-dependent keyword arguments of :meth:`bot.nanogpt.NanoGPTClient.tts`."""
-
-    voice: str
-    speed: float
-    speaker_voice_embedding_file_url: str
-    reference_text: str
-
-
 @dataclass(frozen=True, slots=True)
 class Speech:
     """Synthesised (or cached) speech: exactly the bytes NanoGPT produced."""
@@ -299,12 +283,8 @@ class Speech:
     currency: str | None = None
 
     @property
-    def extension(self) -> str:
-        return extension_for(self.content_type)
-
-    @property
     def filename(self) -> str:
-        return f"speech.{self.extension}"
+        return f"speech.{extension_for(self.content_type)}"
 
 
 # The shape of the MiniMax voice ids the bot generates for clones (bot.jobs.make_custom_voice_id). A
@@ -327,21 +307,17 @@ def parse_stock_voice(value: str, models: tuple[str, ...] = TTS_MODELS) -> tuple
     model = canonical_model(model_part)
     if model is None:
         raise UserFacingError(
-            f"“{_short(model_part)}” is not a speech model I know. Write a stock voice as model/voice, "
+            f"“{shorten(model_part, 40)}” is not a speech model I know. Write a stock voice as model/voice, "
             f"e.g. {stock_examples(models)}; see /say's voice suggestions for more."
         )
     voice = voice_part.strip()
     if not voice:
         raise UserFacingError(f"Add a voice after the model, e.g. {STOCK_EXAMPLE}.")
     if len(voice) > 64 or any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in voice):
-        raise UserFacingError(f"“{_short(voice)}” is not a voice name; stock voices look like {STOCK_EXAMPLE}.")
+        raise UserFacingError(f"“{shorten(voice, 40)}” is not a voice name; stock voices look like {STOCK_EXAMPLE}.")
     if BOT_VOICE_ID.match(voice):
-        raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name (/voice list).")
+        raise NotFound(f"“{shorten(voice, 40)}” is not a stock voice; use your own voices by their name (/voice list).")
     return model, voice
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return shorten(text, limit)
 
 
 def _stock(model: str, voice: str) -> ResolvedVoice:
@@ -358,29 +334,6 @@ def cache_key(voice: ResolvedVoice, speed: float, text: str) -> str:
     blob = json.dumps([CACHE_KEY_VERSION, voice.identity, voice.model, _speed_key(speed), text],
                       ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _match_score(query: str, candidate: str) -> float | None:
-    """How well ``query`` matches ``candidate`` (higher is better), None when it does not."""
-    q, c = query.casefold().strip(), candidate.casefold()
-    if not q:
-        return 0.0
-    if c == q:
-        return 10.0
-    if c.startswith(q):
-        return 8.0 + len(q) / len(c)
-    words = re.split(r"[\s/_.\-]+", c)
-    if any(w.startswith(q) for w in words):
-        return 7.0 + len(q) / len(c)
-    if q in c:
-        return 6.0 + len(q) / len(c)
-    it = iter(c)
-    if all(ch in it for ch in q):  # subsequence: "afbel" → "af_bella"
-        return 4.0 + len(q) / len(c)
-    ratio = difflib.SequenceMatcher(None, q, c).ratio()
-    best_word = max((difflib.SequenceMatcher(None, q, w).ratio() for w in words), default=0.0)
-    ratio = max(ratio, best_word)
-    return ratio * 3.0 if ratio >= 0.7 else None
 
 
 # -- the service -----------------------------------------------------------------------------------
@@ -450,18 +403,13 @@ class SpeechService:
         return f"{value} · {tts_price_text(model)}"[:CHOICE_MAX]
 
     def voice_from_saved(self, voice: Voice) -> ResolvedVoice:
-        """How one of the user's saved voices is synthesised."""
-        if voice.provider == "minimax":
-            if not voice.provider_voice_id:
-                raise UserFacingError(f"The voice “{voice.name}” is incomplete; clone it again.")
-            return ResolvedVoice(label=voice.name, model=self.config.minimax_tts_model, voice=voice.provider_voice_id,
-                                 identity=f"minimax:{voice.provider_voice_id}", saved=voice)
-        if voice.provider == "qwen":
-            source = f"file{voice.embedding_file_id}" if voice.embedding_file_id is not None else f"voice{voice.id}"
-            transcript = hashlib.sha256((voice.transcript or "").encode("utf-8")).hexdigest()[:16]
-            return ResolvedVoice(label=voice.name, model=self.config.qwen_tts_model, voice=None,
-                                 identity=f"qwen:{voice.user_id}:{source}:{transcript}", saved=voice)
-        raise UserFacingError(f"The voice “{voice.name}” uses an unknown provider; clone it again.")
+        """How one of the user's saved voices is synthesised (its provider says)."""
+        provider = providers.find(voice.provider)
+        if provider is None:
+            raise UserFacingError(f"The voice “{voice.name}” uses an unknown provider; clone it again.")
+        speaker = provider.speaker(voice, self.config)
+        return ResolvedVoice(label=voice.name, model=speaker.model, voice=speaker.voice, identity=speaker.identity,
+                             saved=voice)
 
     async def resolve_voice(self, user_id: int, value: str | None) -> ResolvedVoice:
         """The ``voice`` option: the user's saved voice of that name (case-insensitive; only theirs),
@@ -478,11 +426,11 @@ class SpeechService:
             model, voice = parse_stock_voice(value, self.offered_models)
             self.check_stock_model(model)
             if await self.db.voices.is_cloned_voice_id(voice):  # someone's clone, whatever its id looks like
-                raise NotFound(f"“{_short(voice)}” is not a stock voice; use your own voices by their name "
+                raise NotFound(f"“{shorten(voice, 40)}” is not a stock voice; use your own voices by their name "
                                "(/voice list).")
             return _stock(model, voice)
         raise NotFound(
-            f"You have no voice named “{_short(value)}”; pick one of your voices (/voice list) or a stock voice "
+            f"You have no voice named “{shorten(value, 40)}”; pick one of your voices (/voice list) or a stock voice "
             f"such as {self.default_stock_voice().label}."
         )
 
@@ -493,7 +441,7 @@ class SpeechService:
         own = await self.db.voices.names_for_speech(user_id)
         mine: list[tuple[float, int, str, str]] = []
         for index, (name, provider, is_default) in enumerate(own):
-            score = _match_score(current, name)
+            score = fuzzy.score(current, name)
             if score is None:
                 continue
             marker = ", default" if is_default else ""
@@ -504,8 +452,8 @@ class SpeechService:
         stock: list[tuple[float, int, str]] = []
         for index, value in enumerate(self.stock_choices):
             model, _, voice = value.partition("/")
-            score = _match_score(current, value)
-            voice_score = _match_score(current, voice)
+            score = fuzzy.score(current, value)
+            voice_score = fuzzy.score(current, voice)
             best = max((s for s in (score, voice_score) if s is not None), default=None)
             if best is None:
                 continue
@@ -582,12 +530,10 @@ class SpeechService:
                 result = await self.nanogpt.tts(text, model=voice.model, **kwargs)
             except NanoGPTError as exc:
                 saved = voice.saved
-                if (not retried and not exc.maybe_charged and saved is not None and saved.provider == "qwen"
-                        and _embedding_rejected(exc)
-                        and await self.embeddings.report_dead_url(saved,
-                                                                  kwargs.get("speaker_voice_embedding_file_url"))):
+                if (not retried and not exc.maybe_charged and saved is not None
+                        and await providers.get(saved.provider).recover(saved, exc, kwargs, self.embeddings)):
                     retried = True
-                    log.info("retrying speech for Qwen voice %s with its stored embedding", saved.id)
+                    log.info("retrying speech for %s voice %s after repairing it", saved.provider, saved.id)
                     continue
                 await self._failed(reservation, exc)
                 raise self._explain(exc, voice) from exc
@@ -609,17 +555,11 @@ class SpeechService:
         if speed != 1.0:
             kwargs["speed"] = speed
         saved = voice.saved
-        if saved is not None and saved.provider == "qwen":
-            kwargs["speaker_voice_embedding_file_url"] = await self.embedding_url(saved)
-            if saved.transcript:
-                kwargs["reference_text"] = saved.transcript
+        if saved is not None:
+            kwargs.update(await providers.get(saved.provider).tts_arguments(saved, self.embeddings))
         elif voice.voice is not None:
             kwargs["voice"] = voice.voice
         return kwargs
-
-    async def embedding_url(self, voice: Voice) -> str:
-        """The ``speaker_voice_embedding_file_url`` for a Qwen voice (the one place that asks)."""
-        return await self.embeddings.url_for(voice)
 
     async def _failed(self, reservation: Reservation, exc: NanoGPTError) -> None:
         if exc.maybe_charged:
@@ -642,16 +582,11 @@ class SpeechService:
     @staticmethod
     def _explain(exc: NanoGPTError, voice: ResolvedVoice) -> Exception:
         """A clearer sentence for the failures that are about the voice itself."""
-        if voice.provider == "minimax" and isinstance(exc, InvalidRequest) and _voice_missing(exc):
-            return UserFacingError(
-                f"MiniMax no longer has the voice “{voice.label}” (voices unused for 7 days are deleted); "
-                "clone it again."
-            )
-        if voice.provider == "qwen" and _embedding_rejected(exc):
-            return UserFacingError(
-                f"NanoGPT could not load the voice “{voice.label}” (its speaker embedding is gone); clone it again."
-            )
-        if voice.saved is None and isinstance(exc, InvalidRequest) and _voice_missing(exc):
+        if voice.saved is not None:
+            sentence = providers.get(voice.saved.provider).explain(exc, voice.label)
+            if sentence is not None:
+                return UserFacingError(sentence)
+        if voice.saved is None and isinstance(exc, InvalidRequest) and voice_missing(exc):
             return UserFacingError(f"NanoGPT has no voice “{voice.voice}” for {voice.model}; pick a listed one.")
         return exc
 
@@ -707,24 +642,6 @@ class SpeechService:
         """Wait briefly for background balance checks."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2)
-
-
-def _error_text(exc: NanoGPTError) -> str:
-    return f"{exc.code or ''} {exc.error_type or ''} {exc.message}".casefold()
-
-
-def _voice_missing(exc: NanoGPTError) -> bool:
-    """NanoGPT says the voice does not exist [I: the real wording is undocumented]."""
-    text = _error_text(exc)
-    return "voice_not_found" in text or ("voice" in text and ("not found" in text or "does not exist" in text))
-
-
-def _embedding_rejected(exc: NanoGPTError) -> bool:
-    """NanoGPT could not fetch the speaker embedding URL [I: the real wording is undocumented]."""
-    if not isinstance(exc, InvalidRequest):
-        return False
-    text = _error_text(exc)
-    return "embedding" in text or "speaker_voice" in text
 
 
 __all__ = [

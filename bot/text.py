@@ -1,11 +1,14 @@
-"""Small wording helpers for what people read (messages, embeds, the command line): counts and money.
-No Discord here, and nothing of the bot's own, so every module (configuration included) can use them."""
+"""Small wording helpers for what people read (messages, embeds, the command line): counts, money and
+names people typed. No Discord here, and nothing of the bot's own, so every module (configuration
+included) can use them."""
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal
 
 MICROS_PER_UNIT = 1_000_000  # money is integer micro-units (micro-dollars for USD), never float
+_MARKDOWN = re.compile(r"([\\*_~`|>#\-\[\]()])")
 
 
 def plural(count: float, noun: str) -> str:
@@ -40,3 +43,25 @@ def format_usd(micros: int) -> str:
         while text.endswith("0") and len(text.split(".")[1]) > 2:
             text = text[:-1]
     return f"{sign}${text}"
+
+
+def format_money(micros: int, currency: str = "USD") -> str:
+    """:func:`format_usd` for USD; other payment sources (XNO) as ``0.5 XNO`` with up to 6 decimals."""
+    if currency.upper() == "USD":
+        return format_usd(micros)
+    amount = Decimal(int(micros)) / MICROS_PER_UNIT
+    text = f"{amount:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {currency.upper()}"
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with every markdown marker backslash-escaped, so chat shows it literally."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def quoted(name: str, limit: int = 40) -> str:
+    """A name someone typed, safe to put in a message: on one line, cut to ``limit``, markdown shown
+    literally, in curly quotes (``“Grandma”``)."""
+    return f"“{escape_markdown(shorten(name, limit))}”"

@@ -50,7 +50,10 @@ def render_settings(settings: EffectiveSettings, *, role_exists: bool = True) ->
     else:
         cloning = "Off (turned off for this server)"
     embed.add_field(name="Voice cloning", value=cloning, inline=False)
-    embed.set_footer(text="Change with /nanovoice settings daily_budget_usd, clone_role or clones_enabled; "
+    embed.add_field(name="Voice channel playback", value="On" if settings.voice_playback else
+                    "Off (/say never plays in voice channels here)", inline=False)
+    embed.set_footer(text="Change with /nanovoice settings daily_budget_usd, clone_role, clones_enabled or "
+                          "voice_playback; "
                           "reset: True goes back to the bot's defaults.")
     return embed
 
@@ -85,6 +88,8 @@ def describe_changes(changes: dict[str, Any]) -> str:
         parts.append("everyone may clone" if role_id is None else f"only <@&{role_id}> may clone")
     if "clones_enabled" in changes:
         parts.append("voice cloning on" if changes["clones_enabled"] else "voice cloning off")
+    if changes.get("voice_playback") is not None:
+        parts.append("voice channel playback on" if changes["voice_playback"] else "voice channel playback off")
     return "Saved: " + "; ".join(parts) + "."
 
 
@@ -102,14 +107,16 @@ class Admin(commands.Cog):
         daily_budget_usd="Dollars per UTC day, e.g. 2.50, at most the bot's limit; \"default\" = the bot's budget",
         clone_role="Only members with this role may clone voices (@everyone = all members)",
         clones_enabled="Turn voice cloning on or off in this server",
+        voice_playback="Let /say play in the bot's voice channel (on) or never (off)",
         reset="Go back to the bot's defaults for every setting",
     )
     @app_commands.checks.has_permissions(manage_guild=True)
     async def settings(self, interaction: discord.Interaction, daily_budget_usd: str | None = None,
                        clone_role: discord.Role | None = None, clones_enabled: bool | None = None,
-                       reset: bool = False) -> None:
+                       reset: bool = False, voice_playback: bool | None = None) -> None:
         changes = self.parse_changes(daily_budget_usd, clone_role, clones_enabled, reset,
-                                     ceiling_micros=self.bot.config.guild_daily_budget_micros)
+                                     ceiling_micros=self.bot.config.guild_daily_budget_micros,
+                                     voice_playback=voice_playback)
         await interaction.response.defer(ephemeral=True, thinking=True)
         guild_id = interactions.guild_id_of(interaction)
         content = None
@@ -129,12 +136,14 @@ class Admin(commands.Cog):
 
     @staticmethod
     def parse_changes(daily_budget_usd: str | None, clone_role: discord.Role | None, clones_enabled: bool | None,
-                      reset: bool, *, ceiling_micros: int = 0) -> dict[str, Any]:
+                      reset: bool, *, ceiling_micros: int = 0, voice_playback: bool | None = None) -> dict[str, Any]:
         """The stored-settings update these options ask for; one sentence when they make no sense."""
         if reset:
-            if daily_budget_usd is not None or clone_role is not None or clones_enabled is not None:
+            if (daily_budget_usd is not None or clone_role is not None or clones_enabled is not None
+                    or voice_playback is not None):
                 raise UserFacingError("Use reset on its own: it puts every setting back to the bot's defaults.")
-            return {"daily_budget_micros": None, "clone_role_id": None, "clones_enabled": None}
+            return {"daily_budget_micros": None, "clone_role_id": None, "clones_enabled": None,
+                    "voice_playback": None}
         changes: dict[str, Any] = {}
         if daily_budget_usd is not None:
             if daily_budget_usd.strip().lower() in DEFAULT_WORDS:
@@ -153,6 +162,8 @@ class Admin(commands.Cog):
                 changes["clone_role_id"] = clone_role.id
         if clones_enabled is not None:
             changes["clones_enabled"] = clones_enabled
+        if voice_playback is not None:
+            changes["voice_playback"] = voice_playback
         return changes
 
 

@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from bot import interactions, providers
 from bot.errors import UserFacingError
+from bot.job_states import JobState, NoticeOutcome
 from bot.jobs import (
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
@@ -30,9 +31,10 @@ from bot.jobs import (
     PreparedClone,
     format_elapsed,
 )
-from bot.limits import format_money, format_usd
 from bot.nanogpt import NanoGPTError
 from bot.storage import CloneJob
+from bot.text import format_money, format_usd
+from cogs import ui
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
@@ -69,7 +71,7 @@ def confirm_embed(prepared: PreparedClone) -> discord.Embed:
     embed.add_field(name="Provider", value=prepared.provider_label)
     embed.add_field(name="Price", value=format_usd(prepared.price_micros))
     embed.add_field(name="Duration", value=duration)
-    rule = providers.PROVIDERS.get(prepared.request.provider)
+    rule = providers.find(prepared.request.provider)
     if rule is not None:
         embed.add_field(name=f"{rule.label} accepts", value=rule.clip_rule(), inline=False)
     return embed
@@ -85,7 +87,7 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     """The live status card: provider, state, elapsed time."""
     started = job.submitted_at or job.created_at
     end = job.finished_at if job.finished_at else now
-    colour = COLOUR_WAITING if job.is_open else (COLOUR_DONE if job.state == "completed" else COLOUR_PROBLEM)
+    colour = COLOUR_WAITING if job.is_open else (COLOUR_DONE if job.state == JobState.COMPLETED else COLOUR_PROBLEM)
     embed = discord.Embed(title=f"Cloning {_quoted(job.voice_name)}", colour=colour)
     if job.is_open:
         embed.description = f"Started <t:{int(started)}:R>; this card updates as NanoGPT works."
@@ -110,7 +112,7 @@ def sample_alt_text(job: CloneJob, notice: CloneNotice) -> str:
 
 def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embed:
     embed = status_embed(job, now)
-    if notice.outcome == "completed" and notice.voice_name:
+    if notice.outcome == NoticeOutcome.COMPLETED and notice.voice_name:
         embed.title = f"Voice {_quoted(notice.voice_name)} is ready"
     embed.description = discord.utils.escape_markdown(notice.message)
     if notice.sample is not None:
@@ -121,40 +123,22 @@ def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embe
 # -- views -----------------------------------------------------------------------------------------
 
 
-class ConfirmCloneView(discord.ui.View):
-    """Cost-and-consent confirmation; only the invoking user may press it."""
+class ConfirmCloneView(ui.ConfirmView):
+    """Cost-and-consent confirmation; only the invoking user may press it, once."""
+
+    already_answered_text = "This clone was already confirmed or cancelled."
 
     def __init__(self, cog: CloneJobs, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
                  *, timeout: float) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(origin, confirm_style=discord.ButtonStyle.success, timeout=timeout)
         self.cog = cog
-        self.origin = origin
         self.prepared = prepared
         self.where = where
-        self.answered = False  # a second press that raced the first one is turned away
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id == self.origin.user.id:
-            if not self.answered:
-                self.answered = True
-                return True
-            await interaction.response.send_message("This clone was already confirmed or cancelled.",
-                                                    ephemeral=True)
-            return False
-        await interaction.response.send_message(
-            f"Only {self.origin.user.mention} can confirm this clone.", ephemeral=True,
-            allowed_mentions=interactions.NO_PINGS,
-        )
-        return False
+    def not_yours_text(self) -> str:
+        return f"Only {self.origin.user.mention} can confirm this clone."
 
-    def _disable(self) -> None:
-        for item in self.children:
-            if isinstance(item, discord.ui.Button):
-                item.disabled = True
-
-    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
+    async def confirmed(self, interaction: discord.Interaction) -> None:
         await interaction.response.edit_message(
             embed=closed_embed(self.prepared, "Submitting to NanoGPT…", colour=COLOUR_WAITING), view=None,
         )
@@ -166,16 +150,14 @@ class ConfirmCloneView(discord.ui.View):
                 self.origin, embed=closed_embed(self.prepared, message, colour=COLOUR_PROBLEM), view=None,
             )
 
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
-        self._disable()
+    async def cancelled(self, interaction: discord.Interaction) -> None:
+        self.disable_buttons()
         await interaction.response.edit_message(
             embed=closed_embed(self.prepared, "Cancelled; nothing was charged."), view=self,
         )
 
     async def on_timeout(self) -> None:
-        self._disable()
+        self.disable_buttons()
         try:
             await interactions.edit_original(
                 self.origin,
@@ -187,13 +169,8 @@ class ConfirmCloneView(discord.ui.View):
             log.warning("could not mark the clone confirmation of interaction %s as expired", self.origin.id,
                         exc_info=True)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
-        from bot.app import report_error
 
-        await report_error(interaction, error)
-
-
-class CloneModal(discord.ui.Modal):
+class CloneModal(ui.Modal):
     """Name, provider and transcript for "Clone this voice"."""
 
     def __init__(self, cog: CloneJobs, attachment: discord.Attachment) -> None:
@@ -205,7 +182,7 @@ class CloneModal(discord.ui.Modal):
         )
         self.provider_select: discord.ui.Select[CloneModal] = discord.ui.Select(
             custom_id="clone:provider",
-            options=[discord.SelectOption(label=p.choice_name(), value=p.key) for p in providers.PROVIDERS.values()],
+            options=[discord.SelectOption(label=name, value=key) for name, key in providers.choices()],
             min_values=1, max_values=1,
         )
         self.transcript_input: discord.ui.TextInput[CloneModal] = discord.ui.TextInput(
@@ -223,14 +200,6 @@ class CloneModal(discord.ui.Modal):
             provider=values[0] if values else "", transcript=self.transcript_input.value or None,
             model=None, noise_reduction=False, normalize_volume=False,
         )
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception,
-                       _item: discord.ui.Item[Any] | None = None) -> None:
-        # Modal calls this with two arguments; the optional third keeps the signature of the View base
-        # class that discord.py's Modal shares.
-        from bot.app import report_error
-
-        await report_error(interaction, error)
 
 
 def find_audio(message: discord.Message) -> discord.Attachment | None:
@@ -273,10 +242,12 @@ class CloneJobs(commands.Cog):
         self.poller: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
+        self.bot.set_clone_flow(self)
         self.bot.tree.add_command(self.clone_menu)
         self.poller = asyncio.create_task(self._run_poller(), name="clone-job-poller")
 
     async def cog_unload(self) -> None:
+        self.bot.set_clone_flow(None)
         self.bot.tree.remove_command(self.clone_menu.name, type=self.clone_menu.type)
         if self.poller is not None:
             self.poller.cancel()

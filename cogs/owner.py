@@ -19,6 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import interactions
+from bot.app import nanovoice_of
 from bot.errors import UserFacingError
 from bot.limits import format_usd
 
@@ -40,8 +41,6 @@ class OwnerGroup(app_commands.Group):
     """The ``/owner`` group: its check runs before every subcommand."""
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        from bot.app import nanovoice_of
-
         bot = nanovoice_of(interaction.client)
         dev_guild = bot.config.dev_guild_id
         in_place = interaction.guild_id is None or interaction.guild_id == dev_guild

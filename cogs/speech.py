@@ -236,6 +236,7 @@ class Speech(commands.Cog):
             await self._send_voice_message(interaction, speech)
         else:
             await self._send_file(interaction, speech)
+        self.bot.dispatch("speech_posted", interaction, speech)  # cogs/voice_channels.py also plays it in a call
 
     async def _send_file(self, interaction: discord.Interaction, speech: SpokenAudio, note: str | None = None) -> None:
         limit = interaction.filesize_limit

@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from bot import interactions
 from bot.limits import Usage as UsageFigures
-from bot.limits import format_money, format_usd
+from bot.text import format_money, format_usd
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice

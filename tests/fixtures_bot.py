@@ -7,7 +7,9 @@ gateway websocket and command tree) with a fresh SQLite file, and gives tests on
 - ``world.bot`` (the running NanoVoice), ``world.db`` (its Database), ``world.clock`` (its Clock:
   ``world.clock.advance(seconds)`` moves the bot's time without sleeping)
 - ``world.user(name)`` → a new guild member (:class:`EmuUser`)
-- ``await world.restart(**env)`` → closes the bot and starts a new one on the same database
+- ``await world.restart(**env)`` → closes the bot and starts a new one on the same database file
+  (each start opens its own HTTP session and database connection, as the command line does, and
+  ``stop`` closes them after the bot)
 - ``await world.stop()`` / ``await world.start(**env)``
 - ``world.process_env(**env)`` and ``await world.spawn(**env)`` → the bot as a real subprocess
   (``python -m bot``) against the same fakes, for kill-and-restart tests; ``await world.kill(proc)``
@@ -33,11 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from bot.app import NanoVoice
+from bot.app import NanoVoice, http_session
 from bot.clock import Clock
 from bot.config import Config, load_config
+from bot.nanogpt import NanoGPTClient
+from bot.storage import Database
 from tests.fakes.discord import DiscordEmulator, EmuUser
 from tests.fakes.nanogpt import FakeNanoGPT
 
@@ -65,6 +70,7 @@ class World:
     clock: Clock = field(default_factory=Clock)
     bot: NanoVoice | None = None
     _connect_task: asyncio.Task | None = None
+    _resources: contextlib.AsyncExitStack | None = None
     _capture: _Capture = field(default_factory=_Capture)
     _users: int = 0
 
@@ -95,7 +101,17 @@ class World:
         if self.bot is not None:
             raise RuntimeError("the bot is already running")
         self.env.update(overrides)
-        bot = NanoVoice(self.config(), clock=self.clock, http_host="127.0.0.1", guild_ready_timeout=0.05)
+        config = self.config()
+        # The resources first, as bot.__main__ opens them; stop() closes them after the bot.
+        resources = self._resources = contextlib.AsyncExitStack()
+        session = await resources.enter_async_context(http_session())
+        db = await Database(config.database_path).connect()
+        resources.push_async_callback(db.close)
+        nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
+        # discord.py hard-codes wss:// for the voice websocket: the bot trusts the emulator's test CA.
+        connector = aiohttp.TCPConnector(ssl=self.emu.voice_client_ssl_context())
+        bot = NanoVoice(config, session=session, db=db, nanogpt=nanogpt, clock=self.clock, http_host="127.0.0.1",
+                        guild_ready_timeout=0.05, connector=connector)
 
         async def no_identify_wait(*_: Any, **__: Any) -> None:
             return None
@@ -115,22 +131,24 @@ class World:
         return bot
 
     async def stop(self) -> None:
-        bot, task = self.bot, self._connect_task
-        self.bot, self._connect_task = None, None
+        bot, task, resources = self.bot, self._connect_task, self._resources
+        self.bot, self._connect_task, self._resources = None, None, None
         if bot is not None:
             await bot.close()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if resources is not None:
+            await resources.aclose()  # the database, then the HTTP session
 
     async def restart(self, **overrides: str) -> NanoVoice:
         await self.stop()
         return await self.start(**overrides)
 
     @property
-    def db(self):
-        assert self.bot is not None and self.bot.db is not None, "the bot is not running"
+    def db(self) -> Database:
+        assert self.bot is not None, "the bot is not running"
         return self.bot.db
 
     # -- people --------------------------------------------------------------------------------

@@ -1,68 +1,55 @@
-"""The clone providers: one frozen description each, the one source of their price and clip rules.
+"""The clone providers: one module each (``minimax.py``, ``qwen.py``) behind :class:`CloneProvider`.
 
 Every string that shows a price or a clip length (the ``/voice clone`` choices, the "Clone this voice"
-select, the clone card, ``/help``), the audio checks (:mod:`bot.audio`) and the price reserved before a
-paid clone (:mod:`bot.jobs`) read these descriptions, so a price or a rule changes in one place.
+select, the clone card, ``/help``), the audio checks (:mod:`bot.audio`), the price reserved before a
+paid clone and every provider-specific step of cloning and speaking (:mod:`bot.jobs`, :mod:`bot.speech`)
+go through the provider objects here, so a price, a rule or a provider's API changes in one place.
 Prices: NanoGPT's documentation ($1.00 a MiniMax clone, $0.25 a Qwen3-TTS clone).
+
+A new provider is one module (a :class:`CloneProvider` subclass and its ``PROVIDER``), its key in
+:class:`ProviderKey`, and one line in :data:`PROVIDERS` below.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bot.providers import minimax, qwen
+from bot.providers.base import CloneProvider, DurationRule, PollResult, ProviderKey
 
-__all__ = ["PROVIDERS", "Provider", "get", "label", "price_micros"]
+__all__ = [
+    "PROVIDERS",
+    "CloneProvider",
+    "DurationRule",
+    "PollResult",
+    "ProviderKey",
+    "choices",
+    "find",
+    "get",
+    "keys_text",
+    "label",
+    "price_micros",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    key: str  # the option value (``minimax`` / ``qwen``), stored with jobs and voices
-    label: str  # the name people see
-    price_micros: int  # one clone run, in micro-dollars
-    min_s: float  # shortest accepted clip
-    max_s: float  # longest accepted clip
-    trim_to: float | None = None  # longer accepted clips are cut to this many seconds
-
-    @property
-    def price(self) -> str:
-        from bot.limits import format_usd  # lazy: bot.limits may read this package
-
-        return format_usd(self.price_micros)
-
-    @property
-    def clip_range(self) -> str:
-        """``10 s–5 min``."""
-        return f"{_seconds(self.min_s)}–{_seconds(self.max_s)}"
-
-    def choice_name(self) -> str:
-        """``MiniMax ($1.00, 10 s–5 min of audio)``: the /voice clone choice and the select option."""
-        return f"{self.label} ({self.price}, {self.clip_range} of audio)"
-
-    def clip_rule(self) -> str:
-        """``3 s–5 min of audio; only the first 30 s is used``."""
-        rule = f"{self.clip_range} of audio"
-        if self.trim_to is not None:
-            rule += f"; only the first {_seconds(self.trim_to)} is used"
-        return rule
-
-
-def _seconds(value: float) -> str:
-    if value >= 60 and value % 60 == 0:
-        return f"{value // 60:g} min"
-    return f"{value:g} s"
-
-
-PROVIDERS: dict[str, Provider] = {
-    "minimax": Provider("minimax", "MiniMax", 1_000_000, min_s=10, max_s=300),
-    "qwen": Provider("qwen", "Qwen3-TTS", 250_000, min_s=3, max_s=300, trim_to=30),
+#: The registry, in the order people see the providers.
+PROVIDERS: dict[str, CloneProvider] = {
+    provider.key: provider
+    for provider in (
+        minimax.PROVIDER,
+        qwen.PROVIDER,
+    )
 }
 
 
-def get(key: str) -> Provider:
+def find(key: str | None) -> CloneProvider | None:
+    """The provider ``key`` (case-insensitive, surrounding spaces ignored), or None."""
+    return PROVIDERS.get((key or "").strip().lower())
+
+
+def get(key: str) -> CloneProvider:
     """The provider ``key`` (case-insensitive); ``ValueError`` for an unknown one."""
-    try:
-        return PROVIDERS[key.lower()]
-    except KeyError:
-        raise ValueError(f"unknown clone provider {key!r}") from None
+    provider = find(key)
+    if provider is None:
+        raise ValueError(f"unknown clone provider {key!r}")
+    return provider
 
 
 def label(key: str) -> str:
@@ -74,3 +61,13 @@ def label(key: str) -> str:
 def price_micros(key: str) -> int:
     """What one clone run with ``key`` costs: the amount reserved before submitting."""
     return get(key).price_micros
+
+
+def choices() -> list[tuple[str, str]]:
+    """``(name, value)`` of every provider, for the ``/voice clone`` choices and the clone select."""
+    return [(provider.choice_name(), provider.key) for provider in PROVIDERS.values()]
+
+
+def keys_text() -> str:
+    """``minimax or qwen``: the option values, for a sentence."""
+    return " or ".join(PROVIDERS)

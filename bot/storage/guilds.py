@@ -16,7 +16,8 @@ from bot.storage.records import GuildSettings
 if TYPE_CHECKING:
     from bot.storage.database import Database
 
-_COLUMNS = frozenset({"daily_budget_micros", "clone_role_id", "clones_enabled"})
+_COLUMNS = frozenset({"daily_budget_micros", "clone_role_id", "clones_enabled", "voice_playback"})
+_SWITCHES = ("clones_enabled", "voice_playback")  # 0/1 on SQLite, BOOLEAN on PostgreSQL; NULL: never set
 _TOPIC = "guild_settings"
 
 
@@ -58,17 +59,18 @@ class GuildSettingsRepository(Repository):
 
     async def _load(self, guild_id: int) -> GuildSettings:
         row = await self._db.fetchone(
-            "SELECT guild_id, daily_budget_micros, clone_role_id, clones_enabled FROM guild_settings "
+            "SELECT guild_id, daily_budget_micros, clone_role_id, clones_enabled, voice_playback FROM guild_settings "
             "WHERE guild_id = ?",
             (guild_id,),
         )
         if row is None:
             return GuildSettings(guild_id, None, None, None)
         enabled = None if row["clones_enabled"] is None else bool(row["clones_enabled"])
-        return GuildSettings(guild_id, row["daily_budget_micros"], row["clone_role_id"], enabled)
+        playback = None if row["voice_playback"] is None else bool(row["voice_playback"])
+        return GuildSettings(guild_id, row["daily_budget_micros"], row["clone_role_id"], enabled, playback)
 
     async def update(self, guild_id: int, now: float, **changes: Any) -> GuildSettings:
-        """Set some of daily_budget_micros, clone_role_id, clones_enabled (None clears to the default)."""
+        """Set some of daily_budget_micros, clone_role_id, clones_enabled, voice_playback (None: the default)."""
         unknown = set(changes) - _COLUMNS
         if unknown:
             raise ValueError(f"unknown guild settings {sorted(unknown)}")
@@ -80,7 +82,7 @@ class GuildSettingsRepository(Repository):
             )
             for column in sorted(changes):  # column names come from the fixed set above
                 value = changes[column]
-                if column == "clones_enabled" and value is not None:
+                if column in _SWITCHES and value is not None:
                     value = bool(value)  # BOOLEAN on PostgreSQL, 0/1 on SQLite
                 await tx.execute(
                     f"UPDATE guild_settings SET {column} = ?, updated_at = ? WHERE guild_id = ?",

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from bot.job_states import JobState
 from bot.storage.base import Repository, Transaction, placeholders, row_to
 from bot.storage.records import OPEN_JOB_STATES, CloneJob, DuplicateVoiceName, name_key
 
@@ -118,9 +119,9 @@ class CloneJobRepository(Repository):
     async def mark_submitting_lost(self, error: str, now: float, *, keep: Iterable[int] = ()) -> list[int]:
         """After a restart: jobs still 'submitting' (no run id recorded) become 'lost'; returns their ids."""
         keep = set(keep)
-        lost = []
+        lost, state = [], JobState.LOST
         for row in await self._db.fetchall("SELECT id FROM clone_jobs WHERE state = 'submitting'"):
-            if row[0] not in keep and await self.finish(row[0], "lost", error=error, now=now):
+            if row[0] not in keep and await self.finish(row[0], state, error=error, now=now):
                 lost.append(row[0])
         return lost
 

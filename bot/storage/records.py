@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OPEN_JOB_STATES = ("submitting", "pending", "processing")
+from bot import job_states
+
+OPEN_JOB_STATES = job_states.OPEN_STATES  # bot.job_states: the one list of open states
 
 
 def name_key(name: str) -> str:
@@ -65,7 +67,7 @@ class CloneJob:
 
     @property
     def is_open(self) -> bool:
-        return self.state in OPEN_JOB_STATES
+        return job_states.is_open(self.state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class GuildSettings:
     daily_budget_micros: int | None
     clone_role_id: int | None
     clones_enabled: bool | None
+    voice_playback: bool | None = None  # None: never set (on)
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,6 +339,7 @@ class FakeNanoGPT:
         # TTS
         self.tts_mode = "bytes"  # bytes | url | ticket
         self.tts_latency = 0.0
+        self.tts_seconds = 1.0  # length of the tone every TTS answer carries
         self.tts_format = "mp3"  # when the request names no response_format
         self.tts_content_type: str | None = None  # override the Content-Type of bytes answers ("audio/mp3")
         self.tts_ticket_polls = 1  # pending answers before the ticket's result
@@ -883,7 +884,7 @@ class FakeNanoGPT:
         fmt = str(body.get("response_format") or self.tts_format)
         if fmt not in _FORMATS:
             fmt = "mp3"
-        audio = await make_tone_async(1.0, fmt)
+        audio = await make_tone_async(self.tts_seconds, fmt)
         content_type = content_type_of(fmt)
         request_id = self._request_id()
         if self.tts_mode == "bytes":

@@ -419,27 +419,6 @@ async def test_event_loop_stays_responsive_during_a_minute_of_transcoding(audio_
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("content_type", "ext"),
-    [
-        ("audio/mpeg", "mp3"),
-        ("audio/wav", "wav"),
-        ("audio/x-wav", "wav"),
-        ("audio/ogg", "ogg"),
-        ("audio/ogg; codecs=opus", "ogg"),
-        ("audio/opus", "opus"),
-        ("audio/aac", "aac"),
-        ("audio/flac", "flac"),
-        ("audio/webm", "webm"),
-        ("AUDIO/MPEG", "mp3"),
-        ("application/octet-stream", "mp3"),
-        ("", "mp3"),
-    ],
-)
-def test_extension_for(content_type: str, ext: str) -> None:
-    assert audio.extension_for(content_type) == ext
-
-
 def test_format_duration() -> None:
     assert audio.format_duration(6.2) == "6.2 seconds"
     assert audio.format_duration(10) == "10 seconds"

@@ -136,6 +136,9 @@ def test_invalid_values_name_the_variable(env, named):
         ("CLONE_DAILY_LIMIT", "1_0"),
         ("SAY_MAX_CHARS", "0"),
         ("SAY_MAX_CHARS", "10001"),
+        ("VOICE_IDLE_SECONDS", "9"),
+        ("VOICE_IDLE_SECONDS", "86401"),
+        ("VOICE_IDLE_SECONDS", "2.5"),
         ("HTTP_PORT", "0"),
         ("HTTP_PORT", "65536"),
         ("DEV_GUILD_ID", "123"),  # not a Discord id
@@ -192,6 +195,8 @@ def test_out_of_range_values_are_one_line_naming_the_variable(name, value):
         ("CLONE_DAILY_LIMIT", "100", "clone_daily_limit", 100),
         ("CLONE_DAILY_LIMIT", "007", "clone_daily_limit", 7),
         ("SAY_MAX_CHARS", "10000", "say_max_chars", 10_000),
+        ("VOICE_IDLE_SECONDS", "10", "voice_idle_seconds", 10),
+        ("VOICE_IDLE_SECONDS", "86400", "voice_idle_seconds", 86_400),
         ("HTTP_PORT", "65535", "http_port", 65535),
         ("DEV_GUILD_ID", "10000000000000000", "dev_guild_id", 10**16),
         ("DEV_GUILD_ID", "18446744073709551615", "dev_guild_id", 2**64 - 1),

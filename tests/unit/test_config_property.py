@@ -152,6 +152,7 @@ CHECKS: dict[str, Callable[[Config], None]] = {
     "CLONE_DAILY_LIMIT": lambda c: type(c.clone_daily_limit) is int and 0 <= c.clone_daily_limit <= 100,
     "SAY_MAX_CHARS": lambda c: type(c.say_max_chars) is int and 1 <= c.say_max_chars <= 10_000,
     "SAY_COOLDOWN_SECONDS": lambda c: _cooldown_ok(c.say_cooldown_seconds),
+    "VOICE_IDLE_SECONDS": lambda c: type(c.voice_idle_seconds) is int and 10 <= c.voice_idle_seconds <= 86_400,
     "GUILD_DAILY_BUDGET_USD": lambda c: _budget_ok(c.guild_daily_budget_micros),
     "PUBLIC_BASE_URL": lambda c: c.public_base_url is None or _url_ok(c.public_base_url, ("http", "https")),
     "HTTP_PORT": lambda c: type(c.http_port) is int and 1 <= c.http_port <= 65535,

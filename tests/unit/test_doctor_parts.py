@@ -13,11 +13,12 @@ from bot.storage import Database
 from tests.fixtures_db import make_config, sqlite_file_at_version
 
 
-def test_invite_permissions_are_exactly_the_seven_needed():
-    assert INVITE_PERMISSIONS == (1 << 10) + (1 << 11) + (1 << 14) + (1 << 15) + (1 << 16) + (1 << 38) + (1 << 46)
-    assert INVITE_PERMISSIONS == 70643622202368
+def test_invite_permissions_are_exactly_the_nine_needed():
+    assert INVITE_PERMISSIONS == ((1 << 10) + (1 << 11) + (1 << 14) + (1 << 15) + (1 << 16) + (1 << 20) + (1 << 21)
+                                  + (1 << 38) + (1 << 46))
+    assert INVITE_PERMISSIONS == 70643625348096
     assert invite_url(42) == ("https://discord.com/oauth2/authorize?client_id=42"
-                              "&scope=bot+applications.commands&permissions=70643622202368")
+                              "&scope=bot+applications.commands&permissions=70643625348096")
 
 
 async def test_ffmpeg():

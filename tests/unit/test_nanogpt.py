@@ -26,6 +26,11 @@ def test_content_types_and_extensions() -> None:
     assert [extension_for(t) for t in ("audio/mpeg", "audio/wav", "audio/ogg", "audio/opus", "audio/aac",
                                        "audio/flac", "application/json")] == \
         ["mp3", "wav", "ogg", "ogg", "aac", "flac", "bin"]
+    # One table for every file the bot names after a content type: aliases and parameters resolve first.
+    assert [extension_for(t) for t in ("Audio/MP3; rate=44100", "AUDIO/MPEG", "audio/x-wav",
+                                       "application/ogg", "audio/ogg; codecs=opus", "audio/x-m4a", "audio/webm",
+                                       "application/octet-stream", "", None)] == \
+        ["mp3", "mp3", "wav", "ogg", "ogg", "m4a", "webm", "bin", "bin", "bin"]
 
 
 def test_decimals_round_trip_exactly() -> None:

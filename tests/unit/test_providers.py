@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+from collections.abc import AsyncIterator
 
+import aiohttp
+import mutagen.mp3
 import pytest
 
-from bot import audio, providers
-from bot.limits import format_usd
+from bot import audio, limits, providers
+from bot.clock import Clock
+from bot.embeddings import EmbeddingHost
+from bot.errors import UserFacingError
+from bot.jobs import ClipSource, CloneRequest, CloneService
+from bot.limits import LimitExceeded, Limits, format_usd
+from bot.nanogpt import NanoGPTClient
+from bot.policy import effective_settings
+from bot.providers.base import CloneProvider, UploadFormat
+from bot.speech import SpeechService
+from bot.voices import VoiceService
 from cogs import clone_jobs, voices
+from cogs.help import help_embed
+from tests.fixtures_db import TEST_NANOGPT_KEY, make_config
 from tests.unit.test_clone_cards import _fields, _prepared
 
 
@@ -43,3 +58,83 @@ def test_changing_a_price_in_the_table_changes_the_card_and_the_reserved_price(m
     assert _fields(card)["MiniMax accepts"] == "5 s–5 min of audio"
     assert audio.provider_rule("minimax") == audio.DurationRule(min_s=5, max_s=300, trim_to=None)
     assert providers.label("minimax") == "MiniMax"
+
+
+# -- a third provider is one module plus a registry line ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parrot(CloneProvider):
+    """A provider that exists only in this test: no edits anywhere else make it work."""
+
+
+PARROT = Parrot("parrot", "Parrot", 420_000, min_s=4, max_s=60, trim_to=20,
+                upload=UploadFormat(sample_rate=22_050, bitrate=64_000))
+
+
+@pytest.fixture
+async def parrot_service(monkeypatch, db) -> AsyncIterator[CloneService]:
+    monkeypatch.setitem(providers.PROVIDERS, PARROT.key, PARROT)  # the registry line
+    config = make_config(bot_daily_budget_micros=400_000)  # less than a Parrot clone, more than a Qwen one
+    clock = Clock()
+    async with aiohttp.ClientSession() as session:  # the services need one; nothing is sent in these tests
+        nanogpt = NanoGPTClient(session, config.nanogpt_base_url, TEST_NANOGPT_KEY)
+        limits = Limits(db, config, clock)
+        embeddings = EmbeddingHost(db, config, clock, session)
+        speech = SpeechService(db, nanogpt, limits, clock, config, embeddings)
+        yield CloneService(db, nanogpt, limits, clock, config, speech, embeddings, VoiceService(db, clock, embeddings))
+
+
+def _clip(data: bytes, filename: str = "clip.mp3") -> ClipSource:
+    async def read() -> bytes:
+        return data
+
+    return ClipSource(filename, len(data), None, read)
+
+
+async def test_a_registered_third_provider_shows_in_the_choices_select_and_help(parrot_service, db):
+    assert providers.choices()[-1] == ("Parrot ($0.42, 4 s–1 min of audio)", "parrot")
+    modal = clone_jobs.CloneModal(cog=None, attachment=None)
+    assert ("Parrot ($0.42, 4 s–1 min of audio)", "parrot") in [(o.label, o.value) for o in
+                                                               modal.provider_select.options]
+    config = make_config()
+    card = help_embed(config, await effective_settings(db, config, 1))
+    assert "Parrot: $0.42 a clone, 4 s–1 min of audio; only the first 20 s is used" in _fields(card)[
+        "Clone prices and recordings"]
+
+
+async def test_a_registered_third_provider_goes_through_the_checks_price_and_clip_rule(parrot_service, audio_corpus):
+    service = parrot_service
+    request = CloneRequest(user_id=1, guild_id=None, channel_id=3, name="Polly", provider=" Parrot ",
+                           model="speech-02-hd")
+    long_clip = _clip(audio_corpus("mp3", 30))
+    # The price: 420,000 micros is over the bot's 400,000 budget, so the early check refuses Parrot...
+    with pytest.raises(LimitExceeded):
+        await service.check(request, long_clip)
+    assert limits.estimate_clone_micros("parrot") == 420_000
+    # ...and accepts the same request for a cheaper provider.
+    assert (await service.check(dataclasses.replace(request, provider="qwen"), long_clip)).provider == "qwen"
+    service.limits.config = make_config()  # no budget
+    checked = await service.check(request, long_clip)
+    assert (checked.provider, checked.model) == ("parrot", None)  # the MiniMax-only model option is dropped
+
+    # The clip rule and upload format: 30 s is cut to the first 20 s, at the provider's sample and bit rate.
+    prepared = await service.prepare_audio(checked, long_clip)
+    assert prepared.price_micros == 420_000 and prepared.provider is PARROT
+    assert prepared.audio.trimmed and prepared.audio.duration == pytest.approx(20, abs=0.2)
+    info = mutagen.mp3.MP3(io.BytesIO(prepared.audio.mp3)).info
+    assert (info.sample_rate, info.bitrate, info.channels) == (22_050, 64_000, 1)
+    card = clone_jobs.confirm_embed(prepared)
+    assert _fields(card)["Parrot accepts"] == "4 s–1 min of audio; only the first 20 s is used"
+    assert _fields(card)["Price"] == "$0.42" and _fields(card)["Provider"] == "Parrot"
+    with pytest.raises(audio.BadDuration) as short:
+        await service.prepare_audio(checked, _clip(audio_corpus("mp3", 3)))
+    assert "Parrot needs at least 4 seconds" in str(short.value)
+    assert audio.provider_rule("parrot") == audio.DurationRule(min_s=4, max_s=60, trim_to=20)
+
+
+async def test_an_unknown_provider_is_refused_naming_the_registered_ones(parrot_service, audio_corpus):
+    request = CloneRequest(user_id=1, guild_id=None, channel_id=3, name="Polly", provider="elevenlabs")
+    with pytest.raises(UserFacingError) as refused:
+        await parrot_service.check(request, _clip(audio_corpus("mp3", 12)))
+    assert str(refused.value) == "Choose minimax or qwen or parrot as the provider."

@@ -66,6 +66,7 @@ async def test_shows_effective_settings_and_where_they_come_from(world: World):
         "Daily budget": "$5.00 (the bot's default)",
         "Who can clone voices": "Everyone",
         "Voice cloning": "On (the bot's default), 3 per member per day",
+        "Voice channel playback": "On",
     }
     owner = fields(await settings(world, world.emu.owner))  # the owner has every permission
     assert owner == shown
@@ -181,6 +182,7 @@ async def test_reset_goes_back_to_the_environment(world: World):
         "Daily budget": "$2.00 (the bot's default)",
         "Who can clone voices": "Everyone",
         "Voice cloning": "On (the bot's default), 3 per member per day",
+        "Voice channel playback": "On",
     }
     stored = await world.db.guilds.get(world.emu.guild_id)
     assert (stored.daily_budget_micros, stored.clone_role_id, stored.clones_enabled) == (None, None, None)

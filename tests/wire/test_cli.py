@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -210,6 +211,22 @@ async def test_started_bot_logs_its_version_and_no_voice_support_warnings(world)
     assert "voice will NOT be supported" not in text
     assert "PyNaCl" not in text and "davey" not in text
     assert "Traceback" not in text
+
+
+async def test_sigterm_closes_the_bot_then_its_database(world):
+    await world.stop()  # the in-process bot lets go of the database file; the process below is the only user
+    proc = await world.spawn()
+    await world.emu.wait_until(lambda: "logged in as" in proc.log_path.read_text(), timeout=15,
+                               what="the bot process to log that it is ready")
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 30)
+    text = proc.log_path.read_text()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text
+    # SQLite folds its write-ahead log back into the file when the last connection closes: the command line
+    # closed the database after the bot, as it opened it before.
+    wal = world.database_path.with_name(world.database_path.name + "-wal")
+    assert world.database_path.exists() and not wal.exists()
 
 
 # -- the bot's own set-up failing: one line, exit 1 --------------------------------------------------

@@ -201,7 +201,7 @@ async def test_a_duplicate_name_is_refused(world: World, audio_corpus):
 
 
 async def test_cancel_and_expiry_cost_nothing(world: World, audio_corpus):
-    world.bot.get_cog("CloneJobs").confirm_timeout = 0.5
+    world.bot.clone_flow.confirm_timeout = 0.5
     alice = world.user("alice")
     first = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="One",
                             provider="minimax")

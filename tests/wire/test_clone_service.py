@@ -33,6 +33,7 @@ from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import InvalidRequest, NanoGPTClient
 from bot.speech import SpeechService
 from bot.storage import Database
+from bot.voices import VoiceService
 from tests.fakes.nanogpt import Step
 from tests.fixtures_db import add_qwen_voice, ledger_rows
 
@@ -90,7 +91,9 @@ class Env:
         self.limits = Limits(self.db, self.config, self.clock)
         embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session)
         speech = SpeechService(self.db, nanogpt, self.limits, self.clock, self.config, embeddings)
-        self.service = CloneService(self.db, nanogpt, self.limits, self.clock, self.config, speech, embeddings)
+        voices = VoiceService(self.db, self.clock, embeddings)
+        self.service = CloneService(self.db, nanogpt, self.limits, self.clock, self.config, speech, embeddings,
+                                    voices)
         self.service.backoff_base = 0.05
         self.events = Recorder()
         self.pollers.append(asyncio.create_task(self.service.run_poller(self.events)))
@@ -115,8 +118,12 @@ class Env:
 
         return ClipSource(self.corpus.filename(kind, seconds), len(data), 10 * 1024 * 1024, read)
 
+    async def prepare(self, request, clip):
+        """What the clone cog does: the checks before its defer, then download and normalise."""
+        return await self.service.prepare_audio(await self.service.check(request, clip), clip)
+
     async def clone(self, name="Alice", provider="minimax", kind="mp3", seconds=12.0, **kw):
-        prepared = await self.service.prepare(self.request(name, provider, **kw), self.clip(kind, seconds))
+        prepared = await self.prepare(self.request(name, provider, **kw), self.clip(kind, seconds))
         where = InteractionRef(30, f"token-{name}", self.clock.now() + 900)
         return await self.service.submit(prepared, where)
 
@@ -349,7 +356,7 @@ async def test_the_reserved_price_and_the_clip_rule_come_from_the_provider_table
     cheaper = dataclasses.replace(providers.PROVIDERS["minimax"], price_micros=700_000, min_s=15)
     monkeypatch.setitem(providers.PROVIDERS, "minimax", cheaper)
     with pytest.raises(UserFacingError) as short:  # 12 s was enough before, not with a 15 s minimum
-        await env.service.prepare(env.request("Short"), env.clip("mp3", 12.0))
+        await env.prepare(env.request("Short"), env.clip("mp3", 12.0))
     assert "MiniMax needs at least 15 seconds" in str(short.value)
     env.fake.fail_next("/voice-clone/minimax", drop=True)  # the reservation stays, so we can read its amount
     with pytest.raises(UserFacingError):

@@ -159,8 +159,8 @@ async def test_missing_permissions_are_named_per_server(tmp_path, emu, fake_nano
     assert "ok: logged in to Discord as NanoVoice" in checked.out and "in 2 servers" in checked.out
     assert checked.problems == [
         f"problem: missing permissions in 1 of 2 servers: Locked Down ({guild.id}): Send Messages, Embed Links, "
-        "Attach Files, Read Message History, Send Voice Messages, Send Messages in Threads; give the bot's role "
-        "these permissions"
+        "Attach Files, Read Message History, Connect, Speak, Send Voice Messages, Send Messages in Threads; give the "
+        "bot's role these permissions"
     ]
 
 

@@ -11,8 +11,8 @@ from bot import providers
 from tests.fixtures_bot import World
 
 ALL_COMMANDS = ["/voice clone", "/voice list", "/voice info", "/voice rename", "/voice delete", "/voice default",
-                "/voice jobs", "/say", "/usage", "/forget-me", "/nanovoice settings", "Clone this voice",
-                "Speak this message", "/help"]
+                "/voice jobs", "/say", "/join", "/leave", "/skip", "/clear", "/usage", "/forget-me",
+                "/nanovoice settings", "Clone this voice", "Speak this message", "/help"]
 
 
 async def ask_help(world: World, user) -> dict:

@@ -84,7 +84,7 @@ def audio_info(data: bytes):
 async def test_minimax_multipart_submit(client: NanoGPTClient, fake_nanogpt: FakeNanoGPT) -> None:
     clip = make_tone(1.0, "mp3")
     ticket = await client.submit_minimax_clone(clip, "clip.mp3", custom_voice_id=VOICE_ID, model="speech-02-hd",
-                                               noise_reduction=True, preview_text="Hello there")
+                                               noise_reduction=True)
     assert isinstance(ticket, CloneTicket)
     assert ticket.status == "pending"
     assert ticket.model == "MiniMax-Voice-Clone"
@@ -96,7 +96,7 @@ async def test_minimax_multipart_submit(client: NanoGPTClient, fake_nanogpt: Fak
     [submit] = fake_nanogpt.submits
     assert submit.provider == "minimax" and not submit.is_json and submit.run_id == ticket.run_id
     assert submit.fields == {"customVoiceId": VOICE_ID, "voiceCloneModel": "speech-02-hd",
-                             "needNoiseReduction": "true", "needVolumeNormalization": "false", "text": "Hello there"}
+                             "needNoiseReduction": "true", "needVolumeNormalization": "false"}
     [part] = submit.files
     assert (part.name, part.filename, part.content_type, part.size) == ("audio", "clip.mp3", "audio/mpeg", len(clip))
     assert part.bytes == clip
@@ -105,26 +105,16 @@ async def test_minimax_multipart_submit(client: NanoGPTClient, fake_nanogpt: Fak
     assert [(c.kind, c.amount) for c in fake_nanogpt.charges] == [("clone_minimax", Decimal("1.0"))]
 
 
-async def test_minimax_json_submit_with_audio_url(client: NanoGPTClient, fake_nanogpt: FakeNanoGPT) -> None:
-    ticket = await client.submit_minimax_clone(None, "ignored.mp3", custom_voice_id=VOICE_ID,
-                                               audio_url="https://example.com/ref.mp3", normalize_volume=True)
-    [submit] = fake_nanogpt.submits
-    assert submit.is_json and not submit.files
-    assert submit.fields == {"audioUrl": "https://example.com/ref.mp3", "customVoiceId": VOICE_ID,
-                             "needNoiseReduction": False, "needVolumeNormalization": True}
-    assert ticket.file_size == 0
-
-
-async def test_qwen_submits_multipart_and_json(client: NanoGPTClient, fake_nanogpt: FakeNanoGPT) -> None:
+async def test_qwen_submits_multipart(client: NanoGPTClient, fake_nanogpt: FakeNanoGPT) -> None:
     clip = make_tone(1.0, "wav")
     first = await client.submit_qwen_clone(clip, "me.wav", reference_text="the quick brown fox")
-    second = await client.submit_qwen_clone(None, "x", audio_url="https://example.com/me.ogg")
+    second = await client.submit_qwen_clone(clip, "again.wav")
     assert first.cost == Decimal("0.25") and first.cost_micros == 250_000
     assert first.model == "qwen-voice-clone" and first.run_id != second.run_id
-    multipart, as_json = fake_nanogpt.submits
+    multipart, bare = fake_nanogpt.submits
     assert multipart.fields == {"referenceText": "the quick brown fox"}
     assert multipart.files[0].filename == "me.wav" and multipart.files[0].content_type == "audio/wav"
-    assert as_json.is_json and as_json.fields == {"audioUrl": "https://example.com/me.ogg"}
+    assert not bare.is_json and bare.fields == {}  # no transcript: no referenceText field at all
     assert fake_nanogpt.total_charged == Decimal("0.50")
 
 

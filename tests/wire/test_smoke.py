@@ -21,6 +21,10 @@ EXPECTED_SLASH = {
         "jobs": [],
     },
     "say": ["text", "voice", "speed", "voice_message"],
+    "join": ["channel"],
+    "leave": [],
+    "skip": [],
+    "clear": [],
     "usage": [],
     "forget-me": [],
     "nanovoice": {"settings": None},  # its options are ours to choose

@@ -283,6 +283,22 @@ async def test_delete_asks_and_can_be_cancelled(world: World):
     assert await world.db.voices.get(alice.id, voice_id) is not None
 
 
+async def test_a_block_stops_the_delete_buttons_of_a_confirmation_already_shown(world: World):
+    alice = world.user("alice")
+    voice_id = await insert_minimax_voice(world.db, alice.id, "Narrator", now=world.clock.now())
+    _, message = await run(world, alice, "delete", {"name": "Narrator"})
+    await world.bot.blocks.block("user", alice.id, "spam", world.emu.owner.id, world.clock.now())
+    refused = await press(world, alice, message, "Delete")
+    assert refused.callback_type == 4 and refused.callback["data"]["flags"] & 64
+    assert refused.callback["data"]["content"] == "You can't use this bot."
+    assert await world.db.voices.get(alice.id, voice_id) is not None
+    await world.bot.blocks.unblock("user", alice.id)
+    await press(world, alice, message, "Delete")  # the same buttons work again once unblocked
+    await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Deleted"), 5,
+                               "the deletion result")
+    assert await world.db.voices.get(alice.id, voice_id) is None
+
+
 async def test_delete_confirmed_frees_the_name_file_and_default(world: World):
     alice = world.user("alice")
     voice_id = await insert_qwen_voice(world.db, alice.id, "Grandma", embedding_url=None, now=world.clock.now())

@@ -28,6 +28,9 @@ Layout, one module per concern (``DiscordEmulator`` is assembled from their mixi
 - ``plumbing.py`` — the HTTP middleware: recorded requests, multipart parsing, ``fail_next``/``hold_next``
 - ``rest.py`` — REST routes: login, application commands, channel messages, guilds, the CDN, webhooks
 - ``gateway.py`` — the websocket: IDENTIFY/RESUME, dispatch, disconnects and invalid sessions
+- ``voice.py`` — voice: op 4 and voice states, and a voice server (TLS websocket, UDP, RTP decryption)
+  with a listener API (``emu.heard_lines()``, ``emu.wait_for_lines(n)``); the bot trusts its test CA
+  through ``connector=aiohttp.TCPConnector(ssl=emu.voice_client_ssl_context())``
 - ``interactions.py`` — injecting slash commands, clicks, modals, autocomplete, context menus, and the
   interaction callback
 - ``server.py`` — ``DiscordEmulator``: its knobs and state, the route table, start and close

@@ -67,6 +67,8 @@ class GatewayMixin:
                     session = await self._resume(ws, request, d)
                 elif op == 8:
                     await self._request_members(ws, session, d)
+                elif op == 4 and session is not None:
+                    await self._voice_state_request(session, d)
         finally:
             self._sockets.discard(ws)
             if session is not None and session.ws is ws:

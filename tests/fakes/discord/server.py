@@ -19,9 +19,10 @@ from .plumbing import PlumbingMixin, RecordedRequest, _Fault, _Hold
 from .protocol import API_PREFIX, PRIVILEGED_INTENTS
 from .rest import RestMixin
 from .state import EmuGuild, EmuMessage, EmuUser, StateMixin
+from .voice import VoiceMixin
 
 
-class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, PlumbingMixin, StateMixin):
+class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, VoiceMixin, PlumbingMixin, StateMixin):
     """See the package docstring (:mod:`tests.fakes.discord`)."""
 
     def __init__(self, *, host: str = "127.0.0.1", bot_name: str = "NanoVoice", guild_name: str = "Emulated Guild",
@@ -82,6 +83,7 @@ class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, PlumbingMixin, 
         self._sockets: set[web.WebSocketResponse] = set()
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._voice_init()
 
         guild = self.add_guild(name=guild_name, channel_name=channel_name)
         self.guild_id = guild.id
@@ -119,18 +121,21 @@ class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, PlumbingMixin, 
         r.add_get(f"{api}/guilds/{{guild_id}}/channels", self._get_guild_channels)
         r.add_get(f"{api}/guilds/{{guild_id}}/members/{{user_id}}", self._get_member)
         r.add_post(f"{api}/attachments/refresh-urls", self._refresh_urls)
+        r.add_get("/", self._voice_ws)  # the voice server's websocket (served over TLS on voice_port)
         r.add_route("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        await self._voice_start(self._runner)
         return self
 
     async def close(self) -> None:
         for ws in list(self._sockets):
             with contextlib.suppress(Exception):
                 await ws.close(code=1001, message=b"emulator closing")
+        await self._voice_close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -406,7 +406,7 @@ class StateMixin:
                 "unavailable": False, "member_count": len(guild.members),
                 "members": [self._member_dict(m) for m in guild.members.values()],
                 "channels": list(guild.channels.values()), "threads": list(guild.threads.values()),
-                "presences": [], "voice_states": [],
+                "presences": [], "voice_states": self.voice_state_list(guild.id),
                 "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
             })
         return data
