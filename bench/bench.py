@@ -389,8 +389,10 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, selected: set[str], tmp: Path, profile: str | None = None) -> None:
+    def __init__(self, sizes: Sizes, selected: set[str], tmp: Path, profile: str | None = None,
+                 database_url: str | None = None) -> None:
         self.profile = profile
+        self.database_url = database_url
         self.sizes = sizes
         self.selected = selected
         self.tmp = tmp
@@ -409,7 +411,10 @@ class Bench:
         await self.nano.start()
         self.nano.balance_usd = Decimal(1_000_000)
         self.nano.record_bodies = False
-        self.world = World(emu=self.emu, nano=self.nano, tmp_path=self.tmp, env=dict(BOT_ENV))
+        env = dict(BOT_ENV)
+        if self.database_url:  # the bot on PostgreSQL (DATABASE_PATH emptied: both set are refused)
+            env |= {"DATABASE_URL": self.database_url, "DATABASE_PATH": ""}
+        self.world = World(emu=self.emu, nano=self.nano, tmp_path=self.tmp, env=env)
 
     async def close(self) -> None:
         await self.stop_bot()
@@ -772,7 +777,7 @@ class Bench:
         """``n`` submitted MiniMax clone jobs: the fake's runs, and 'pending' rows due now."""
         assert self.world is not None
         emu, nano = self.emu, self.nano
-        db = await Database(self.world.database_path).connect()
+        db = await Database(self.database_url or self.world.database_path).connect()
         now = time.time()
         preview = make_tone(1.0, "mp3")
         jobs = []
@@ -873,6 +878,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-after", type=float, metavar="S", help="X-Poll-After of the poller run (default 5)")
     parser.add_argument("--complete-after", type=float, metavar="S",
                         help="seconds until the poller run's clones complete (default 20)")
+    parser.add_argument("--database-url", metavar="URL",
+                        help="run the bot on this PostgreSQL database (an empty one: it is migrated) instead of SQLite")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the bot's logs (and profiles) here")
     parser.add_argument("--profile-bot", choices=("py-spy", "cprofile"),
                         help="profile the bot process (py-spy: attached after start-up, GIL-holding samples, "
@@ -888,9 +895,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run_bench(sizes: Sizes, selected: set[str], keep_logs: Path | None = None,
-                    profile: str | None = None) -> Results:
+                    profile: str | None = None, database_url: str | None = None) -> Results:
     with tempfile.TemporaryDirectory(prefix="nanovoice-bench-") as tmp:
-        bench = Bench(sizes, selected, Path(tmp), profile=profile)
+        bench = Bench(sizes, selected, Path(tmp), profile=profile, database_url=database_url)
         await bench.open()
         try:
             return await bench.run()
@@ -917,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     try:
-        results = asyncio.run(run_bench(sizes, args.selected, args.keep_logs, args.profile_bot))
+        results = asyncio.run(run_bench(sizes, args.selected, args.keep_logs, args.profile_bot, args.database_url))
     except Exception as exc:
         log.exception("the benchmark could not run")
         print(f"bench: the benchmark could not run: {exc}", file=sys.stderr)
