@@ -277,6 +277,13 @@ class PostgresTransaction(Transaction):
         return await self._conn.fetchval(numbered(sql), *params)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing. asyncpg's default (``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL``) costs one more round trip per query, and the bot leaves no session state on a
+    pooled connection: its advisory locks are transaction-scoped (the migration lock is released
+    explicitly), it LISTENs on a connection of its own and never SETs outside a transaction."""
+
+
 class PostgresBackend:
     """An asyncpg pool of :data:`POSTGRES_POOL_SIZE` connections, plus one connection that LISTENs for
     the other processes' notifications (cache invalidation). Transactions are READ COMMITTED; a
@@ -305,7 +312,7 @@ class PostgresBackend:
 
     async def connect(self) -> None:
         self._closing = False
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, reset=_keep_session)
         try:
             await self.migrate()
             await self._listen()
