@@ -287,7 +287,7 @@ class Speech:
         return f"speech.{extension_for(self.content_type)}"
 
 
-# The shape of the MiniMax voice ids the bot generates for clones (bot.jobs.make_custom_voice_id). A
+# The shape of the MiniMax voice ids the bot generates for clones (bot.cloning.make_custom_voice_id). A
 # clone's id is never accepted as a "stock" voice: only its owner reaches it, by the voice's name.
 BOT_VOICE_ID = re.compile(r"^nv\d[0-9a-f]{16}$", re.IGNORECASE)
 

@@ -12,16 +12,16 @@ import pytest
 
 from bot import audio, limits, providers
 from bot.clock import Clock
+from bot.cloning import ClipSource, CloneRequest, CloneService
 from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
-from bot.jobs import ClipSource, CloneRequest, CloneService
 from bot.limits import LimitExceeded, Limits, format_usd
 from bot.nanogpt import NanoGPTClient
 from bot.policy import effective_settings
 from bot.providers.base import CloneProvider, UploadFormat
 from bot.speech import SpeechService
 from bot.voices import VoiceService
-from cogs import clone_jobs, voices
+from cogs import cloning, voices
 from cogs.help import help_embed
 from tests.fixtures_db import TEST_NANOGPT_KEY, make_config
 from tests.unit.test_clone_cards import _fields, _prepared
@@ -43,17 +43,17 @@ def test_the_clone_choices_and_select_options_are_rendered_from_the_table():
     table = list(providers.PROVIDERS.values())
     assert [(c.name, c.value) for c in voices.PROVIDERS] == [
         (f"{p.label} ({format_usd(p.price_micros)}, {p.clip_range} of audio)", p.key) for p in table]
-    modal = clone_jobs.CloneModal(cog=None, attachment=None)
+    modal = cloning.CloneModal(cog=None, attachment=None)
     assert [(o.label, o.value) for o in modal.provider_select.options] == [(p.choice_name(), p.key) for p in table]
 
 
 def test_changing_a_price_in_the_table_changes_the_card_and_the_reserved_price(monkeypatch):
     cheaper = dataclasses.replace(providers.PROVIDERS["minimax"], price_micros=750_000, min_s=5)
     monkeypatch.setitem(providers.PROVIDERS, "minimax", cheaper)
-    assert providers.price_micros("minimax") == 750_000  # what bot.jobs reserves
+    assert providers.price_micros("minimax") == 750_000  # what bot.cloning reserves
     prepared = _prepared("minimax", 12.3, 12.3, False)
     prepared = dataclasses.replace(prepared, price_micros=providers.price_micros("minimax"))
-    card = clone_jobs.confirm_embed(prepared)
+    card = cloning.confirm_embed(prepared)
     assert _fields(card)["Price"] == "$0.75" and "$0.75" in card.description
     assert _fields(card)["MiniMax accepts"] == "5 s–5 min of audio"
     assert audio.provider_rule("minimax") == audio.DurationRule(min_s=5, max_s=300, trim_to=None)
@@ -94,7 +94,7 @@ def _clip(data: bytes, filename: str = "clip.mp3") -> ClipSource:
 
 async def test_a_registered_third_provider_shows_in_the_choices_select_and_help(parrot_service, db):
     assert providers.choices()[-1] == ("Parrot ($0.42, 4 s–1 min of audio)", "parrot")
-    modal = clone_jobs.CloneModal(cog=None, attachment=None)
+    modal = cloning.CloneModal(cog=None, attachment=None)
     assert ("Parrot ($0.42, 4 s–1 min of audio)", "parrot") in [(o.label, o.value) for o in
                                                                modal.provider_select.options]
     config = make_config()
@@ -124,7 +124,7 @@ async def test_a_registered_third_provider_goes_through_the_checks_price_and_cli
     assert prepared.audio.trimmed and prepared.audio.duration == pytest.approx(20, abs=0.2)
     info = mutagen.mp3.MP3(io.BytesIO(prepared.audio.mp3)).info
     assert (info.sample_rate, info.bitrate, info.channels) == (22_050, 64_000, 1)
-    card = clone_jobs.confirm_embed(prepared)
+    card = cloning.confirm_embed(prepared)
     assert _fields(card)["Parrot accepts"] == "4 s–1 min of audio; only the first 20 s is used"
     assert _fields(card)["Price"] == "$0.42" and _fields(card)["Provider"] == "Parrot"
     with pytest.raises(audio.BadDuration) as short:

@@ -77,7 +77,7 @@ async def test_cache_key_identity():
 
 
 def test_every_generated_clone_id_is_refused_as_a_stock_voice():
-    from bot.jobs import make_custom_voice_id
+    from bot.cloning import make_custom_voice_id
     from bot.speech import BOT_VOICE_ID, parse_stock_voice
 
     for _ in range(200):

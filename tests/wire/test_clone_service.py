@@ -17,10 +17,7 @@ import pytest
 
 from bot import providers
 from bot.clock import Clock
-from bot.config import Config, Secret
-from bot.embeddings import EmbeddingHost
-from bot.errors import UserFacingError
-from bot.jobs import (
+from bot.cloning import (
     LOST_AFTER_RESTART,
     LOST_AFTER_TIMEOUT,
     ClipSource,
@@ -29,6 +26,9 @@ from bot.jobs import (
     InteractionRef,
     make_custom_voice_id,
 )
+from bot.config import Config, Secret
+from bot.embeddings import EmbeddingHost
+from bot.errors import UserFacingError
 from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import InvalidRequest, NanoGPTClient
 from bot.speech import SpeechService

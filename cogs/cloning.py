@@ -1,7 +1,7 @@
 """Clone jobs: the clone flow (validation, consent, paid submit), the background poller, and the
 "Clone this voice" message context menu.
 
-Thin on purpose: :class:`bot.jobs.CloneService` does the checks, the money, the polling and the
+Thin on purpose: :class:`bot.cloning.CloneService` does the checks, the money, the polling and the
 bookkeeping; this cog turns interactions into service calls and service state into Discord messages
 (the confirmation card, the live status card, the completion notice).
 """
@@ -19,9 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import interactions, providers
-from bot.errors import UserFacingError
-from bot.job_states import JobState, NoticeOutcome
-from bot.jobs import (
+from bot.cloning import (
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
     ClipSource,
@@ -31,6 +29,8 @@ from bot.jobs import (
     PreparedClone,
     format_elapsed,
 )
+from bot.errors import UserFacingError
+from bot.job_states import JobState, NoticeOutcome
 from bot.nanogpt import NanoGPTError
 from bot.storage import CloneJob
 from bot.text import format_money, format_usd
@@ -128,7 +128,7 @@ class ConfirmCloneView(ui.ConfirmView):
 
     already_answered_text = "This clone was already confirmed or cancelled."
 
-    def __init__(self, cog: CloneJobs, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
+    def __init__(self, cog: Cloning, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
                  *, timeout: float) -> None:
         super().__init__(origin, confirm_style=discord.ButtonStyle.success, timeout=timeout)
         self.cog = cog
@@ -173,7 +173,7 @@ class ConfirmCloneView(ui.ConfirmView):
 class CloneModal(ui.Modal):
     """Name, provider and transcript for "Clone this voice"."""
 
-    def __init__(self, cog: CloneJobs, attachment: discord.Attachment) -> None:
+    def __init__(self, cog: Cloning, attachment: discord.Attachment) -> None:
         super().__init__(title="Clone this voice", timeout=600)
         self.cog = cog
         self.attachment = attachment
@@ -232,7 +232,7 @@ def notice_nonce(job: CloneJob) -> str:
 # -- the cog ---------------------------------------------------------------------------------------
 
 
-class CloneJobs(commands.Cog):
+class Cloning(commands.Cog):
     confirm_timeout: float = 300.0  # seconds the Confirm/Cancel buttons stay usable (tests shorten it)
 
     def __init__(self, bot: NanoVoice) -> None:
@@ -366,4 +366,4 @@ class CloneJobs(commands.Cog):
 
 
 async def setup(bot: NanoVoice) -> None:
-    await bot.add_cog(CloneJobs(bot))
+    await bot.add_cog(Cloning(bot))
