@@ -29,8 +29,8 @@ from bot.nanogpt import NanoGPTClient
 from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.privacy import Privacy
-from bot.speech import SpeechService
 from bot.storage import Database
+from bot.tts import TTSService
 from bot.voices import VoiceService
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.embedding_copies",
     "cogs.voices",
     "cogs.cloning",
-    "cogs.speech",
+    "cogs.say",
     "cogs.voice_channels",
     "cogs.usage",
     "cogs.admin",
@@ -110,15 +110,15 @@ class NanoVoice(commands.Bot):
         self.nanogpt = nanogpt
         self.limits = Limits(db, config, self.clock)
         self.embeddings = EmbeddingHost(db, config, self.clock, session, http_host=http_host)
-        self.speech = SpeechService(db, nanogpt, self.limits, self.clock, config, self.embeddings)
+        self.tts = TTSService(db, nanogpt, self.limits, self.clock, config, self.embeddings)
         self.voices = VoiceService(db, self.clock, self.embeddings)
-        self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.speech, self.embeddings,
+        self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.tts, self.embeddings,
                                    self.voices)
         self.blocks = Blocks(db)
         self.playback = Playback(self.clock, config.voice_idle_seconds)
         self.privacy = Privacy(db)  # /forget-me: the repositories, and these holders of user data
         self.privacy.register("embeddings", self.embeddings)
-        self.privacy.register("speech", self.speech)
+        self.privacy.register("tts", self.tts)
         self.privacy.register("clones", self.clones)
         self.privacy.register("voice queue", self.playback)
         self._clone_flow: Cloning | None = None  # the cloning cog registers itself when it loads

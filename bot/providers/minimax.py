@@ -39,7 +39,7 @@ UNUSED_DAYS = 7  # MiniMax deletes a voice that goes unused this long
 def make_custom_voice_id() -> str:
     """A fresh MiniMax ``customVoiceId``: ``^[A-Za-z][A-Za-z0-9]{7,}$`` with a digit, 70 random bits.
 
-    Its shape is ``bot.speech.BOT_VOICE_ID``, which /say refuses as a stock voice."""
+    Its shape is ``bot.tts.BOT_VOICE_ID``, which /say refuses as a stock voice."""
     return f"nv{secrets.randbelow(10)}{secrets.token_hex(8)}"
 
 

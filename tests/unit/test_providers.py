@@ -19,7 +19,7 @@ from bot.limits import LimitExceeded, Limits, format_usd
 from bot.nanogpt import NanoGPTClient
 from bot.policy import effective_settings
 from bot.providers.base import CloneProvider, UploadFormat
-from bot.speech import SpeechService
+from bot.tts import TTSService
 from bot.voices import VoiceService
 from cogs import cloning, voices
 from cogs.help import help_embed
@@ -81,8 +81,8 @@ async def parrot_service(monkeypatch, db) -> AsyncIterator[CloneService]:
         nanogpt = NanoGPTClient(session, config.nanogpt_base_url, TEST_NANOGPT_KEY)
         limits = Limits(db, config, clock)
         embeddings = EmbeddingHost(db, config, clock, session)
-        speech = SpeechService(db, nanogpt, limits, clock, config, embeddings)
-        yield CloneService(db, nanogpt, limits, clock, config, speech, embeddings, VoiceService(db, clock, embeddings))
+        tts = TTSService(db, nanogpt, limits, clock, config, embeddings)
+        yield CloneService(db, nanogpt, limits, clock, config, tts, embeddings, VoiceService(db, clock, embeddings))
 
 
 def _clip(data: bytes, filename: str = "clip.mp3") -> ClipSource:

@@ -3,7 +3,7 @@
 The real bot runs against the Discord emulator and the fake NanoGPT with a fixed list of nasty inputs.
 Every bad input gets one clear sentence and costs nothing: no request reaches NanoGPT, and an attachment
 that is refused for its size is never even downloaded from Discord's CDN. The pure parts (``bot.audio`` on
-arbitrary bytes, ``bot.speech`` text hygiene) are fuzzed with Hypothesis in
+arbitrary bytes, ``bot.say_text`` text hygiene) are fuzzed with Hypothesis in
 ``tests/unit/test_robustness_input.py``.
 """
 
