@@ -76,13 +76,15 @@ class MiniMax(CloneProvider):
                     "clone it again.")
         return None
 
+    def keep_until(self, voice: Voice) -> float:
+        return (voice.last_used_at or voice.created_at) + UNUSED_DAYS * 86_400
+
     def info_fields(self, voice: Voice, *, now: float, expires_at: float | None, when: TimeText,
                     escape: Callable[[str], str]) -> list[InfoField]:
         fields = [InfoField("MiniMax voice id", f"`{voice.provider_voice_id or 'unknown'}`")]
         if voice.clone_model:
             fields.append(InfoField("Clone model", voice.clone_model))
-        unused_since = voice.last_used_at or voice.created_at
-        deadline = unused_since + UNUSED_DAYS * 86_400
+        deadline = self.keep_until(voice)
         if deadline > now:
             keeping = f"Use it with /say by {when(deadline, 'f')} ({when(deadline, 'R')}) to keep it."
         else:
