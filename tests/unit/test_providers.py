@@ -138,3 +138,27 @@ async def test_an_unknown_provider_is_refused_naming_the_registered_ones(parrot_
     with pytest.raises(UserFacingError) as refused:
         await parrot_service.check(request, _clip(audio_corpus("mp3", 12)))
     assert str(refused.value) == "Choose minimax or qwen or parrot as the provider."
+
+
+async def test_a_registered_third_provider_s_job_and_voice_are_saved_and_read_back(parrot_service, db):
+    """Migration 0005 dropped the provider CHECK of 0001: the new provider's rows are stored like any other."""
+    service = parrot_service
+    job_id, _ = await db.jobs.create(
+        user_id=1, guild_id=2, channel_id=3, application_id=None, interaction_token=None, token_expires_at=None,
+        voice_name="Polly", provider=PARROT.key, transcript=None, clone_model=None, now=10.0,
+    )
+    await db.jobs.update(job_id, state="processing", run_id="parrot-run-1")
+    job = await db.jobs.get(job_id)
+    assert job is not None and (job.provider, job.state, job.run_id) == ("parrot", "processing", "parrot-run-1")
+    assert [j.id for j in await db.jobs.open()] == [job_id]
+
+    saved = await db.jobs.complete(job_id, now=20.0, provider_voice_id="parrot-voice-1")
+    assert saved is not None
+    voice_id, name = saved
+    voice = await db.voices.by_name(1, "polly")
+    assert voice is not None and (voice.id, voice.name, voice.provider, voice.provider_voice_id) == (
+        voice_id, name, "parrot", "parrot-voice-1")
+    assert name == "Polly"
+    info = await service.voices.info(1, "Polly")  # the base provider: kept whether used or not, never expires
+    assert (info.voice.provider, info.keep_until, info.stops_at) == ("parrot", None, None)
+    assert info.clone_job is not None and info.clone_job.id == job_id
