@@ -239,6 +239,11 @@ class CloneProvider:
 
     # -- speaking with a saved voice -------------------------------------------------------------
 
+    def tts_model(self, config: Config) -> str | None:
+        """The TTS model this provider's saved voices speak with (``/help`` shows its price); None when
+        they do not speak through one configured model."""
+        return None
+
     def speaker(self, voice: Voice, config: Config) -> Speaker:
         """The TTS model, voice and cache identity of ``voice``; ``UserFacingError`` when unusable."""
         raise NotImplementedError(f"{self.label} voices cannot speak")

@@ -61,10 +61,13 @@ class MiniMax(CloneProvider):
     async def collect(self, client: NanoGPTClient, job: CloneJob, status: CloneStatus, now: float) -> SavedVoice:
         return SavedVoice(provider_voice_id=job.custom_voice_id)
 
+    def tts_model(self, config: Config) -> str:
+        return config.minimax_tts_model
+
     def speaker(self, voice: Voice, config: Config) -> Speaker:
         if not voice.provider_voice_id:
             raise UserFacingError(f"The voice “{voice.name}” is incomplete; clone it again.")
-        return Speaker(model=config.minimax_tts_model, voice=voice.provider_voice_id,
+        return Speaker(model=self.tts_model(config), voice=voice.provider_voice_id,
                        identity=f"minimax:{voice.provider_voice_id}")
 
     async def tts_arguments(self, voice: Voice, embeddings: EmbeddingHost) -> TTSArguments:
