@@ -10,6 +10,7 @@ arbitrary bytes, ``bot.say_text`` text hygiene) are fuzzed with Hypothesis in
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -202,6 +203,11 @@ SQL_NAMES = ["'; DROP TABLE voices; --", "Robert'); DELETE FROM voices;--", "\" 
              "Mine' OR '1'='1", "x\\", "[]*?"]
 
 
+def as_shown(markdown: str) -> str:
+    """What Discord shows for ``markdown`` whose punctuation is backslash-escaped: the characters themselves."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
 async def test_sql_metacharacters_are_just_characters(world: World, audio_corpus):
     alice, bob = world.user("alice"), world.user("bob")
     # A clone with such a name reaches the consent card with the name as typed, and costs nothing until confirmed.
@@ -209,7 +215,7 @@ async def test_sql_metacharacters_are_just_characters(world: World, audio_corpus
     inter = await world.emu.slash(alice, "voice", subcommand="clone",
                                   options={"audio": attachment, "name": SQL_NAMES[0], "provider": "qwen"})
     card = await inter.wait_final(10)
-    assert card.embeds and SQL_NAMES[0] in card.embeds[0]["title"], card
+    assert card.embeds and SQL_NAMES[0] in as_shown(card.embeds[0]["title"]), card
     assert world.nano.requests == []
     await add_voice(world, alice.id, "Mine", "nv1alice0001")
     await add_voice(world, bob.id, "Abc", "nv1bob00001")
