@@ -64,7 +64,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import bench_audio
-from bot.jobs import make_custom_voice_id
+from bot.cloning import make_custom_voice_id
 from bot.storage import Database
 from tests.fakes.discord import DiscordEmulator
 from tests.fakes.nanogpt import MINIMAX_CLONE_COST, CloneRun, FakeNanoGPT, Step, make_tone

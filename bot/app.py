@@ -21,28 +21,28 @@ from discord.ext import commands
 
 from bot import interactions
 from bot.clock import Clock
+from bot.cloning import CloneService
 from bot.config import Config
 from bot.embeddings import EmbeddingHost
-from bot.jobs import CloneService
 from bot.limits import Limits
 from bot.nanogpt import NanoGPTClient
 from bot.playback import Playback
 from bot.policy import GUILD_BLOCKED, Blocks
 from bot.privacy import Privacy
-from bot.speech import SpeechService
 from bot.storage import Database
+from bot.tts import TTSService
 from bot.voices import VoiceService
 
 if TYPE_CHECKING:
-    from cogs.clone_jobs import CloneJobs
+    from cogs.cloning import Cloning
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (
     "cogs.embedding_copies",
     "cogs.voices",
-    "cogs.clone_jobs",
-    "cogs.speech",
+    "cogs.cloning",
+    "cogs.say",
     "cogs.voice_channels",
     "cogs.usage",
     "cogs.admin",
@@ -110,18 +110,18 @@ class NanoVoice(commands.Bot):
         self.nanogpt = nanogpt
         self.limits = Limits(db, config, self.clock)
         self.embeddings = EmbeddingHost(db, config, self.clock, session, http_host=http_host)
-        self.speech = SpeechService(db, nanogpt, self.limits, self.clock, config, self.embeddings)
+        self.tts = TTSService(db, nanogpt, self.limits, self.clock, config, self.embeddings)
         self.voices = VoiceService(db, self.clock, self.embeddings)
-        self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.speech, self.embeddings,
+        self.clones = CloneService(db, nanogpt, self.limits, self.clock, config, self.tts, self.embeddings,
                                    self.voices)
         self.blocks = Blocks(db)
         self.playback = Playback(self.clock, config.voice_idle_seconds)
         self.privacy = Privacy(db)  # /forget-me: the repositories, and these holders of user data
         self.privacy.register("embeddings", self.embeddings)
-        self.privacy.register("speech", self.speech)
+        self.privacy.register("tts", self.tts)
         self.privacy.register("clones", self.clones)
         self.privacy.register("voice queue", self.playback)
-        self._clone_flow: CloneJobs | None = None  # the clone-jobs cog registers itself when it loads
+        self._clone_flow: Cloning | None = None  # the cloning cog registers itself when it loads
         self.synced: str = "not synced"
         self._leaving: set[int] = set()
 
@@ -139,14 +139,14 @@ class NanoVoice(commands.Bot):
         await self.embeddings.close()  # its HTTP server; the session and the database are the caller's
 
     @property
-    def clone_flow(self) -> CloneJobs:
-        """The clone flow (``cogs.clone_jobs``) that /voice clone hands its requests to."""
+    def clone_flow(self) -> Cloning:
+        """The clone flow (``cogs.cloning``) that /voice clone hands its requests to."""
         if self._clone_flow is None:
-            raise RuntimeError("the clone flow (cogs.clone_jobs) is not loaded")
+            raise RuntimeError("the clone flow (cogs.cloning) is not loaded")
         return self._clone_flow
 
-    def set_clone_flow(self, flow: CloneJobs | None) -> None:
-        """Called by the clone-jobs cog as it loads (``flow``) and unloads (None)."""
+    def set_clone_flow(self, flow: Cloning | None) -> None:
+        """Called by the cloning cog as it loads (``flow``) and unloads (None)."""
         self._clone_flow = flow
 
     # -- who may use the bot (ALLOWED_GUILD_IDS, /owner block) ----------------------------------

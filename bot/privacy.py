@@ -2,7 +2,7 @@
 
 Two kinds of holders answer: the storage repositories (``Database.repositories()``, each with
 ``count_user_data`` and ``delete_user_data``), and the services that keep something of a user in memory or
-in another place (:class:`UserDataHolder`: the embedding host's re-hosted copies and URL checks, the speech
+in another place (:class:`UserDataHolder`: the embedding host's re-hosted copies and URL checks, the TTS
 service's voice-message encodings and cooldown, the clone service's notice samples). The bot registers the
 services at start; :meth:`Privacy.forget` asks the services first (they look up what is the user's in the
 database) and then deletes every repository's rows in one transaction.

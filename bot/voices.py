@@ -12,7 +12,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass
 
-from bot import fuzzy
+from bot import fuzzy, providers
 from bot.clock import Clock
 from bot.embeddings import EmbeddingHost
 from bot.errors import NotFound, UserFacingError
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 32
 CHOICES_MAX = 25  # Discord shows at most 25 autocomplete choices
-MINIMAX_UNUSED_DAYS = 7  # MiniMax deletes a voice nobody used for this long
 CLEAR_DEFAULT_WORDS = ("none", "off", "clear", "stock")
 
 # Zero-width and text-direction characters that are not in Unicode category Cf everywhere.
@@ -67,8 +66,8 @@ class VoiceInfo:
     is_default: bool
     clone_job: CloneJob | None  # the clone that made it (its cost), when still on record
     now: float
-    keep_until: float | None  # MiniMax: the voice may be gone after this unless used again
-    stops_at: float | None  # Qwen3-TTS: when it stops working (None: it doesn't, a copy is kept)
+    keep_until: float | None  # the provider may delete it after this unless used again (MiniMax)
+    stops_at: float | None  # when it stops working (Qwen3-TTS; None: it does not, a copy is kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +107,10 @@ class VoiceService:
 
     async def info(self, user_id: int, name: str) -> VoiceInfo:
         voice = await self.get(user_id, name)
-        keep_until = stops_at = None
-        if voice.provider == "minimax":
-            keep_until = (voice.last_used_at or voice.created_at) + MINIMAX_UNUSED_DAYS * 86_400
-        else:
-            stops_at = self.embeddings.expires_at(voice)
         return VoiceInfo(voice=voice, is_default=await self.is_default(user_id, voice),
                          clone_job=await self.db.jobs.for_voice(user_id, voice.id), now=self.clock.now(),
-                         keep_until=keep_until, stops_at=stops_at)
+                         keep_until=providers.get(voice.provider).keep_until(voice),
+                         stops_at=self.embeddings.expires_at(voice))
 
     async def name_choices(self, user_id: int, current: str) -> list[Voice]:
         """Autocomplete: the user's voices whose names fuzzy-match ``current``, best first, at most 25."""

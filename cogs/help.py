@@ -86,8 +86,8 @@ def help_embed(config: Config, settings: EffectiveSettings) -> discord.Embed:
         name="Speech prices", inline=False,
         value="NanoGPT charges speech by the character, and it counts toward the server's budget. "
               f"The stock voice: {_tts_price(config.default_tts_model)}. "
-              f"MiniMax voices: {_tts_price(config.minimax_tts_model)}. "
-              f"Qwen3-TTS voices: {_tts_price(config.qwen_tts_model)}.",
+              + " ".join(f"{p.label} voices: {_tts_price(model)}." for p in providers.PROVIDERS.values()
+                         if (model := p.tts_model(config)) is not None),
     )
     embed.set_footer(text="Daily limits reset at midnight UTC. /usage shows what is left today.")
     return embed

@@ -1,6 +1,6 @@
 """/join, /leave, /skip, /clear: speech in voice channels (the discord.py voice glue; rules in bot.playback).
 
-While the bot is in a voice channel, ``cogs/speech.py`` dispatches ``speech_posted`` after every ``/say``
+While the bot is in a voice channel, ``cogs/say.py`` dispatches ``speech_posted`` after every ``/say``
 answer; when the member is in the bot's channel, the same audio (the paid, cached speech: no second TTS
 call) joins the server's queue and a player task per server plays it. Each line runs the bundled ffmpeg
 through ``FFmpegOpusAudio`` (fed from memory, input format and codec given: there is no ffprobe) under
@@ -30,7 +30,7 @@ from bot.errors import Forbidden, UserFacingError
 from bot.nanogpt import extension_for
 from bot.playback import GuildQueue, Line, Playback, QueueFull
 from bot.policy import voice_playback_enabled
-from bot.speech import Speech as SpokenAudio
+from bot.tts import SpokenAudio
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
@@ -306,7 +306,7 @@ class VoiceChannels(commands.Cog):
     # -- /say and "Speak this message" -----------------------------------------------------------
 
     @commands.Cog.listener()
-    async def on_speech_posted(self, interaction: discord.Interaction, speech: SpokenAudio) -> None:
+    async def on_speech_posted(self, interaction: discord.Interaction, spoken: SpokenAudio) -> None:
         """Queue the speech just posted when its author is in the bot's voice channel (order is kept:
         nothing awaits before the line is queued)."""
         guild = interaction.guild
@@ -318,7 +318,7 @@ class VoiceChannels(commands.Cog):
             return
         if member.voice is None or member.voice.channel is None or member.voice.channel.id != vc.channel.id:
             return
-        line = self.playback.line(guild.id, member.id, speech.audio, speech.content_type, speech.voice.label)
+        line = self.playback.line(guild.id, member.id, spoken.audio, spoken.content_type, spoken.voice.label)
         try:
             ahead = self.playback.queue(guild.id).add(line)
         except QueueFull as exc:

@@ -15,8 +15,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import interactions, providers
+from bot.cloning import STATE_LABELS
 from bot.job_states import JobState
-from bot.jobs import STATE_LABELS
 from bot.storage import CloneJob, Voice
 from bot.text import format_money, plural, quoted
 from bot.voices import VoiceInfo

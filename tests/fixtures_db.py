@@ -155,6 +155,36 @@ async def make_0001_database_with_cache(path: Path, sizes: list[int]) -> None:
         await conn.commit()
 
 
+async def make_0004_database_with_voices(path: Path) -> None:
+    """A database at schema 0004 (before 0005 dropped the provider CHECK) holding one user's MiniMax voice
+    (their default), a Qwen voice with its stored embedding file, the clone job of each (pointing at its
+    voice) and a failed job. Raw SQL on purpose: no current code writes the old schema, and 0005 rebuilds
+    these tables, so it must carry over what such a database already holds."""
+    async with aiosqlite.connect(path) as conn:
+        await conn.execute("PRAGMA foreign_keys=ON")
+        for number, sql in Database.migrations()[:4]:
+            await conn.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
+        await conn.execute(
+            "INSERT INTO stored_files (id, user_id, kind, token, filename, content_type, data, size, sha256, "
+            "created_at) VALUES (7, 1, 'embedding', 'tok', 'e.safetensors', 'application/octet-stream', x'00', 1, "
+            "'ab', 5)")
+        await conn.executemany(
+            "INSERT INTO voices (id, user_id, guild_id, name, name_key, provider, provider_voice_id, embedding_url, "
+            "embedding_expires_at, embedding_file_id, transcript, clone_model, created_at, last_used_at) "
+            "VALUES (?, 1, 2, ?, ?, ?, ?, ?, ?, ?, ?, ?, 5, ?)",
+            [(10, "Narrator", "narrator", "minimax", "nv1abcdef0123", None, None, None, None, "speech-02-hd", 9),
+             (11, "Me", "me", "qwen", None, "https://x.test/e", 600, 7, "hello there", None, None)])
+        await conn.execute("INSERT INTO user_settings (user_id, default_voice_id, updated_at) VALUES (1, 10, 6)")
+        await conn.executemany(
+            "INSERT INTO clone_jobs (id, run_id, provider, user_id, guild_id, voice_name, custom_voice_id, "
+            "cost_micros, state, error, created_at, poll_count, voice_id, notified_at) "
+            "VALUES (?, ?, ?, 1, 2, ?, ?, ?, ?, ?, 4, ?, ?, 5)",
+            [(20, "run-a", "minimax", "Narrator", "nv1abcdef0123", 1_000_000, "completed", None, 3, 10),
+             (21, "run-b", "qwen", "Me", None, 250_000, "completed", None, 2, 11),
+             (22, "run-c", "qwen", "Broken", None, None, "failed", "no speech", 1, None)])
+        await conn.commit()
+
+
 def sqlite_file_at_version(path: Path, user_version: int = 0) -> None:
     """An SQLite file whose ``PRAGMA user_version`` says ``user_version`` and holds nothing else (0: never
     migrated). Raw SQL on purpose: it stands for a database some other (older) program left behind."""

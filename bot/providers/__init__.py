@@ -2,7 +2,7 @@
 
 Every string that shows a price or a clip length (the ``/voice clone`` choices, the "Clone this voice"
 select, the clone card, ``/help``), the audio checks (:mod:`bot.audio`), the price reserved before a
-paid clone and every provider-specific step of cloning and speaking (:mod:`bot.jobs`, :mod:`bot.speech`)
+paid clone and every provider-specific step of cloning and speaking (:mod:`bot.cloning`, :mod:`bot.tts`)
 go through the provider objects here, so a price, a rule or a provider's API changes in one place.
 Prices: NanoGPT's documentation ($1.00 a MiniMax clone, $0.25 a Qwen3-TTS clone).
 

@@ -12,7 +12,7 @@ behaviour that differs between providers:
   (:meth:`CloneProvider.collect`);
 * speaking with a saved voice: the TTS model and voice (:class:`Speaker`, whose ``identity`` is the TTS
   cache's voice identity), the voice-dependent TTS arguments, recovering from and explaining failures;
-* the ``/voice info`` lines and the ``/voice delete`` note.
+* the ``/voice info`` lines (and how long an unused voice is kept) and the ``/voice delete`` note.
 
 Nothing here knows Discord; the few formatting needs of ``/voice info`` (times, user text) are passed in.
 """
@@ -239,6 +239,11 @@ class CloneProvider:
 
     # -- speaking with a saved voice -------------------------------------------------------------
 
+    def tts_model(self, config: Config) -> str | None:
+        """The TTS model this provider's saved voices speak with (``/help`` shows its price); None when
+        they do not speak through one configured model."""
+        return None
+
     def speaker(self, voice: Voice, config: Config) -> Speaker:
         """The TTS model, voice and cache identity of ``voice``; ``UserFacingError`` when unusable."""
         raise NotImplementedError(f"{self.label} voices cannot speak")
@@ -257,6 +262,11 @@ class CloneProvider:
         return None
 
     # -- /voice info, /voice delete --------------------------------------------------------------
+
+    def keep_until(self, voice: Voice) -> float | None:
+        """When the provider may delete ``voice`` unless it is used again before (None: it keeps voices
+        whether they are used or not)."""
+        return None
 
     def info_fields(self, voice: Voice, *, now: float, expires_at: float | None, when: TimeText,
                     escape: Callable[[str], str]) -> list[InfoField]:

@@ -39,7 +39,7 @@ UNUSED_DAYS = 7  # MiniMax deletes a voice that goes unused this long
 def make_custom_voice_id() -> str:
     """A fresh MiniMax ``customVoiceId``: ``^[A-Za-z][A-Za-z0-9]{7,}$`` with a digit, 70 random bits.
 
-    Its shape is ``bot.speech.BOT_VOICE_ID``, which /say refuses as a stock voice."""
+    Its shape is ``bot.tts.BOT_VOICE_ID``, which /say refuses as a stock voice."""
     return f"nv{secrets.randbelow(10)}{secrets.token_hex(8)}"
 
 
@@ -61,10 +61,13 @@ class MiniMax(CloneProvider):
     async def collect(self, client: NanoGPTClient, job: CloneJob, status: CloneStatus, now: float) -> SavedVoice:
         return SavedVoice(provider_voice_id=job.custom_voice_id)
 
+    def tts_model(self, config: Config) -> str:
+        return config.minimax_tts_model
+
     def speaker(self, voice: Voice, config: Config) -> Speaker:
         if not voice.provider_voice_id:
             raise UserFacingError(f"The voice “{voice.name}” is incomplete; clone it again.")
-        return Speaker(model=config.minimax_tts_model, voice=voice.provider_voice_id,
+        return Speaker(model=self.tts_model(config), voice=voice.provider_voice_id,
                        identity=f"minimax:{voice.provider_voice_id}")
 
     async def tts_arguments(self, voice: Voice, embeddings: EmbeddingHost) -> TTSArguments:
@@ -76,13 +79,15 @@ class MiniMax(CloneProvider):
                     "clone it again.")
         return None
 
+    def keep_until(self, voice: Voice) -> float:
+        return (voice.last_used_at or voice.created_at) + UNUSED_DAYS * 86_400
+
     def info_fields(self, voice: Voice, *, now: float, expires_at: float | None, when: TimeText,
                     escape: Callable[[str], str]) -> list[InfoField]:
         fields = [InfoField("MiniMax voice id", f"`{voice.provider_voice_id or 'unknown'}`")]
         if voice.clone_model:
             fields.append(InfoField("Clone model", voice.clone_model))
-        unused_since = voice.last_used_at or voice.created_at
-        deadline = unused_since + UNUSED_DAYS * 86_400
+        deadline = self.keep_until(voice)
         if deadline > now:
             keeping = f"Use it with /say by {when(deadline, 'f')} ({when(deadline, 'R')}) to keep it."
         else:

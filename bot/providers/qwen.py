@@ -71,10 +71,13 @@ class Qwen(CloneProvider):
             embedding=(secrets.token_urlsafe(32), filename, content_type or "application/octet-stream", data),
         )
 
+    def tts_model(self, config: Config) -> str:
+        return config.qwen_tts_model
+
     def speaker(self, voice: Voice, config: Config) -> Speaker:
         source = f"file{voice.embedding_file_id}" if voice.embedding_file_id is not None else f"voice{voice.id}"
         transcript = hashlib.sha256((voice.transcript or "").encode("utf-8")).hexdigest()[:16]
-        return Speaker(model=config.qwen_tts_model, voice=None,
+        return Speaker(model=self.tts_model(config), voice=None,
                        identity=f"qwen:{voice.user_id}:{source}:{transcript}")
 
     async def tts_arguments(self, voice: Voice, embeddings: EmbeddingHost) -> TTSArguments:

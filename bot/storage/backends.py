@@ -204,8 +204,29 @@ class SqliteBackend:
                 continue
             log.info("applying database migration %04d", number)
             async with self._write_lock:
-                # executescript commits first; wrap the migration and the version bump together.
-                await self.conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
+                await self._apply_migration(number, sql)
+
+    async def _apply_migration(self, number: int, sql: str) -> None:
+        """One migration and its version bump in one transaction, with foreign keys off around it (SQLite's
+        ALTER procedure: a migration may rebuild a table others point at; the pragma is a no-op inside a
+        transaction), and ``PRAGMA foreign_key_check`` before the commit: a migration that breaks a
+        reference is rolled back."""
+        await self.conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            # executescript commits first, then runs the script: it leaves this transaction open.
+            await self.conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number};")
+            async with self.conn.execute("PRAGMA foreign_key_check") as cur:
+                broken = list(await cur.fetchall())
+            if broken:
+                raise RuntimeError(f"database migration {number:04d} breaks foreign keys: "
+                                   f"{[tuple(row) for row in broken[:5]]}")
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                await self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            await self.conn.execute("PRAGMA foreign_keys=ON")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

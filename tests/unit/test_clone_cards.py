@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import discord
 
 from bot.audio import NormalizedAudio
-from bot.jobs import CloneNotice, CloneRequest, PreparedClone
+from bot.cloning import CloneNotice, CloneRequest, PreparedClone
 from bot.storage import CloneJob
-from cogs.clone_jobs import CONSENT, confirm_embed, find_audio, notice_embed, status_embed
+from cogs.cloning import CONSENT, confirm_embed, find_audio, notice_embed, status_embed
 
 
 def _prepared(provider="qwen", duration=30.0, source=95.0, trimmed=True, name="Zoë *bold*"):

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from bot.cloning import make_custom_voice_id
 from bot.errors import UserFacingError
-from bot.jobs import make_custom_voice_id
 from bot.voices import validate_voice_name
 
 VOICE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9]{7,}$")

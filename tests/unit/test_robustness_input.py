@@ -1,5 +1,5 @@
 """Bad input, the pure parts: property-based fuzzing with Hypothesis of ``bot.audio`` on arbitrary bytes
-(through the bundled ffmpeg) and of ``bot.speech``'s text hygiene. Every bad input gets one clear sentence,
+(through the bundled ffmpeg) and of ``bot.say_text``'s text hygiene. Every bad input gets one clear sentence,
 never a crash. The same rules over the wire (the real bot, the Discord emulator, the fake NanoGPT) are in
 ``tests/wire/test_robustness_input.py``, which shares :func:`assert_sentence` and the text fragments.
 """
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from bot import audio
 from bot.errors import UserFacingError
-from bot.speech import RUN_CAP, MentionNames, clean_text, prepare_text
+from bot.say_text import RUN_CAP, MentionNames, clean_text, prepare_text
 from tests.fakes.nanogpt import make_tone
 
 RAW_MENTION = re.compile(r"<@!?\d+>|<@&\d+>|<#\d+>|@everyone\b|@here\b")

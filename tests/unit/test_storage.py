@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
 from bot.storage import Database, DuplicateVoiceName
-from tests.fixtures_db import add_minimax_voice, ledger_rows, pragma
+from tests.fixtures_db import add_minimax_voice, ledger_rows, make_0004_database_with_voices, pragma
 from tests.fixtures_postgres import BACKENDS
 
 DAY = "2026-01-01"
@@ -94,3 +95,53 @@ async def test_ping_answers_while_connected_and_raises_after_close(tmp_path):
     await db.close()
     with pytest.raises(RuntimeError):
         await db.ping()
+
+
+async def test_migration_0005_opens_the_provider_and_keeps_rows_references_and_indexes(tmp_path):
+    """A database at 0004 with voices and jobs: 0005 rebuilds both tables without the provider CHECK, and
+    every row, every reference to them and from them, the other CHECKs and the indexes survive."""
+    path = tmp_path / "old.sqlite3"
+    await make_0004_database_with_voices(path)
+    db = await Database(path).connect()
+    try:
+        assert await db.schema_version() == len(Database.migrations()) >= 5
+        assert await pragma(db, "foreign_keys") == 1  # back on after the rebuild
+        assert await db.fetchall("PRAGMA foreign_key_check") == []
+        me, narrator = await db.voices.list(1)  # by name
+        assert (narrator.id, narrator.provider, narrator.provider_voice_id, narrator.clone_model,
+                narrator.last_used_at) == (10, "minimax", "nv1abcdef0123", "speech-02-hd", 9)
+        assert (me.id, me.provider, me.embedding_url, me.embedding_expires_at, me.embedding_file_id,
+                me.transcript) == (11, "qwen", "https://x.test/e", 600, 7, "hello there")
+        default = await db.user_settings.default_voice(1)
+        assert default is not None and default.id == 10
+        jobs = await db.jobs.for_user(1)
+        assert sorted((j.id, j.run_id, j.provider, j.state, j.voice_id, j.cost_micros, j.poll_count) for j in jobs) == [
+            (20, "run-a", "minimax", "completed", 10, 1_000_000, 3),
+            (21, "run-b", "qwen", "completed", 11, 250_000, 2),
+            (22, "run-c", "qwen", "failed", None, None, 1)]
+        indexes = {row[0] for row in await db.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('voices', 'clone_jobs') "
+            "AND name NOT LIKE 'sqlite_autoindex%'")}
+        assert indexes == {"clone_jobs_user", "clone_jobs_open"}
+        schema = " ".join(row[0] for row in await db.fetchall(
+            "SELECT sql FROM sqlite_master WHERE name IN ('voices', 'clone_jobs')"))
+        assert "provider IN" not in schema and "_new" not in schema
+
+        # A third provider's rows are accepted now; the state CHECK and the uniqueness rules still hold.
+        job_id, _ = await db.jobs.create(
+            user_id=1, guild_id=None, channel_id=None, application_id=None, interaction_token=None,
+            token_expires_at=None, voice_name="Polly", provider="parrot", transcript=None, clone_model=None, now=30)
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.jobs.update(job_id, state="dancing")
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.jobs.update(job_id, custom_voice_id="nv1abcdef0123")  # 20 holds it
+        saved = await db.jobs.complete(job_id, now=31, provider_voice_id="p-1")
+        assert saved is not None and (await db.voices.get(1, saved[0])).provider == "parrot"
+
+        # The foreign keys still act: deleting the default voice clears the setting and its job's link.
+        assert await db.voices.delete(1, 10)
+        assert await db.user_settings.default_voice(1) is None
+        narrators_job = await db.jobs.get(20)
+        assert narrators_job is not None and narrators_job.voice_id is None
+    finally:
+        await db.close()

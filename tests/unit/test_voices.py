@@ -11,8 +11,9 @@ import pytest
 from bot.clock import Clock
 from bot.embeddings import EmbeddingHost
 from bot.errors import NotFound, UserFacingError
+from bot.providers.minimax import UNUSED_DAYS as MINIMAX_UNUSED_DAYS
 from bot.storage import Database
-from bot.voices import MINIMAX_UNUSED_DAYS, NAME_MAX, VoiceService, validate_voice_name
+from bot.voices import NAME_MAX, VoiceService, validate_voice_name
 from tests.fixtures_db import add_job, add_minimax_voice, add_qwen_voice, make_config
 
 NOW = 1_800_000_000.0

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from bot.jobs import LOST_AFTER_RESTART
-from cogs.clone_jobs import CONSENT
+from bot.cloning import LOST_AFTER_RESTART
+from cogs.cloning import CONSENT
 from tests.fakes.nanogpt import Step
 from tests.fixtures_bot import World
 from tests.fixtures_db import add_qwen_voice, ledger_rows

@@ -17,10 +17,7 @@ import pytest
 
 from bot import providers
 from bot.clock import Clock
-from bot.config import Config, Secret
-from bot.embeddings import EmbeddingHost
-from bot.errors import UserFacingError
-from bot.jobs import (
+from bot.cloning import (
     LOST_AFTER_RESTART,
     LOST_AFTER_TIMEOUT,
     ClipSource,
@@ -29,10 +26,13 @@ from bot.jobs import (
     InteractionRef,
     make_custom_voice_id,
 )
+from bot.config import Config, Secret
+from bot.embeddings import EmbeddingHost
+from bot.errors import UserFacingError
 from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import InvalidRequest, NanoGPTClient
-from bot.speech import SpeechService
 from bot.storage import Database
+from bot.tts import TTSService
 from bot.voices import VoiceService
 from tests.fakes.nanogpt import Step
 from tests.fixtures_db import add_qwen_voice, ledger_rows
@@ -90,9 +90,9 @@ class Env:
         nanogpt = NanoGPTClient(self.session, self.fake.base_url, self.fake.api_key, timeout=5, backoff_base=0.01)
         self.limits = Limits(self.db, self.config, self.clock)
         embeddings = EmbeddingHost(self.db, self.config, self.clock, self.session)
-        speech = SpeechService(self.db, nanogpt, self.limits, self.clock, self.config, embeddings)
+        tts = TTSService(self.db, nanogpt, self.limits, self.clock, self.config, embeddings)
         voices = VoiceService(self.db, self.clock, embeddings)
-        self.service = CloneService(self.db, nanogpt, self.limits, self.clock, self.config, speech, embeddings,
+        self.service = CloneService(self.db, nanogpt, self.limits, self.clock, self.config, tts, embeddings,
                                     voices)
         self.service.backoff_base = 0.05
         self.events = Recorder()

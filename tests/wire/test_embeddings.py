@@ -351,11 +351,11 @@ def test_parse_discord_expiry():
 
 
 async def test_qwen_voice_speaks_after_the_provider_copy_is_gone_and_a_restart(tmp_path, fake_nanogpt):
-    """Real SpeechService + NanoGPTClient against the fake: after the provider's URL 404s and the bot
+    """Real TTSService + NanoGPTClient against the fake: after the provider's URL 404s and the bot
     restarts, /say's TTS request carries the bot's own URL, which NanoGPT (the fake) downloads."""
     from bot.limits import Limits
     from bot.nanogpt import NanoGPTClient
-    from bot.speech import SpeechService
+    from bot.tts import TTSService
 
     port = free_port()
     settings = dict(public_base_url=f"http://127.0.0.1:{port}", http_port=port,
@@ -373,7 +373,7 @@ async def test_qwen_voice_speaks_after_the_provider_copy_is_gone_and_a_restart(t
         await host.start()
         client = NanoGPTClient(session, fake_nanogpt.base_url, fake_nanogpt.api_key, tts_poll_interval=0.01,
                                backoff_base=0.01)
-        service = SpeechService(db, client, Limits(db, cfg, clock), clock, cfg, host)
+        service = TTSService(db, client, Limits(db, cfg, clock), clock, cfg, host)
 
         async def shutdown():
             await service.close()
@@ -393,8 +393,8 @@ async def test_qwen_voice_speaks_after_the_provider_copy_is_gone_and_a_restart(t
     clock.advance(3 * DAY)  # well inside the 6 days: only the check notices that the copy is gone
     db, service, shutdown = await boot()
     try:
-        speech = await service.synthesize(5, 1, "still my voice", await service.resolve_voice(5, "Me"))
-        assert speech.audio
+        spoken = await service.synthesize(5, 1, "still my voice", await service.resolve_voice(5, "Me"))
+        assert spoken.audio
         sent = fake_nanogpt.tts_requests[-1]["speaker_voice_embedding_file_url"]
         assert sent.startswith(f"http://127.0.0.1:{port}/embeddings/")
         assert len(fake_nanogpt.tts_requests) == 2  # no failed attempt with the dead URL first

@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from bot.jobs import LOST_AFTER_RESTART, LOST_AFTER_TIMEOUT
+from bot.cloning import LOST_AFTER_RESTART, LOST_AFTER_TIMEOUT
 from tests.fakes.discord import EmuInteraction, EmuMessage
 from tests.fakes.nanogpt import Step, make_tone
 from tests.fixtures_bot import World

@@ -149,7 +149,7 @@ async def test_nanogpt_errors_show_their_fixed_sentence(live, status, body, head
     assert not [m for m in live.emu.channel_messages() if m.content == sentence]
     if status == 402:
         await live.fake.wait_for("/check-balance")
-        await asyncio.wait_for(live.bot.speech.close(), 3)
+        await asyncio.wait_for(live.bot.tts.close(), 3)
         assert any("NanoGPT balance too low: $100.00 left" in line for line in live.world.logs)
 
 

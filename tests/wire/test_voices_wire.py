@@ -424,7 +424,7 @@ async def test_forget_me_empties_what_is_kept_in_memory_for_that_user_only(world
     and cooldown, and the clone service's notice samples go for alice; bob keeps his."""
     world.bot.nanogpt.tts_poll_interval = 0.02
     alice, bob = world.user("alice"), world.user("bob")
-    speech, embeddings, clones = world.bot.speech, world.bot.embeddings, world.bot.clones
+    tts, embeddings, clones = world.bot.tts, world.bot.embeddings, world.bot.clones
     voices, jobs, keys = {}, {}, {}
     for user in (alice, bob):
         url = world.nano.put_storage(f"emb/{user.id}.safetensors", EMBEDDING, "application/octet-stream")
@@ -437,19 +437,19 @@ async def test_forget_me_empties_what_is_kept_in_memory_for_that_user_only(world
         jobs[user.id] = (await world.db.jobs.for_voice(user.id, voices[user.id])).id
         clones._samples[jobs[user.id]] = (b"sample of " + str(user.id).encode(), "audio/mpeg")
     for user in (alice, bob):
-        assert keys[user.id] and keys[user.id] <= set(speech._voice_messages), "the voice message was not kept"
-        assert voices[user.id] in embeddings._last_url and user.id in speech.cooldown._last
+        assert keys[user.id] and keys[user.id] <= set(tts._voice_messages), "the voice message was not kept"
+        assert voices[user.id] in embeddings._last_url and user.id in tts.cooldown._last
 
     _, message = await run(world, alice, None, command="forget-me")
     await press(world, alice, message, "Delete everything")
     await world.emu.wait_until(lambda: world.emu.messages[message.id].content.startswith("Done"), 5,
                                "the forget-me result")
 
-    assert not keys[alice.id] & set(speech._voice_messages) and keys[bob.id] <= set(speech._voice_messages)
+    assert not keys[alice.id] & set(tts._voice_messages) and keys[bob.id] <= set(tts._voice_messages)
     assert voices[alice.id] not in embeddings._last_url and voices[alice.id] not in embeddings._checks
     assert voices[bob.id] in embeddings._last_url
     assert jobs[alice.id] not in clones._samples and jobs[bob.id] in clones._samples
-    assert alice.id not in speech.cooldown._last and bob.id in speech.cooldown._last
+    assert alice.id not in tts.cooldown._last and bob.id in tts.cooldown._last
 
 
 # -- durable Qwen voices ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Clone jobs: the clone flow (validation, consent, paid submit), the background poller, and the
 "Clone this voice" message context menu.
 
-Thin on purpose: :class:`bot.jobs.CloneService` does the checks, the money, the polling and the
+Thin on purpose: :class:`bot.cloning.CloneService` does the checks, the money, the polling and the
 bookkeeping; this cog turns interactions into service calls and service state into Discord messages
 (the confirmation card, the live status card, the completion notice).
 """
@@ -19,9 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import interactions, providers
-from bot.errors import UserFacingError
-from bot.job_states import JobState, NoticeOutcome
-from bot.jobs import (
+from bot.cloning import (
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
     ClipSource,
@@ -31,9 +29,11 @@ from bot.jobs import (
     PreparedClone,
     format_elapsed,
 )
+from bot.errors import UserFacingError
+from bot.job_states import JobState, NoticeOutcome
 from bot.nanogpt import NanoGPTError
 from bot.storage import CloneJob
-from bot.text import format_money, format_usd
+from bot.text import format_money, format_usd, quoted
 from cogs import ui
 
 if TYPE_CHECKING:
@@ -53,17 +53,13 @@ COLOUR_CLOSED = discord.Colour.light_grey()
 # -- rendering -------------------------------------------------------------------------------------
 
 
-def _quoted(name: str) -> str:
-    return f"“{discord.utils.escape_markdown(name)}”"
-
-
 def confirm_embed(prepared: PreparedClone) -> discord.Embed:
     clip = prepared.audio
     duration = f"{clip.duration:.1f} s"
     if clip.trimmed:
         duration = f"{clip.source_duration:.1f} s, trimmed to the first {clip.duration:.0f} s"
     embed = discord.Embed(
-        title=f"Clone {_quoted(prepared.request.name)}?",
+        title=f"Clone {quoted(prepared.request.name)}?",
         description=f"{CONSENT}\n\nPress **Confirm** and I'll spend {format_usd(prepared.price_micros)} of "
                     f"the NanoGPT balance on this clone.",
         colour=COLOUR_WAITING,
@@ -78,7 +74,7 @@ def confirm_embed(prepared: PreparedClone) -> discord.Embed:
 
 
 def closed_embed(prepared: PreparedClone, text: str, *, colour: discord.Colour = COLOUR_CLOSED) -> discord.Embed:
-    embed = discord.Embed(title=f"Clone {_quoted(prepared.request.name)}", description=text, colour=colour)
+    embed = discord.Embed(title=f"Clone {quoted(prepared.request.name)}", description=text, colour=colour)
     embed.add_field(name="Provider", value=prepared.provider_label)
     return embed
 
@@ -88,7 +84,7 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
     started = job.submitted_at or job.created_at
     end = job.finished_at if job.finished_at else now
     colour = COLOUR_WAITING if job.is_open else (COLOUR_DONE if job.state == JobState.COMPLETED else COLOUR_PROBLEM)
-    embed = discord.Embed(title=f"Cloning {_quoted(job.voice_name)}", colour=colour)
+    embed = discord.Embed(title=f"Cloning {quoted(job.voice_name)}", colour=colour)
     if job.is_open:
         embed.description = f"Started <t:{int(started)}:R>; this card updates as NanoGPT works."
     embed.add_field(name="Provider", value=providers.label(job.provider))
@@ -101,7 +97,7 @@ def status_embed(job: CloneJob, now: float) -> discord.Embed:
 
 def sample_label(job: CloneJob, notice: CloneNotice, who: str) -> str:
     """``The attached sample is a synthetic voice: “Alice”, cloned for <@1>.``"""
-    name = _quoted(notice.voice_name or job.voice_name)
+    name = quoted(notice.voice_name or job.voice_name)
     return f"The attached sample is a synthetic voice: {name}, cloned for {who}."
 
 
@@ -113,7 +109,7 @@ def sample_alt_text(job: CloneJob, notice: CloneNotice) -> str:
 def notice_embed(job: CloneJob, notice: CloneNotice, now: float) -> discord.Embed:
     embed = status_embed(job, now)
     if notice.outcome == NoticeOutcome.COMPLETED and notice.voice_name:
-        embed.title = f"Voice {_quoted(notice.voice_name)} is ready"
+        embed.title = f"Voice {quoted(notice.voice_name)} is ready"
     embed.description = discord.utils.escape_markdown(notice.message)
     if notice.sample is not None:
         embed.set_footer(text=f"🔊 {sample_label(job, notice, 'you')}")  # footers show no mentions
@@ -128,7 +124,7 @@ class ConfirmCloneView(ui.ConfirmView):
 
     already_answered_text = "This clone was already confirmed or cancelled."
 
-    def __init__(self, cog: CloneJobs, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
+    def __init__(self, cog: Cloning, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef,
                  *, timeout: float) -> None:
         super().__init__(origin, confirm_style=discord.ButtonStyle.success, timeout=timeout)
         self.cog = cog
@@ -173,7 +169,7 @@ class ConfirmCloneView(ui.ConfirmView):
 class CloneModal(ui.Modal):
     """Name, provider and transcript for "Clone this voice"."""
 
-    def __init__(self, cog: CloneJobs, attachment: discord.Attachment) -> None:
+    def __init__(self, cog: Cloning, attachment: discord.Attachment) -> None:
         super().__init__(title="Clone this voice", timeout=600)
         self.cog = cog
         self.attachment = attachment
@@ -232,7 +228,7 @@ def notice_nonce(job: CloneJob) -> str:
 # -- the cog ---------------------------------------------------------------------------------------
 
 
-class CloneJobs(commands.Cog):
+class Cloning(commands.Cog):
     confirm_timeout: float = 300.0  # seconds the Confirm/Cancel buttons stay usable (tests shorten it)
 
     def __init__(self, bot: NanoVoice) -> None:
@@ -366,4 +362,4 @@ class CloneJobs(commands.Cog):
 
 
 async def setup(bot: NanoVoice) -> None:
-    await bot.add_cog(CloneJobs(bot))
+    await bot.add_cog(Cloning(bot))

@@ -1,6 +1,6 @@
-"""bot.speech's pure text and voice-name rules: text hygiene (mentions, links, markup, runs), the length
+"""bot.say_text and bot.tts, the pure rules: text hygiene (mentions, links, markup, runs), the length
 limit, quoting, stock voice parsing and the TTS cache key. The service against the fake NanoGPT is in
-``tests/wire/test_speech.py``."""
+``tests/wire/test_tts.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from bot.errors import UserFacingError
-from bot.speech import TTS_MODELS, MentionNames, cache_key, clean_text, parse_stock_voice, prepare_text, quote_text
+from bot.say_text import MentionNames, clean_text, prepare_text, quote_text
+from bot.tts import TTS_MODELS, cache_key, parse_stock_voice
 
 NAMES = MentionNames(user=lambda i: {111111111111111111: "Bob"}.get(i),
                      role=lambda i: {333333333333333333: "Moderators"}.get(i),
@@ -69,7 +70,7 @@ def test_stock_voice_parsing():
 
 async def test_cache_key_identity():
     base = ("stock:Kokoro-82m/af_bella", "Kokoro-82m")
-    from bot.speech import ResolvedVoice
+    from bot.tts import ResolvedVoice
     voice = ResolvedVoice("x", base[1], "af_bella", base[0])
     assert cache_key(voice, 1.0, "hi") == cache_key(replace(voice, label="y"), 1.0, "hi")
     assert cache_key(voice, 1.0, "hi") != cache_key(voice, 1.01, "hi")
@@ -77,8 +78,8 @@ async def test_cache_key_identity():
 
 
 def test_every_generated_clone_id_is_refused_as_a_stock_voice():
-    from bot.jobs import make_custom_voice_id
-    from bot.speech import BOT_VOICE_ID, parse_stock_voice
+    from bot.cloning import make_custom_voice_id
+    from bot.tts import BOT_VOICE_ID, parse_stock_voice
 
     for _ in range(200):
         voice_id = make_custom_voice_id()

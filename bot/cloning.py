@@ -58,9 +58,9 @@ from bot.policy import ensure_clone_allowed
 from bot.providers.base import CloneOrder, CloneProvider, PollResult, RetryLater, RunFailed
 from bot.providers.minimax import make_custom_voice_id
 from bot.scheduler import Scheduler, backoff
-from bot.speech import SpeechService
 from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
 from bot.text import shorten
+from bot.tts import TTSService
 from bot.voices import NAME_MAX, VoiceService, validate_voice_name
 
 log = logging.getLogger(__name__)
@@ -188,13 +188,13 @@ class CloneService:
     notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
-                 speech: SpeechService, embeddings: EmbeddingHost, voices: VoiceService) -> None:
+                 tts: TTSService, embeddings: EmbeddingHost, voices: VoiceService) -> None:
         self.db = db
         self.nanogpt = nanogpt
         self.limits = limits
         self.clock = clock
         self.config = config
-        self.speech = speech
+        self.tts = tts
         self._notice_slots = asyncio.Semaphore(self.notice_concurrency)
         self.embeddings = embeddings
         self.voices = voices
@@ -326,7 +326,7 @@ class CloneService:
                 raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
             log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
             if isinstance(exc, InsufficientBalance):
-                self.speech.report_low_balance()  # tell the operator how low the balance is
+                self.tts.report_low_balance()  # tell the operator how low the balance is
             await self.limits.release(reservation)
             await self.db.jobs.finish(job_id, JobState.FAILED, error=exc.user_message, now=self.clock.now(),
                                            notified=True)
@@ -575,16 +575,16 @@ class CloneService:
                            sample_content_type=sample[1])
 
     async def _make_sample(self, job: CloneJob, voice: Voice) -> tuple[bytes, str] | None:
-        """A short line in the new voice through the speech service (budget, ledger and cache like any
+        """A short line in the new voice through the TTS service (budget, ledger and cache like any
         speech; for MiniMax also the real use that keeps the voice alive). A failure only means a
         notice without a sample."""
         try:
-            speech = await self.speech.synthesize(job.user_id, job.guild_id, SAMPLE_TEXT,
-                                                  self.speech.voice_from_saved(voice))
+            spoken = await self.tts.synthesize(job.user_id, job.guild_id, SAMPLE_TEXT,
+                                               self.tts.voice_from_saved(voice))
         except Exception as exc:
             log.warning("clone job %s: no sample: %s", job.id, exc)
             return None
-        return speech.audio, speech.content_type
+        return spoken.audio, spoken.content_type
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""/say, the "Speak this message" context menu and voice messages (thin: the work is in bot.speech)."""
+"""/say, the "Speak this message" context menu and voice messages (thin: the work is in bot.tts and bot.say_text)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from discord.ext import commands
 from bot import interactions
 from bot.audio import AudioError
 from bot.errors import UserFacingError
-from bot.speech import MentionNames, ResolvedVoice, mentioned_user_ids, quote_text
-from bot.speech import Speech as SpokenAudio
+from bot.say_text import MentionNames, mentioned_user_ids, quote_text
+from bot.tts import ResolvedVoice, SpokenAudio
 
 if TYPE_CHECKING:
     from bot.app import NanoVoice
-    from bot.speech import SpeechService
+    from bot.tts import TTSService
 
 log = logging.getLogger(__name__)
 
@@ -123,25 +123,25 @@ class DiscordNames:
         return any(uid in self.users for uid in unknown)
 
 
-def attribution(speech: SpokenAudio, requester: str) -> str:
+def attribution(spoken: SpokenAudio, requester: str) -> str:
     """``🔊 Synthetic voice “Alice” for <@1>``: says the audio is synthetic and who asked for it.
 
     Every answer carries it (the voice message is a reply to it), so nobody takes the audio for a real
     recording. ``requester`` is a mention, sent with allowed mentions none: it shows the name, never pings.
     """
-    kind = "voice" if speech.voice.saved is not None else "stock voice"
-    return f"🔊 Synthetic {kind} “{discord.utils.escape_markdown(speech.voice.label)}” for {requester}"
+    kind = "voice" if spoken.voice.saved is not None else "stock voice"
+    return f"🔊 Synthetic {kind} “{discord.utils.escape_markdown(spoken.voice.label)}” for {requester}"
 
 
-def render_reply(speech: SpokenAudio, requester: str, note: str | None = None) -> str:
+def render_reply(spoken: SpokenAudio, requester: str, note: str | None = None) -> str:
     """The spoken text as a block quote, then a small line: synthetic, which voice, who asked (≤ 2,000)."""
-    footer = f"-# {attribution(speech, requester)}"
-    if speech.speed != 1.0:
-        footer += f" · {speed_text(speech.speed)}× speed"
+    footer = f"-# {attribution(spoken, requester)}"
+    if spoken.speed != 1.0:
+        footer += f" · {speed_text(spoken.speed)}× speed"
     if note:
         footer = f"{note}\n{footer}"
     budget = MESSAGE_LIMIT - len(footer) - 1
-    return f"{quote_text(speech.text, budget)}\n{footer}"
+    return f"{quote_text(spoken.text, budget)}\n{footer}"
 
 
 def speed_text(speed: float) -> str:
@@ -155,22 +155,22 @@ def format_size(size: int) -> str:
     return f"{mib:.1f} MB" if mib < 10 else f"{mib:.0f} MB"
 
 
-class Speech(commands.Cog):
+class Say(commands.Cog):
     def __init__(self, bot: NanoVoice) -> None:
         self.bot = bot
         self.speak_menu = app_commands.ContextMenu(name="Speak this message", callback=self.speak_this_message)
         self.speak_menu.guild_only = True
 
     @property
-    def speech(self) -> SpeechService:
-        return self.bot.speech
+    def tts(self) -> TTSService:
+        return self.bot.tts
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.speak_menu)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.speak_menu.name, type=self.speak_menu.type)
-        await self.speech.close()
+        await self.tts.close()
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -190,69 +190,69 @@ class Speech(commands.Cog):
         speed: app_commands.Range[float, 0.5, 2.0] | None = None,
         voice_message: bool | None = None,
     ) -> None:
-        self.speech.check_cooldown(interaction.user.id)
+        self.tts.check_cooldown(interaction.user.id)
         try:
             # Checks that need no network (text, the voice's name: one SQLite read) come before the public
             # defer, so those refusals stay private to the user.
             names = DiscordNames(self.bot, interaction)
-            spoken = self.speech.prepare_text(text, names.names())
-            resolved = await self.speech.resolve_voice(interaction.user.id, voice)  # one SQLite read
+            spoken = self.tts.prepare_text(text, names.names())
+            resolved = await self.tts.resolve_voice(interaction.user.id, voice)  # one SQLite read
             await interactions.defer(interaction)
             if await names.fetch_unknown_users(text):
-                spoken = self.speech.prepare_text(text, names.names())
+                spoken = self.tts.prepare_text(text, names.names())
             await self._speak(interaction, spoken, resolved, speed, bool(voice_message))
         except UserFacingError:
-            self.speech.cooldown.reset(interaction.user.id)  # refused: nothing was spoken
+            self.tts.cooldown.reset(interaction.user.id)  # refused: nothing was spoken
             raise
 
     @say.autocomplete("voice")
     async def voice_autocomplete(self, interaction: discord.Interaction,
                                  current: str) -> list[app_commands.Choice[str]]:
-        pairs = await self.speech.voice_choices(interaction.user.id, current)
+        pairs = await self.tts.voice_choices(interaction.user.id, current)
         return [app_commands.Choice(name=name, value=value) for name, value in pairs]
 
     async def speak_this_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        self.speech.check_cooldown(interaction.user.id)
+        self.tts.check_cooldown(interaction.user.id)
         try:
             if not (message.content or "").strip():
                 raise UserFacingError("That message has no text I can read out.")
             names = DiscordNames(self.bot, interaction, message)
-            spoken = self.speech.prepare_text(message.content, names.names(), what="message")
-            resolved = await self.speech.resolve_voice(interaction.user.id, None)
+            spoken = self.tts.prepare_text(message.content, names.names(), what="message")
+            resolved = await self.tts.resolve_voice(interaction.user.id, None)
             await interactions.defer(interaction)
             if await names.fetch_unknown_users(message.content):
-                spoken = self.speech.prepare_text(message.content, names.names(), what="message")
+                spoken = self.tts.prepare_text(message.content, names.names(), what="message")
             await self._speak(interaction, spoken, resolved, None, False)
         except UserFacingError:
-            self.speech.cooldown.reset(interaction.user.id)
+            self.tts.cooldown.reset(interaction.user.id)
             raise
 
     # -- rendering -------------------------------------------------------------------------------
 
     async def _speak(self, interaction: discord.Interaction, text: str, voice: ResolvedVoice, speed: float | None,
                      as_voice_message: bool) -> None:
-        speech = await self.speech.synthesize(interaction.user.id, interaction.guild_id, text, voice, speed)
+        spoken = await self.tts.synthesize(interaction.user.id, interaction.guild_id, text, voice, speed)
         if as_voice_message:
-            await self._send_voice_message(interaction, speech)
+            await self._send_voice_message(interaction, spoken)
         else:
-            await self._send_file(interaction, speech)
-        self.bot.dispatch("speech_posted", interaction, speech)  # cogs/voice_channels.py also plays it in a call
+            await self._send_file(interaction, spoken)
+        self.bot.dispatch("speech_posted", interaction, spoken)  # cogs/voice_channels.py also plays it in a call
 
-    async def _send_file(self, interaction: discord.Interaction, speech: SpokenAudio, note: str | None = None) -> None:
+    async def _send_file(self, interaction: discord.Interaction, spoken: SpokenAudio, note: str | None = None) -> None:
         limit = interaction.filesize_limit
-        if len(speech.audio) > limit:
+        if len(spoken.audio) > limit:
             self._drop_attribution_on_error(interaction)
             raise UserFacingError(
-                f"The speech came out at {format_size(len(speech.audio))}, over this server's "
+                f"The speech came out at {format_size(len(spoken.audio))}, over this server's "
                 f"{format_size(limit)} upload limit; try a shorter text."
             )
-        file = discord.File(io.BytesIO(speech.audio), filename=speech.filename)
-        content = render_reply(speech, interaction.user.mention, note)
+        file = discord.File(io.BytesIO(spoken.audio), filename=spoken.filename)
+        content = render_reply(spoken, interaction.user.mention, note)
         if interaction.extras.get(ATTRIBUTION_SHOWN):
             # The answer already is the attribution line (a refused voice message): it becomes the file answer.
             if await interactions.edit_original(interaction, content=content, attachments=[file]) is not None:
                 return
-            file = discord.File(io.BytesIO(speech.audio), filename=speech.filename)
+            file = discord.File(io.BytesIO(spoken.audio), filename=spoken.filename)
         await interactions.send(interaction, content, ephemeral=False, file=file, allowed_mentions=NO_PINGS)
 
     @staticmethod
@@ -261,7 +261,7 @@ class Speech(commands.Cog):
         if interaction.extras.get(ATTRIBUTION_SHOWN):
             interaction.extras[interactions.PUBLIC_PLACEHOLDER] = True
 
-    async def _send_voice_message(self, interaction: discord.Interaction, speech: SpokenAudio) -> None:
+    async def _send_voice_message(self, interaction: discord.Interaction, spoken: SpokenAudio) -> None:
         """Post a real voice message in the channel (Create Message), then remove the "thinking…"
         reply; a plain attachment where Discord refuses voice messages (50173, 403)."""
         perms = interaction.app_permissions
@@ -270,20 +270,20 @@ class Speech(commands.Cog):
             else perms.send_messages
         if not (perms.send_voice_messages and perms.attach_files and may_send):
             note = "-# I may not send voice messages here, so here is the audio as a file."
-            await self._send_file(interaction, speech, note)
+            await self._send_file(interaction, spoken, note)
             return
         try:
-            encoded = await self.speech.voice_message(speech)
+            encoded = await self.tts.voice_message(spoken)
         except AudioError:
-            log.warning("speech %s could not be encoded as a voice message; sending a file", speech.cache_key[:12])
-            await self._send_file(interaction, speech)
+            log.warning("speech %s could not be encoded as a voice message; sending a file", spoken.cache_key[:12])
+            await self._send_file(interaction, spoken)
             return
         if len(encoded.ogg) > interaction.filesize_limit:
-            await self._send_file(interaction, speech)
+            await self._send_file(interaction, spoken)
             return
         # A voice message can have no content and can't be edited, so the attribution is the interaction's
         # answer (the "thinking…" reply becomes it) and the voice message is a reply to that line.
-        line = attribution(speech, interaction.user.mention)
+        line = attribution(spoken, interaction.user.mention)
         answer = await interactions.edit_original(interaction, content=line)
         interaction.extras[ATTRIBUTION_SHOWN] = answer is not None
         reference = None
@@ -298,7 +298,7 @@ class Speech(commands.Cog):
             if exc.code == VOICE_MESSAGES_REFUSED or exc.status == 403:
                 log.info("voice message refused in channel %s (HTTP %s, code %s); sending a file",
                          interaction.channel_id, exc.status, exc.code)
-                await self._send_file(interaction, speech,
+                await self._send_file(interaction, spoken,
                                       "-# Voice messages aren't allowed here, so here is the audio as a file.")
                 return
             self._drop_attribution_on_error(interaction)
@@ -310,4 +310,4 @@ class Speech(commands.Cog):
 
 
 async def setup(bot: NanoVoice) -> None:
-    await bot.add_cog(Speech(bot))
+    await bot.add_cog(Say(bot))

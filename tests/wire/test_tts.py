@@ -1,6 +1,6 @@
-"""bot.speech without Discord: voice resolution, autocomplete, the TTS cache and the ledger, against the
+"""bot.tts without Discord: voice resolution, autocomplete, the TTS cache and the ledger, against the
 real fake NanoGPT server (real HTTP, real SQLite, real ffmpeg). The pure text rules are in
-``tests/unit/test_speech.py``."""
+``tests/unit/test_tts.py``."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
 from bot.limits import LimitExceeded, Limits
 from bot.nanogpt import AuthError, ContentPolicyError, InsufficientBalance, NanoGPTClient, RateLimited
-from bot.speech import AUTOCOMPLETE_LIMIT, SpeechService
 from bot.storage import Database
+from bot.tts import AUTOCOMPLETE_LIMIT, TTSService
 from tests import fixtures_db
 from tests.fakes.nanogpt import fake_safetensors, make_tone
 
@@ -51,7 +51,7 @@ async def add_qwen_voice(db: Database, user_id: int, name: str, url: str | None,
 
 
 class Env:
-    """A SpeechService wired to real parts: SQLite, Limits, EmbeddingHost, NanoGPTClient → fake."""
+    """A TTSService wired to real parts: SQLite, Limits, EmbeddingHost, NanoGPTClient → fake."""
 
     def __init__(self, db, fake, service, clock, host) -> None:
         self.db, self.fake, self.svc, self.clock, self.host = db, fake, service, clock, host
@@ -79,7 +79,7 @@ async def make_env(tmp_path, fake, **config) -> Env:
     client = NanoGPTClient(session, fake.base_url, fake.api_key, tts_poll_interval=0.01, backoff_base=0.01)
     host = EmbeddingHost(db, cfg, clock, session, http_host="127.0.0.1")
     await host.start()
-    service = SpeechService(db, client, Limits(db, cfg, clock), clock, cfg, host)
+    service = TTSService(db, client, Limits(db, cfg, clock), clock, cfg, host)
     fake.voices[MINIMAX_ID] = "run-1"  # a completed MiniMax clone at the fake
     env = Env(db, fake, service, clock, host)
     _cleanups.append((db, session, host, service))
@@ -145,10 +145,10 @@ async def test_autocomplete_lists_own_voices_first_never_others(env):
 @pytest.mark.parametrize(("mode", "fmt"), [("bytes", "mp3"), ("url", "wav"), ("ticket", "mp3")])
 async def test_three_response_forms_give_the_exact_bytes(env, mode, fmt):
     env.fake.tts_mode, env.fake.tts_format = mode, fmt
-    speech = await env.say(ALICE, GUILD, "hello there", "Kokoro-82m/af_bella")
-    assert speech.audio == make_tone(1.0, fmt)
-    assert speech.filename == f"speech.{fmt}"
-    assert not speech.cached
+    spoken = await env.say(ALICE, GUILD, "hello there", "Kokoro-82m/af_bella")
+    assert spoken.audio == make_tone(1.0, fmt)
+    assert spoken.filename == f"speech.{fmt}"
+    assert not spoken.cached
     [request] = env.fake.tts_requests
     assert request == {"text": "hello there", "model": "Kokoro-82m", "voice": "af_bella"}
     assert await env.ledger() == [("charged", 11, "USD")]  # $0.001/1k × 11 chars, rounded
@@ -156,10 +156,10 @@ async def test_three_response_forms_give_the_exact_bytes(env, mode, fmt):
 
 async def test_minimax_voice_reaches_tts_and_is_touched(env):
     voice_id = await add_minimax_voice(env.db, ALICE, "Narrator")
-    speech = await env.say(ALICE, GUILD, "read this", "narrator", 1.25)
+    spoken = await env.say(ALICE, GUILD, "read this", "narrator", 1.25)
     assert env.fake.tts_requests == [{"text": "read this", "model": "Minimax-Speech-02-HD", "voice": MINIMAX_ID,
                                       "speed": 1.25}]
-    assert speech.voice.label == "Narrator" and speech.speed == 1.25
+    assert spoken.voice.label == "Narrator" and spoken.speed == 1.25
     assert (await env.db.voices.get(ALICE, voice_id)).last_used_at == T0
 
 
@@ -180,8 +180,8 @@ async def test_dead_provider_embedding_falls_back_to_the_bots_own_copy(tmp_path,
     voice_id = await add_qwen_voice(env.db, ALICE, "Me", url)
     assert await env.host.url_for(await env.db.voices.get(ALICE, voice_id)) == url  # checked alive (cached)
     fake_nanogpt.expire_storage(url)  # …and then it vanishes: NanoGPT cannot load it
-    speech = await env.say(ALICE, GUILD, "still me", "Me")
-    assert speech.audio
+    spoken = await env.say(ALICE, GUILD, "still me", "Me")
+    assert spoken.audio
     first, second = fake_nanogpt.tts_requests
     assert first["speaker_voice_embedding_file_url"] == url
     assert second["speaker_voice_embedding_file_url"].startswith(f"http://127.0.0.1:{port}/embeddings/")
@@ -239,7 +239,7 @@ async def test_forget_user_drops_only_that_users_voice_messages_and_cooldown(env
 
 async def test_402_releases_and_logs_the_balance(env, caplog):
     env.fake.balance_usd = Decimal("0.0000123")
-    with caplog.at_level(logging.WARNING, logger="bot.speech"), pytest.raises(InsufficientBalance) as err:
+    with caplog.at_level(logging.WARNING, logger="bot.tts"), pytest.raises(InsufficientBalance) as err:
         await env.say(ALICE, GUILD, "expensive " * 20, "tts-1-hd/nova")
     assert err.value.user_message == "The bot's NanoGPT balance is too low; please tell the bot's operator."
     await asyncio.wait_for(env.svc.close(), 3)
@@ -291,10 +291,10 @@ async def test_cooldown_says_when_it_resets(env):
 
 
 async def test_voice_message_encoding_is_remembered(env):
-    speech = await env.say(ALICE, GUILD, "voice note", None)
-    encoded = await env.svc.voice_message(speech)
+    spoken = await env.say(ALICE, GUILD, "voice note", None)
+    encoded = await env.svc.voice_message(spoken)
     assert encoded.ogg.startswith(b"OggS") and 0.9 < encoded.duration < 1.2
     waveform = base64.b64decode(encoded.waveform_b64)
     assert 1 <= len(waveform) <= 256
-    assert await env.svc.voice_message(speech) is encoded
-    assert (await encode_voice_message(speech.audio)).duration == pytest.approx(encoded.duration)
+    assert await env.svc.voice_message(spoken) is encoded
+    assert (await encode_voice_message(spoken.audio)).duration == pytest.approx(encoded.duration)

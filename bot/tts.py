@@ -1,20 +1,19 @@
-"""Speech: voice resolution, text hygiene, the TTS cache and synthesis through NanoGPT.
+"""Text to speech: voice resolution, the TTS cache and synthesis through NanoGPT (:class:`TTSService`).
 
-Nothing here knows Discord. ``cogs/speech.py`` parses the interaction and renders; this module
+Nothing here knows Discord. ``cogs/say.py`` parses the interaction and renders; this module
 
-* resolves the ``voice`` option (:meth:`SpeechService.resolve_voice`): one of the user's saved voices
+* resolves the ``voice`` option (:meth:`TTSService.resolve_voice`): one of the user's saved voices
   (case-insensitive, only theirs), a stock voice ``<model>/<voice>``, else the user's default voice,
   else ``DEFAULT_TTS_MODEL``/``DEFAULT_TTS_VOICE``; and offers autocomplete choices
-  (:meth:`SpeechService.voice_choices`) without ever calling NanoGPT;
-* cleans the text before synthesis (:func:`clean_text`): mentions become names, custom emoji their
-  names, links "link", runs of a repeated character are capped, whitespace collapsed;
-* synthesises (:meth:`SpeechService.synthesize`): cache lookup → guild budget reservation → NanoGPT
+  (:meth:`TTSService.voice_choices`) without ever calling NanoGPT;
+* checks and cleans the text before synthesis with :mod:`bot.say_text` (:meth:`TTSService.prepare_text`);
+* synthesises (:meth:`TTSService.synthesize`): cache lookup → guild budget reservation → NanoGPT
   ``/tts`` (all three response forms, inside the client) → settle with the reported cost → cache.
   Identical requests (same voice identity, model, speed and normalised text) are answered from the
   ``tts_cache`` table without a NanoGPT call or a charge; concurrent identical requests wait for
   one synthesis instead of paying twice;
-* encodes voice messages (:meth:`SpeechService.voice_message`), remembering the last few encodings;
-* tells the operator the balance when NanoGPT answers 402 (:meth:`SpeechService.report_low_balance`).
+* encodes voice messages (:meth:`TTSService.voice_message`), remembering the last few encodings;
+* tells the operator the balance when NanoGPT answers 402 (:meth:`TTSService.report_low_balance`).
 
 Errors are :class:`~bot.errors.UserFacingError` (one sentence) or :class:`~bot.nanogpt.NanoGPTError`
 (its ``user_message``); the global handler in ``bot.app`` shows them.
@@ -30,9 +29,7 @@ import re
 import unicodedata
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from bot import audio, fuzzy, providers
 from bot.clock import Clock
@@ -58,8 +55,9 @@ from bot.nanogpt import (
     voice_missing,
 )
 from bot.providers.base import TTSArguments
+from bot.say_text import MentionNames, prepare_text
 from bot.storage import Database, Voice
-from bot.text import escape_markdown, shorten
+from bot.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,6 @@ CACHE_KEY_VERSION = "v1"  # bump to invalidate every cached entry after a change
 VOICE_MESSAGE_MEMORY = 32  # encoded voice messages remembered in memory (re-encoded from the cache otherwise)
 BALANCE_LOG_INTERVAL = 60.0  # at most one /check-balance per minute after 402s
 
-RUN_CAP = 3  # longest run of one repeated (non-digit) character kept
 AUTOCOMPLETE_LIMIT = 25  # Discord's maximum number of choices
 CHOICE_MAX = 100  # Discord's maximum length of a choice name and value
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
@@ -98,158 +95,6 @@ STOCK_EXAMPLE_2 = "tts-1/nova"
 
 
 
-# -- text hygiene ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MentionNames:
-    """How to name what a mention points at (the cog fills these from the guild data it has).
-
-    Each callable returns a display name, or None when it is unknown.
-    """
-
-    user: Callable[[int], str | None] = lambda _id: None
-    role: Callable[[int], str | None] = lambda _id: None
-    channel: Callable[[int], str | None] = lambda _id: None
-
-
-_USER_MENTION = re.compile(r"<@!?(\d{1,25})>")  # any id: Discord renders them all as mentions
-_ROLE_MENTION = re.compile(r"<@&(\d{1,25})>")
-_CHANNEL_MENTION = re.compile(r"<#(\d{1,25})>")
-_COMMAND_MENTION = re.compile(r"</([\w -]{1,100}):\d{15,21}>")
-_TIMESTAMP = re.compile(r"<t:(-?\d{1,13})(?::[tTdDfFRsS])?>")
-_GUILD_NAV = re.compile(r"<id:(?:customize|browse|guide|linked-roles)(?::\d+)?>")
-_CUSTOM_EMOJI = re.compile(r"<a?:(\w{1,32}):\d{15,21}>")
-CLEAN_ROUNDS = 4  # rounds of the cleaning chain; real text settles in one or two
-_EVERYONE = re.compile(r"@+(everyone|here)\b")  # "@@everyone" too: no raw mention survives
-_MASKED_LINK = re.compile(r"\[([^\]\n]{1,256})\]\(\s*<?(?:https?://|www\.)[^)\s]*>?\s*\)", re.IGNORECASE)
-_URL = re.compile(r"<?(?:(?:https?|ftp)://|www\.)[^\s<>]+>?", re.IGNORECASE)
-_LINE_MARKUP = re.compile(r"^\s*(?:>>> |> |-# |#{1,3} )", re.MULTILINE)
-_INLINE_MARKUP = re.compile(r"```[a-zA-Z0-9_+-]*\n?|```|\*\*|__|~~|\|\||`")
-_RUN = re.compile(rf"([^\d\s])\1{{{RUN_CAP},}}")
-_SPACE = re.compile(r"\s+")
-
-
-def clean_text(text: str, names: MentionNames | None = None) -> str:
-    """Text as it should be spoken: mentions → ``@name``/``#channel``, ``@everyone``/``@here`` →
-    "everyone"/"here", custom emoji → their names, links → "link", markdown markers dropped, runs of
-    one repeated character capped at :data:`RUN_CAP` (digits are left alone), control and
-    zero-width characters removed, whitespace collapsed. May return an empty string."""
-    names = names or MentionNames()
-
-    def user(match: re.Match[str]) -> str:
-        name = names.user(int(match.group(1)))
-        return f"@{name}" if name else "someone"
-
-    def role(match: re.Match[str]) -> str:
-        name = names.role(int(match.group(1)))
-        return f"@{name}" if name else "a role"
-
-    def channel(match: re.Match[str]) -> str:
-        name = names.channel(int(match.group(1)))
-        return f"#{name}" if name else "a channel"
-
-    def timestamp(match: re.Match[str]) -> str:
-        try:
-            when = datetime.fromtimestamp(int(match.group(1)), UTC)
-        except (OverflowError, OSError, ValueError):
-            return "a date"
-        return f" {when.day} {when:%B %Y} "
-
-    text = _strip_invisible(text)
-    # Each rule can uncover a pattern an earlier one already passed ("@**@everyone" loses its "**" and
-    # becomes "@everyone"), so the whole chain runs until nothing changes (a few rounds at most).
-    for _ in range(CLEAN_ROUNDS):
-        before = text
-        text = _ROLE_MENTION.sub(role, text)
-        text = _USER_MENTION.sub(user, text)
-        text = _CHANNEL_MENTION.sub(channel, text)
-        text = _COMMAND_MENTION.sub(lambda m: f"/{m.group(1)}", text)
-        text = _TIMESTAMP.sub(timestamp, text)
-        text = _GUILD_NAV.sub("a server page", text)
-        text = _CUSTOM_EMOJI.sub(lambda m: f" {m.group(1).replace('_', ' ')} ", text)
-        text = _EVERYONE.sub(lambda m: m.group(1), text)
-        text = _MASKED_LINK.sub(lambda m: m.group(1), text)
-        text = _URL.sub("link", text)
-        text = _LINE_MARKUP.sub("", text)
-        text = _INLINE_MARKUP.sub("", text)
-        text = _SPACE.sub(" ", text).strip()
-        text = _RUN.sub(lambda m: m.group(1) * RUN_CAP, text)
-        if text == before:
-            break
-    else:  # still changing after CLEAN_ROUNDS: a last pass of the mention rules alone, which nothing undoes
-        text = _ROLE_MENTION.sub(role, _USER_MENTION.sub(user, _CHANNEL_MENTION.sub(channel, text)))
-        text = _EVERYONE.sub(lambda m: m.group(1), text)
-    return text
-
-
-def mentioned_user_ids(text: str) -> list[int]:
-    """The user ids mentioned in ``text`` that could be real (snowflake-sized), in order of first appearance."""
-    return list(dict.fromkeys(int(m) for m in _USER_MENTION.findall(text or "") if 15 <= len(m) <= 21))
-
-
-def _strip_invisible(text: str) -> str:
-    """Drop control/format characters (zero-width, bidi overrides) and pile-ups of combining marks."""
-    out: list[str] = []
-    marks = 0
-    for ch in unicodedata.normalize("NFC", text):
-        category = unicodedata.category(ch)
-        if ch in "\n\t\r":
-            out.append("\n" if ch == "\n" else " ")
-            marks = 0
-        elif category in ("Cc", "Cf", "Co", "Cs"):
-            continue
-        elif category.startswith("M") and category != "Mc":
-            marks += 1
-            if marks <= 2:  # accents stay; "zalgo" stacks go
-                out.append(ch)
-        else:
-            marks = 0
-            out.append(ch)
-    return "".join(out)
-
-
-def check_length(text: str, limit: int, *, what: str = "text") -> None:
-    """Refuse text longer than ``limit`` characters, stating both numbers."""
-    if len(text) > limit:
-        raise UserFacingError(f"That {what} is {len(text):,} characters; the limit is {limit:,}.")
-
-
-def prepare_text(text: str, limit: int, names: MentionNames | None = None, *, what: str = "text") -> str:
-    """Length check on the user's own text, then :func:`clean_text`; refuses what has nothing to say."""
-    check_length(text, limit, what=what)
-    cleaned = clean_text(text, names)
-    if len(cleaned) > limit:  # mentions, dates and emoji spelled out can make it longer than typed
-        raise UserFacingError(
-            f"That {what} grows to {len(cleaned):,} characters once mentions, dates and emoji are spelled out; "
-            f"the limit is {limit:,}."
-        )
-    if not any(ch.isalnum() for ch in cleaned):
-        if what == "message":
-            raise UserFacingError("That message has nothing I can read out (no words after removing links, "
-                                  "mentions and formatting).")
-        raise UserFacingError("There is nothing to say out loud in that text; add some words.")
-    return cleaned
-
-
-def quote_text(text: str, max_chars: int) -> str:
-    """``text`` as a Discord block quote of at most ``max_chars`` characters (markdown shown literally)."""
-    def render(body: str) -> str:
-        return "> " + escape_markdown(body)
-
-    quoted = render(text)
-    if len(quoted) <= max_chars:
-        return quoted
-    low, high = 0, len(text)
-    while low < high:  # the longest prefix whose escaped form fits with the ellipsis
-        mid = (low + high + 1) // 2
-        if len(render(text[:mid].rstrip() + "…")) <= max_chars:
-            low = mid
-        else:
-            high = mid - 1
-    return render(text[:low].rstrip() + "…")
-
-
 # -- voices ----------------------------------------------------------------------------------------
 
 
@@ -269,7 +114,7 @@ class ResolvedVoice:
 
 
 @dataclass(frozen=True, slots=True)
-class Speech:
+class SpokenAudio:
     """Synthesised (or cached) speech: exactly the bytes NanoGPT produced."""
 
     audio: bytes
@@ -287,7 +132,7 @@ class Speech:
         return f"speech.{extension_for(self.content_type)}"
 
 
-# The shape of the MiniMax voice ids the bot generates for clones (bot.jobs.make_custom_voice_id). A
+# The shape of the MiniMax voice ids the bot generates for clones (bot.cloning.make_custom_voice_id). A
 # clone's id is never accepted as a "stock" voice: only its owner reaches it, by the voice's name.
 BOT_VOICE_ID = re.compile(r"^nv\d[0-9a-f]{16}$", re.IGNORECASE)
 
@@ -339,7 +184,7 @@ def cache_key(voice: ResolvedVoice, speed: float, text: str) -> str:
 # -- the service -----------------------------------------------------------------------------------
 
 
-class SpeechService:
+class TTSService:
     """Voice resolution, text hygiene, the TTS cache and synthesis. One per bot."""
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
@@ -476,8 +321,8 @@ class SpeechService:
     # -- synthesis -----------------------------------------------------------------------------
 
     async def synthesize(self, user_id: int, guild_id: int | None, text: str, voice: ResolvedVoice,
-                         speed: float | None = None) -> Speech:
-        """Speech for cleaned ``text``: from the cache, else a paid NanoGPT call inside a budget
+                         speed: float | None = None) -> SpokenAudio:
+        """SpokenAudio for cleaned ``text``: from the cache, else a paid NanoGPT call inside a budget
         reservation (settled with the reported cost, released when nothing was charged)."""
         if not text:
             raise UserFacingError("There is nothing to say out loud in that text; add some words.")
@@ -509,15 +354,15 @@ class SpeechService:
                 await self.db.voices.touch(voice.saved.id, self.clock.now())
             except Exception:
                 log.exception("could not record the use of voice %s", voice.saved.id)
-        return Speech(result.audio, result.content_type, text, voice, effective_speed, key, cached=False,
+        return SpokenAudio(result.audio, result.content_type, text, voice, effective_speed, key, cached=False,
                       cost_micros=result.cost_micros, currency=result.payment_source)
 
-    async def _from_cache(self, key: str, text: str, voice: ResolvedVoice, speed: float) -> Speech | None:
+    async def _from_cache(self, key: str, text: str, voice: ResolvedVoice, speed: float) -> SpokenAudio | None:
         entry = await self.db.cache.get(key, self.clock.now())
         if entry is None:
             return None
         log.debug("speech cache hit %s", key[:12])
-        return Speech(entry.data, entry.content_type, text, voice, speed, key, cached=True)
+        return SpokenAudio(entry.data, entry.content_type, text, voice, speed, key, cached=True)
 
     async def _paid_tts(self, user_id: int, guild_id: int | None, text: str, voice: ResolvedVoice, speed: float,
                         key: str) -> SpeechResult:
@@ -592,14 +437,14 @@ class SpeechService:
 
     # -- voice messages ------------------------------------------------------------------------
 
-    async def voice_message(self, speech: Speech) -> audio.VoiceMessageAudio:
-        """OGG/Opus, duration and waveform of ``speech`` (remembered for the last few cache keys)."""
-        encoded = self._voice_messages.get(speech.cache_key)
+    async def voice_message(self, spoken: SpokenAudio) -> audio.VoiceMessageAudio:
+        """OGG/Opus, duration and waveform of ``spoken`` (remembered for the last few cache keys)."""
+        encoded = self._voice_messages.get(spoken.cache_key)
         if encoded is not None:
-            self._voice_messages.move_to_end(speech.cache_key)
+            self._voice_messages.move_to_end(spoken.cache_key)
             return encoded
-        encoded = await audio.encode_voice_message(speech.audio)
-        self._voice_messages[speech.cache_key] = encoded
+        encoded = await audio.encode_voice_message(spoken.audio)
+        self._voice_messages[spoken.cache_key] = encoded
         while len(self._voice_messages) > VOICE_MESSAGE_MEMORY:
             self._voice_messages.popitem(last=False)
         return encoded
@@ -648,16 +493,10 @@ __all__ = [
     "STOCK_VOICES",
     "TTS_CACHE_MAX_BYTES",
     "TTS_MODELS",
-    "MentionNames",
     "ResolvedVoice",
-    "Speech",
-    "SpeechService",
+    "SpokenAudio",
+    "TTSService",
     "cache_key",
     "canonical_model",
-    "check_length",
-    "clean_text",
-    "mentioned_user_ids",
     "parse_stock_voice",
-    "prepare_text",
-    "quote_text",
 ]
