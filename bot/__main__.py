@@ -101,12 +101,12 @@ async def _run(config: Config) -> None:
     import aiohttp
     import discord
 
-    from bot.app import NanoVoice, http_session
+    from bot.app import build_bot, http_session
     from bot.nanogpt import NanoGPTClient
 
     async with http_session() as session, _database(config) as db:
         nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
-        async with NanoVoice(config, session=session, db=db, nanogpt=nanogpt) as client:
+        async with build_bot(config, session=session, db=db, nanogpt=nanogpt) as client:
             loop = asyncio.get_running_loop()
             # SIGTERM (systemd, docker stop) closes the bot as cleanly as Ctrl+C: cogs, gateway, database.
             loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(client.close()))

@@ -231,3 +231,23 @@ class NanoVoice(commands.Bot):
         if self.config.allowed_guild_ids is not None:
             for guild in list(self.guilds):
                 await self.leave_if_not_allowed(guild)
+
+
+class ShardedNanoVoice(NanoVoice, commands.AutoShardedBot):
+    """The same bot over several gateway shards in this one process (SHARD_COUNT, SHARD_IDS): discord.py's
+    ``AutoShardedBot``. ``on_ready`` comes once all of them are ready; ``latency`` is their average."""
+
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        if config.shard_count is None:
+            raise ValueError("ShardedNanoVoice needs SHARD_COUNT")
+        kwargs.setdefault("shard_count", config.shard_count)
+        kwargs.setdefault("shard_ids", list(config.shard_ids) if config.shard_ids is not None else None)
+        super().__init__(config, **kwargs)
+
+
+def build_bot(config: Config, **kwargs: Any) -> NanoVoice:
+    """The bot the configuration asks for: :class:`ShardedNanoVoice` with SHARD_COUNT, else a plain
+    :class:`NanoVoice` (one gateway connection, as discord.py's ``Bot``)."""
+    if config.shard_count is None:
+        return NanoVoice(config, **kwargs)
+    return ShardedNanoVoice(config, **kwargs)

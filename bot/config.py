@@ -83,6 +83,10 @@ class Config:
     allowed_guild_ids: frozenset[int] | None = None  # ALLOWED_GUILD_IDS; None: any server
     allowed_tts_models: tuple[str, ...] | None = None  # ALLOWED_TTS_MODELS; None: the documented set
     bot_daily_budget_micros: int = 0  # BOT_DAILY_BUDGET_USD, all servers together; 0: unlimited
+    #: SHARD_COUNT: run as discord.py's AutoShardedBot over that many gateway shards; None: one plain Bot.
+    shard_count: int | None = None
+    #: SHARD_IDS: the shards this process runs (sorted); None: all of them (needs SHARD_COUNT).
+    shard_ids: tuple[int, ...] | None = None
 
     def guild_allowed(self, guild_id: int) -> bool:
         """Whether the bot may serve this server: any without ALLOWED_GUILD_IDS; DEV_GUILD_ID always."""
@@ -140,6 +144,7 @@ VOICE_IDLE_MIN_SECONDS, VOICE_IDLE_MAX_SECONDS = 10, 86_400
 BUDGET_MIN_MICROS, BUDGET_MAX_MICROS = 1_000, 10_000 * 1_000_000
 MONEY_DECIMALS = 6  # the bot counts in micro-dollars: a finer amount can't be honoured, so it is refused
 VOICE_NAME_MAX = 64
+SHARD_COUNT_MAX = 1024
 SECRET_MAX = 512
 URL_MAX = 2048
 PATH_MAX = 4096
@@ -407,6 +412,36 @@ def _model_list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     return tuple(models)
 
 
+_SHARD_PART = re.compile(r"(?P<first>[0-9]{1,4})(?:-(?P<last>[0-9]{1,4}))?")
+
+
+def _shard_ids(env: Mapping[str, str], name: str, count: int | None) -> tuple[int, ...] | None:
+    """``0,1`` or ``0-3`` (or both mixed: ``0-1,3``): distinct shard ids, each below SHARD_COUNT."""
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    if count is None:
+        raise ConfigError(f"{name} needs SHARD_COUNT: set SHARD_COUNT to the total number of shards, "
+                          f"then {name} to the ones this process runs")
+    accepted = f"{name} must list shard ids from 0 to {count - 1} like 0,1 or 0-3"
+    ids: list[int] = []
+    for part in raw.replace(" ", "").split(","):
+        match = _SHARD_PART.fullmatch(part)
+        if match is None:
+            raise ConfigError(f"{accepted}, not {_show(raw)}")
+        first = int(match["first"])
+        last = int(match["last"]) if match["last"] is not None else first
+        if last < first:
+            raise ConfigError(f"{accepted} (a range goes from low to high), not {_show(raw)}")
+        if last >= count:
+            raise ConfigError(f"{accepted}: shard {last} does not exist with SHARD_COUNT={count}")
+        ids.extend(range(first, last + 1))
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"{accepted}, each once; listed more than once: {', '.join(map(str, duplicates))}")
+    return tuple(sorted(ids))
+
+
 def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Config:
     """Build the configuration from ``env`` (default: the process environment plus ``.env``)."""
     if env is None:
@@ -424,6 +459,13 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
     if database_url is not None and _get(env, "DATABASE_PATH") is not None:
         raise ConfigError("DATABASE_URL and DATABASE_PATH are both set: set DATABASE_URL for PostgreSQL or "
                           "DATABASE_PATH for an SQLite file, not both")
+    shard_count = _int(env, "SHARD_COUNT", 0, minimum=1, maximum=SHARD_COUNT_MAX) or None
+    shard_ids = _shard_ids(env, "SHARD_IDS", shard_count)
+    if database_url is None and shard_count is not None and shard_ids is not None \
+            and len(shard_ids) < shard_count:
+        raise ConfigError(f"SHARD_IDS {','.join(map(str, shard_ids))} leaves shards of SHARD_COUNT={shard_count} "
+                          "to another process, but the SQLite database allows only one: run all shards here "
+                          "(unset SHARD_IDS) or set DATABASE_URL to a PostgreSQL database")
     if allowed_models is not None and default_model not in allowed_models:
         raise ConfigError(f"DEFAULT_TTS_MODEL {default_model} is not in ALLOWED_TTS_MODELS; add it there or set "
                           f"DEFAULT_TTS_MODEL to one of {', '.join(allowed_models)}")
@@ -459,4 +501,6 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
         allowed_guild_ids=_id_set(env, "ALLOWED_GUILD_IDS"),
         allowed_tts_models=allowed_models,
         bot_daily_budget_micros=_money(env, "BOT_DAILY_BUDGET_USD", 0),
+        shard_count=shard_count,
+        shard_ids=shard_ids,
     )

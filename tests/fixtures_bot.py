@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.app import NanoVoice, http_session
+from bot.app import NanoVoice, build_bot, http_session
 from bot.clock import Clock
 from bot.config import Config, load_config
 from bot.nanogpt import NanoGPTClient
@@ -110,7 +110,7 @@ class World:
         nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
         # discord.py hard-codes wss:// for the voice websocket: the bot trusts the emulator's test CA.
         connector = aiohttp.TCPConnector(ssl=self.emu.voice_client_ssl_context())
-        bot = NanoVoice(config, session=session, db=db, nanogpt=nanogpt, clock=self.clock, http_host="127.0.0.1",
+        bot = build_bot(config, session=session, db=db, nanogpt=nanogpt, clock=self.clock, http_host="127.0.0.1",
                         guild_ready_timeout=0.05, connector=connector)
 
         async def no_identify_wait(*_: Any, **__: Any) -> None:

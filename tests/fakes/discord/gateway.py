@@ -30,9 +30,13 @@ class _GatewaySession:
     valid: bool = True
 
     def handles_guild(self, guild_id: int | None) -> bool:
-        if guild_id is None or not self.shard:
+        """Discord's sharding: a guild's events go to shard ``(guild_id >> 22) % count``, DMs to shard 0;
+        a session that sent no ``shard`` in IDENTIFY gets everything."""
+        if not self.shard:
             return True
         shard_id, count = self.shard
+        if guild_id is None:
+            return shard_id == 0
         return (guild_id >> 22) % count == shard_id
 
 
@@ -169,12 +173,23 @@ class GatewayMixin:
                 self.gateway_log.append(("buffered", payload))
 
     async def dispatch(self, event: str, data: dict[str, Any], *, guild_id: int | None = None,
-                       intent: int | None = None) -> None:
-        """Send a dispatch to every live session (buffered for a RESUME while disconnected)."""
+                       intent: int | None = None) -> list[list[int] | None]:
+        """Send a dispatch to every live session of the guild's shard (buffered for a RESUME while
+        disconnected); returns those sessions' IDENTIFY ``shard`` values (None: unsharded)."""
         sessions = [s for s in self._sessions.values() if s.valid and s.handles_guild(guild_id)
                     and (intent is None or s.intents & intent)]
         for session in sessions:
             await self._session_dispatch(session, event, data)
+        return [s.shard for s in sessions]
+
+    def shard_of(self, guild_id: int | None, count: int) -> int:
+        """The shard (of ``count``) Discord sends this guild's events to; DMs (None) go to shard 0."""
+        return 0 if guild_id is None else (guild_id >> 22) % count
+
+    @property
+    def identified_shards(self) -> list[list[int] | None]:
+        """The IDENTIFY ``shard`` of every valid session, connected or not."""
+        return [s.shard for s in self._sessions.values() if s.valid]
 
     def _gateway_message(self, msg: EmuMessage, session_intents: int | None = None) -> dict[str, Any]:
         data = self._serialise_message(msg)

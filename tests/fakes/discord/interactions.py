@@ -63,6 +63,8 @@ class EmuInteraction:
         self.choices: list[dict[str, Any]] | None = None
         self.modal: dict[str, Any] | None = None
         self._first_followup_pending = False
+        #: The IDENTIFY ``shard`` of each gateway session INTERACTION_CREATE went to (None: unsharded).
+        self.delivered_to: list[list[int] | None] = []
 
     def __repr__(self) -> str:
         return f"<EmuInteraction id={self.id} type={self.type} callback={self.callback_type}>"
@@ -163,7 +165,7 @@ class InteractionMixin:
         inter = EmuInteraction(self, payload, user, source_message)
         self.interactions[inter.id] = inter
         self._by_token[inter.token] = inter
-        await self.dispatch("INTERACTION_CREATE", payload, guild_id=inter.guild_id)
+        inter.delivered_to = await self.dispatch("INTERACTION_CREATE", payload, guild_id=inter.guild_id)
         return inter
 
     def _command_path(self, command: dict[str, Any], subcommand: str | None) -> tuple[list[str], list[dict]]:

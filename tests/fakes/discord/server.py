@@ -47,6 +47,7 @@ class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, VoiceMixin, Plu
         self.attachment_size_limit = 10 * 1024 * 1024  # the interaction's upload limit (non-boosted guild)
         self.upload_limit = 10 * 1024 * 1024  # what Create Message / webhooks accept per file
         self.heartbeat_interval_ms = 41250
+        self.shard_count = 1  # what GET /gateway/bot recommends; a session's IDENTIFY "shard" decides its events
         self.allowed_privileged_intents = PRIVILEGED_INTENTS
         self.refuse_voice_messages: dict[int, bool] = {}
         self.locale = "en-US"
