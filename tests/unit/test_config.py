@@ -289,3 +289,48 @@ def test_a_bad_database_url_is_one_line_without_its_value(value):
     message = str(info.value)
     assert message.startswith("DATABASE_URL must be a PostgreSQL URL") and "pw" not in message
     assert value not in message.replace("postgresql://nanovoice:PASSWORD@localhost", "")  # only the example
+
+
+@pytest.mark.parametrize(("env", "count", "ids"), [
+    ({}, None, None),
+    ({"SHARD_COUNT": "1"}, 1, None),
+    ({"SHARD_COUNT": "1024"}, 1024, None),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "0-3"}, 4, (0, 1, 2, 3)),
+    ({"SHARD_COUNT": "2", "SHARD_IDS": "1, 0"}, 2, (0, 1)),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "0-1,3", "DATABASE_URL": "postgresql://db/nanovoice"}, 4, (0, 1, 3)),
+])
+def test_shard_count_and_shard_ids(env, count, ids):
+    config = load_config({**BASE, **env})
+    assert (config.shard_count, config.shard_ids) == (count, ids)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SHARD_IDS": "0,1"}, "SHARD_IDS needs SHARD_COUNT: set SHARD_COUNT to the total number of shards, then "
+                           "SHARD_IDS to the ones this process runs"),
+    ({"SHARD_COUNT": "0"}, "SHARD_COUNT must be a whole number from 1 to 1,024, not '0'"),
+    ({"SHARD_COUNT": "1025"}, "SHARD_COUNT must be a whole number from 1 to 1,024, not '1025'"),
+    ({"SHARD_COUNT": "2", "SHARD_IDS": "0,2"},
+     "SHARD_IDS must list shard ids from 0 to 1 like 0,1 or 0-3: shard 2 does not exist with SHARD_COUNT=2"),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "0-2,1"},
+     "SHARD_IDS must list shard ids from 0 to 3 like 0,1 or 0-3, each once; listed more than once: 1"),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "3-1"},
+     "SHARD_IDS must list shard ids from 0 to 3 like 0,1 or 0-3 (a range goes from low to high), not '3-1'"),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "one"}, "SHARD_IDS must list shard ids from 0 to 3 like 0,1 or 0-3, not 'one'"),
+    # SQLite: another process would run the other shards on the same file.
+    ({"SHARD_COUNT": "2", "SHARD_IDS": "0"},
+     "SHARD_IDS 0 leaves shards of SHARD_COUNT=2 to another process, but the SQLite database allows only one: "
+     "run all shards here (unset SHARD_IDS) or set DATABASE_URL to a PostgreSQL database"),
+])
+def test_bad_shard_settings_are_refused_in_one_line(env, message):
+    with pytest.raises(ConfigError) as info:
+        load_config({**BASE, **env})
+    assert str(info.value) == message
+
+
+def test_shard_ids_without_shard_count_exits_2_in_one_line(tmp_path):
+    result = _run_cli([], tmp_path, {**BASE, "SHARD_IDS": "0-1"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["nanovoice: configuration error: SHARD_IDS needs SHARD_COUNT: set SHARD_COUNT to the total "
+                     "number of shards, then SHARD_IDS to the ones this process runs"]
+    assert "Traceback" not in result.stderr + result.stdout

@@ -166,6 +166,10 @@ CHECKS: dict[str, Callable[[Config], None]] = {
         and len(set(c.allowed_tts_models)) == len(c.allowed_tts_models)
         and all(m in TTS_MODELS for m in c.allowed_tts_models) and c.default_tts_model in c.allowed_tts_models),
     "BOT_DAILY_BUDGET_USD": lambda c: _budget_ok(c.bot_daily_budget_micros),
+    "SHARD_COUNT": lambda c: c.shard_count is None or (type(c.shard_count) is int and 1 <= c.shard_count <= 1024),
+    "SHARD_IDS": lambda c: c.shard_ids is None or (
+        c.shard_count is not None and c.shard_ids == tuple(sorted(set(c.shard_ids)))
+        and all(0 <= i < c.shard_count for i in c.shard_ids)),
 }
 
 
