@@ -461,13 +461,11 @@ def load_config(env: Mapping[str, str] | None = None, *, dotenv: bool = True) ->
                           "DATABASE_PATH for an SQLite file, not both")
     shard_count = _int(env, "SHARD_COUNT", 0, minimum=1, maximum=SHARD_COUNT_MAX) or None
     shard_ids = _shard_ids(env, "SHARD_IDS", shard_count)
-    if shard_count is not None and shard_ids is not None and len(shard_ids) < shard_count:
-        # Several processes on one database need clone-job leases and coordinated command sync, which are
-        # not built yet (a restart could mark a sibling's paid clone lost): refused until they are.
-        shared = ("the SQLite database allows only one process" if database_url is None
-                  else "several bot processes on one PostgreSQL database are not supported yet")
+    if shard_count is not None and shard_ids is not None and len(shard_ids) < shard_count and database_url is None:
+        # Other processes would run the other shards on this same file: SQLite allows one process.
         raise ConfigError(f"SHARD_IDS {','.join(map(str, shard_ids))} leaves shards of SHARD_COUNT={shard_count} "
-                          f"to another process, but {shared}: run all shards in this process (unset SHARD_IDS)")
+                          "to another process, but the SQLite database allows only one process: run all shards "
+                          "in this process (unset SHARD_IDS), or share a PostgreSQL database (DATABASE_URL)")
     if allowed_models is not None and default_model not in allowed_models:
         raise ConfigError(f"DEFAULT_TTS_MODEL {default_model} is not in ALLOWED_TTS_MODELS; add it there or set "
                           f"DEFAULT_TTS_MODEL to one of {', '.join(allowed_models)}")

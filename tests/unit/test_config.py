@@ -297,6 +297,8 @@ def test_a_bad_database_url_is_one_line_without_its_value(value):
     ({"SHARD_COUNT": "1024"}, 1024, None),
     ({"SHARD_COUNT": "4", "SHARD_IDS": "0-3"}, 4, (0, 1, 2, 3)),
     ({"SHARD_COUNT": "2", "SHARD_IDS": "1, 0"}, 2, (0, 1)),
+    # A subset of the shards: the other processes share the PostgreSQL database.
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "0-1,3", "DATABASE_URL": "postgresql://db/nanovoice"}, 4, (0, 1, 3)),
 ])
 def test_shard_count_and_shard_ids(env, count, ids):
     config = load_config({**BASE, **env})
@@ -318,10 +320,7 @@ def test_shard_count_and_shard_ids(env, count, ids):
     # SQLite: another process would run the other shards on the same file.
     ({"SHARD_COUNT": "2", "SHARD_IDS": "0"},
      "SHARD_IDS 0 leaves shards of SHARD_COUNT=2 to another process, but the SQLite database allows only one "
-     "process: run all shards in this process (unset SHARD_IDS)"),
-    ({"SHARD_COUNT": "4", "SHARD_IDS": "0-1,3", "DATABASE_URL": "postgresql://db/nanovoice"},
-     "SHARD_IDS 0,1,3 leaves shards of SHARD_COUNT=4 to another process, but several bot processes on one "
-     "PostgreSQL database are not supported yet: run all shards in this process (unset SHARD_IDS)"),
+     "process: run all shards in this process (unset SHARD_IDS), or share a PostgreSQL database (DATABASE_URL)"),
 ])
 def test_bad_shard_settings_are_refused_in_one_line(env, message):
     with pytest.raises(ConfigError) as info:
