@@ -207,6 +207,7 @@ class CloneService:
         self._scheduler: Scheduler[int] = Scheduler(self._turn, name="clone-job")  # keys: job ids
         self.instance = Instance(db, clock, shard_ids=config.shard_ids)
         self._claims: dict[int, int] = {}  # job id → the epoch this process claimed it at
+        self._recovered = False  # the start-up sweep ran (and the claims are not handed back since)
         self._progress_shown: dict[int, tuple[str, float]] = {}
         self._samples: dict[int, tuple[bytes, str] | None] = {}
         self._notice_failures: dict[int, int] = {}
@@ -389,10 +390,12 @@ class CloneService:
         self._progress_shown.pop(job_id, None)
 
     async def recover(self) -> None:
-        """At start-up: the database is the truth. Register this process, then adopt the jobs nobody
-        alive follows (see :meth:`sweep`). A sibling's jobs are left alone."""
+        """At start-up (the cog calls it before Discord is ready; :meth:`run_poller` when nobody did): the
+        database is the truth. Register this process, then adopt the jobs nobody alive follows (see
+        :meth:`sweep`). A sibling's jobs are left alone."""
         await self.instance.register()
         await self.sweep()
+        self._recovered = True
 
     async def sweep(self) -> list[CloneJob]:
         """Adopt the orphans: jobs of dead instances (deleted from ``bot_instances`` first), jobs whose lease
@@ -440,6 +443,7 @@ class CloneService:
     async def release_claims(self) -> None:
         """A clean stop (after the poller drained): hand every job back and delete this instance's row, so a
         sibling's next sweep (or the next start) adopts them at once."""
+        self._recovered = False
         if not self.instance.registered:
             return
         try:
@@ -464,7 +468,8 @@ class CloneService:
         scheduler.idle_recheck = self.idle_recheck
         scheduler.drain_seconds = self.notice_drain_seconds
         try:
-            await self.recover()
+            if not self._recovered:  # the cog recovers before Discord is ready
+                await self.recover()
             if self.db.backend.shared:
                 scheduler.spawn(self._keep_claims(), name="clone-job-claims")
             await scheduler.run()
