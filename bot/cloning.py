@@ -16,8 +16,9 @@ The clone-jobs cog drives this service and only renders; nothing here knows Disc
 * :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job this process claims
   at its due time through a :class:`bot.scheduler.Scheduler` (the database is the source of truth at
   start-up), with bounded concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on
-  transient errors, and finishing jobs: the voice is saved and the job completed in one transaction, a short sample is
-  synthesised, and the user is told exactly once through :class:`JobEvents` (implemented by the cog).
+  transient errors, and finishing jobs: the voice is saved and the job completed in one transaction, a
+  short sample is synthesised, and the user is told exactly once through :class:`JobEvents`
+  (implemented by the cog).
 
 Claims (several bot processes may share one PostgreSQL database): each job is followed by one process,
 the :class:`bot.instances.Instance` that created it or adopted it (``claimed_by``, with a ``lease_epoch``
