@@ -125,3 +125,36 @@ async def test_sqlite_keeps_discord_py_identify_spacing_within_one_process(
             assert len(times) == 1
         assert not any(r.path.endswith("/gateway/bot") for r in emu.requests)
         assert bot._max_concurrency is None
+
+
+# -- SQLite: one process per database file -----------------------------------------------------------------
+
+
+async def test_a_second_process_on_the_sqlite_file_exits_2_and_the_first_keeps_running(world) -> None:
+    await world.stop()  # the in-process bot lets go of the file: the processes below are its users
+    first = await world.spawn()
+    identified = world.emu.identify_count
+    try:
+        second = await world.spawn(wait_ready=False)
+        code = await asyncio.wait_for(second.wait(), 30)
+        lines = [line for line in second.log_path.read_text().splitlines() if line.startswith("nanovoice:")]
+        assert code == 2, second.log_path.read_text()
+        assert lines == [f"nanovoice: another nanovoice process is already using the database "
+                         f"{world.database_path}: stop it first, or share a PostgreSQL database (DATABASE_URL) "
+                         "between processes"]
+        assert "Traceback" not in second.log_path.read_text()
+        assert world.emu.identify_count == identified  # the refused one never reached Discord's gateway
+
+        # The first still answers.
+        inter = await world.emu.slash(world.user("alice"), "help")
+        reply = await inter.wait_final(10)
+        assert reply.embeds or reply.content
+        assert first.returncode is None
+
+        # SIGKILL leaves no stale claim: the kernel dropped the lock with the process.
+        await world.kill(first)
+        third = await world.spawn()
+        await world.terminate(third)
+        assert third.returncode == 0, third.log_path.read_text()
+    finally:
+        await world.kill(first)
