@@ -133,6 +133,10 @@ async def test_sqlite_file_is_claimed_by_one_owner_until_closed(tmp_path):
         assert str(refused.value) == (
             f"another nanovoice process is already using the database {path}: stop it first, or share a "
             "PostgreSQL database (DATABASE_URL) between processes")
+        link = tmp_path / "elsewhere.sqlite3"
+        link.symlink_to(path)
+        with pytest.raises(DatabaseInUse):  # the same file by another name
+            await Database(link).connect()
         # nanovoice check opens it beside the bot without claiming it, and can write.
         check = await Database(path, process_lock=False).connect()
         await check.set_meta("check_write_test", "x")
