@@ -20,10 +20,10 @@ from discord.ext import commands
 
 from bot import interactions, providers
 from bot.cloning import (
-    CloneHandedOver,
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
     ClipSource,
+    CloneHandedOver,
     CloneNotice,
     CloneRequest,
     InteractionRef,
