@@ -25,13 +25,18 @@ the :class:`bot.instances.Instance` that created it or adopted it (``claimed_by`
 raised at every adoption). Only that process polls the job and tells the user: every write about the job
 carries its claim (:class:`bot.storage.Claim`); a write refused because the claim moved
 (:class:`bot.storage.LeaseLost`: this process was taken for dead) drops the job here, without a notice.
+One exception: a submit answered after a sibling marked its job 'lost' settles the quota at the run's
+cost, records the run on the lost row, and tells the user only if it claims the notice (``notified_at``)
+before the sibling does; else :meth:`CloneService.submit` raises :class:`CloneHandedOver` (say nothing).
 The heartbeat (``heartbeat_interval``) renews the ``lease_until`` of every job the process claims; the
 orphan sweep (at start-up, then every ``sweep_interval`` on PostgreSQL) adopts the jobs whose owner is
 dead (row gone, heartbeat older than ``lease_seconds``, liveness lock released), whose lease ran out or
 that nobody claims, in one transaction (``FOR UPDATE SKIP LOCKED``: two sweepers never adopt one job).
 So a start never touches a live sibling's jobs. A clean stop hands the jobs back
-(:meth:`CloneService.release_claims`) for the next sweep to adopt at once. On SQLite one process uses
-the file, so the start-up sweep adopts every job of an earlier run and there is nothing to sweep later.
+(:meth:`CloneService.release_claims`) and announces it (NOTIFY), so the siblings sweep at once (the
+periodic sweep covers a missed notification). A failing heartbeat or sweep is retried, logged once. On
+SQLite one process uses the file, so the start-up sweep adopts every job of an earlier run and there is
+nothing to sweep later.
 
 Notification is claim → send → unclaim-on-failure (``mark_job_notified`` first). A crash in the
 instant between the claim commit and Discord accepting the message loses that one notice (the job

@@ -165,7 +165,7 @@ async def test_a_run_answered_after_the_job_was_lost_is_kept_and_one_side_claims
     first, _ = await _job(db, name="first", ids=["nv1aaaaaaaa"], owner="taken-for-dead")
     second, _ = await _job(db, name="second", ids=["nv2aaaaaaaa"], owner="taken-for-dead")
     adopted, lost = await db.jobs.adopt("adopter", now=100.0, lease_until=160.0, lost_error="lost!")
-    assert lost == [first, second]
+    assert lost == [first, second] == [j.id for j in adopted]
     assert await db.jobs.mark_notified(second, 101.0, claim=Claim("adopter", 2))  # the adopter spoke first
     run = dict(cost_micros=700_000, payment_source="USD", is_api_request=True, submitted_at=102.0, now=102.0)
     assert await db.jobs.record_lost_run(first, run_id="run-1", **run)
