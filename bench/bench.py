@@ -1,6 +1,8 @@
 """nanovoice benchmark: the real bot against the local Discord emulator and the fake NanoGPT.
 
     .venv/bin/python -m bench.bench [--quick] [--only NAME[,NAME…]] [--json PATH]
+    .venv/bin/python -m bench.bench [--processes N] [--guilds G] [--database-url URL]
+    .venv/bin/python -m bench.bench --compare [--guilds G]
 
 The bot runs as its own process, exactly as operators start it (``python -m bot run``), pointed at the
 emulator and the fake NanoGPT, which run in this process together with the driver. So the bot's CPU
@@ -18,12 +20,23 @@ Scenarios (``--only`` picks some; every bot start also yields the start-up and m
 * ``burst64``: 64 ``/say`` injected at the same instant (TTS 0), four times: how long the last one waits
   (informational; it is 64 × the bot's CPU per ``/say``);
 * ``throughput``: 200 ``/say`` from 200 users at once, the fake answering TTS in 500 ms;
+* ``saturation``: 128 members, each sending its next ``/say`` as soon as the last is answered (the fake
+  answering TTS in 100 ms) for 2 s of warm-up and 10 s counted: replies per second, and CPU per ``/say``
+  of the bot processes (sum) and of the PostgreSQL server (its postmaster and children, from ``/proc``);
 * ``cache``: the same ``/say`` again and again: NanoGPT calls and latency;
 * ``voice_message``: ``/say voice_message:true`` → the voice message in the channel (informational);
 * ``poller``: 1,000 open MiniMax clone jobs seeded in the database, the fake answering ``processing`` with
   ``X-Poll-After: 5`` for 20 s; status requests vs the minimum the headers allow, completion-notice lag;
 * ``intake``: clone-audio normalisation times and event-loop lag (``bench/bench_audio.py``);
 * ``startup``: only start the bot (start-up to ready, idle memory).
+
+``--guilds G`` puts G guilds in the emulator (spread evenly over the shards) and every scenario's members
+round-robin over them. ``--processes N`` runs N bot processes with ``SHARD_COUNT=N``, process i
+``SHARD_IDS=i``, all on one PostgreSQL database: ``--database-url``'s, or a throwaway PostgreSQL 15 server
+started for the run (``bench/postgres_server.py``) and stopped at the end. ``--compare`` runs SQLite ×1,
+PostgreSQL ×1 and PostgreSQL ×2 one after the other, each on fresh fakes and a fresh database (a new schema on
+the one server), by default with 64 guilds and the scenarios say64, burst64 and saturation, and prints them
+side by side (the JSON has every configuration's figures and the comparison).
 
 Prints a table (figure, target, PASS/FAIL) and writes everything to ``--json`` (default
 ``bench/results.json``). ``--quick`` shrinks every count for a smoke run (< 60 s). The fake's latencies are
