@@ -237,6 +237,15 @@ def process_cpu_s(pid: int) -> float:
     return (utime + stime + cutime + cstime) / _CLK_TCK
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    total = sum(values)
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+
+
 def process_memory_mb(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with open(f"/proc/{pid}/status") as f:
@@ -781,22 +790,29 @@ class Bench:
         try:
             runners = asyncio.gather(*(member(u) for u in members))
             await asyncio.sleep(s.saturation_warmup)
-            window_start, cpu0 = time.perf_counter(), self.cpu()
+            window_start, cpu0, machine0 = time.perf_counter(), self.cpu(), machine_cpu_s()
             await asyncio.sleep(s.saturation_seconds)
-            window_end = time.perf_counter()
+            window_end, machine1 = time.perf_counter(), machine_cpu_s()
             in_window = sum(1 for t, _ in tokens if t in final and window_start <= final[t] < window_end)
             per_say = self.cpu_per_say(cpu0, in_window)
             await runners
         finally:
             self.nano.tts_latency = 0.0
         rate = in_window / (window_end - window_start)
+        ours = sum(v for v in per_say.values() if v is not None) * rate / 1000  # bot + PostgreSQL + this process
+        busy = (machine1[0] - machine0[0]) / (window_end - window_start)
         latencies = [final[t] - at for t, at in tokens if t in final and window_start <= final[t] < window_end]
         stats = summary_ms(latencies)
         self.results.details.setdefault("saturation", {}).update({
             "members": len(members), "guilds": len(self.guild_channels), "fake_latency_s": s.saturation_latency,
             "window_s": round(window_end - window_start, 3), "replies_in_window": in_window,
             "requests_per_s": round(rate, 1), "latency_in_window": stats, "failures": failures,
-            "requests": len(tokens)} | per_say)
+            "requests": len(tokens),
+            # how busy the whole machine was in the window (cores' worth; everything on it, not only the bench)
+            "machine_busy_cores": round(busy, 2),
+            "machine_busy_share": round((machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]), 3),
+            "bench_cores": round(ours, 2), "other_cores": round(busy - ours, 2),  # other_cores: the rest of the machine
+        } | per_say)
         self.results.add("saturation", f"/say throughput, {len(members)} members in {len(self.guild_channels)} "
                          f"guild(s) (fake TTS {s.saturation_latency * 1000:.0f} ms)", rate, "req/s",
                          note=f"{in_window} replies in {window_end - window_start:.1f} s, median latency "
@@ -1191,6 +1207,8 @@ COMPARE_ROWS = (
     ("PostgreSQL CPU per /say (server)", "ms", ("saturation", "postgres_cpu_ms_per_say"), "lower"),
     ("bot + PostgreSQL CPU per /say", "ms", ("saturation", "total_cpu_ms_per_say"), "lower"),
     ("driver + fakes CPU per /say", "ms", ("saturation", "driver_cpu_ms_per_say"), "lower"),
+    ("machine busy at saturation (all processes)", "cores", ("saturation", "machine_busy_cores"), "lower"),
+    ("… of which not the bench's (other work)", "cores", ("saturation", "other_cores"), "lower"),
 )
 
 
