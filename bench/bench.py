@@ -788,6 +788,7 @@ class Bench:
         stop_at = time.perf_counter() + s.saturation_warmup + s.saturation_seconds
         tokens: list[tuple[str, float]] = []  # (token, injected at)
         failures = 0
+        failed: list[str] = []  # what the failed ones got
 
         async def member(user: Any) -> None:
             nonlocal failures
@@ -799,10 +800,12 @@ class Bench:
                     await self.emu.wait_until(lambda t=inter.token: t in final, 30, "a /say reply")
                 except TimeoutError:
                     failures += 1
+                    failed.append("no reply within 30 s")
                     continue
                 msg = inter.original
                 if msg is None or not msg.attachments:
                     failures += 1
+                    failed.append("deleted" if msg is None else f"reply without speech: {msg.content[:200]!r}")
 
         try:
             runners = asyncio.gather(*(member(u) for u in members))
@@ -824,6 +827,7 @@ class Bench:
             "members": len(members), "guilds": len(self.guild_channels), "fake_latency_s": s.saturation_latency,
             "window_s": round(window_end - window_start, 3), "replies_in_window": in_window,
             "requests_per_s": round(rate, 1), "latency_in_window": stats, "failures": failures,
+            "failed_samples": failed[:5],
             "requests": len(tokens),
             # how busy the whole machine was in the window (cores' worth; everything on it, not only the bench)
             "machine_busy_cores": round(busy, 2),
@@ -1107,6 +1111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run SQLite ×1, PostgreSQL ×1 and PostgreSQL ×2 one after the other (each on fresh "
                              f"fakes and a fresh database) and print them side by side; scenarios "
                              f"{','.join(COMPARE_SCENARIOS)} unless --only says otherwise")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="with --compare: run the configurations R times in rotation and compare the medians "
+                             "(other work on a shared machine then skews every configuration alike; default 1)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the bot's logs (and profiles) here")
     parser.add_argument("--profile-bot", choices=("py-spy", "cprofile"),
                         help="profile the bot process (py-spy: attached after start-up, GIL-holding samples, "
@@ -1121,6 +1128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--processes must be at least 1")
     if args.compare and args.processes != 1:
         parser.error("--compare runs 1 and 2 processes itself: leave out --processes")
+    if args.repeat < 1 or (args.repeat > 1 and not args.compare):
+        parser.error("--repeat needs --compare and must be at least 1")
     if args.guilds is None:
         args.guilds = 64 if args.compare else 1
     if args.guilds < 1:
@@ -1230,33 +1239,39 @@ COMPARE_ROWS = (
 
 
 def comparison(runs: list[tuple[Configuration, Results]]) -> dict[str, Any]:
-    """The comparison's rows (one value per configuration) and the last configuration against the one
-    before it (PostgreSQL ×2 against ×1): a ratio for throughput, a change in per cent for the rest."""
+    """The comparison's rows: per configuration the median of its runs (``--repeat``; all of them in
+    ``runs``), and the last configuration against the one before it (PostgreSQL ×2 against ×1): a ratio
+    for throughput, a change in per cent for the rest."""
     for _, results in runs:
         sat = results.details.get("saturation", {})
         if "bot_cpu_ms_per_say" in sat:
             parts = [sat.get("bot_cpu_ms_per_say"), sat.get("postgres_cpu_ms_per_say") or 0.0]
             sat["total_cpu_ms_per_say"] = None if parts[0] is None else round(sum(parts), 3)
+    names = list(dict.fromkeys(conf.name for conf, _ in runs))
+    by_name = {name: [results for conf, results in runs if conf.name == name] for name in names}
     rows = []
     for label, unit, path, better in COMPARE_ROWS:
-        values = [_get(results.details, *path) for _, results in runs]
-        if all(v is None for v in values):
+        each = {name: [v for v in (_get(r.details, *path) for r in by_name[name]) if v is not None] for name in names}
+        if not any(each.values()):
             continue
-        row: dict[str, Any] = {"figure": label, "unit": unit, "better": better,
-                               "values": {conf.name: v for (conf, _), v in zip(runs, values, strict=True)}}
-        if len(values) >= 2 and values[-1] is not None and values[-2]:
-            a, b = values[-2], values[-1]
+        values = {name: round(statistics.median(v), 3) if v else None for name, v in each.items()}
+        row: dict[str, Any] = {"figure": label, "unit": unit, "better": better, "values": values,
+                               "runs": each}
+        if len(names) >= 2 and values[names[-1]] is not None and values[names[-2]]:
+            a, b = values[names[-2]], values[names[-1]]
             row["last_vs_previous"] = (f"{b / a:.2f}×" if unit == "req/s" else f"{(b - a) / a * 100:+.0f} %")
         rows.append(row)
-    failures = {conf.name: sum(int(_get(results.details, key, "failures") or 0)
-                               for key in ("say64", "burst64", "saturation")) for conf, results in runs}
-    return {"rows": rows, "failures": failures}
+    failures = {name: sum(int(_get(r.details, key, "failures") or 0) for r in by_name[name]
+                          for key in ("say64", "burst64", "saturation")) for name in names}
+    return {"rows": rows, "failures": failures, "repeats": {name: len(by_name[name]) for name in names}}
 
 
-def render_comparison(runs: list[tuple[Configuration, Results]], table: dict[str, Any]) -> str:
-    names = [conf.name for conf, _ in runs]
+def render_comparison(table: dict[str, Any]) -> str:
+    names = list(table["failures"])
+    repeats = max(table["repeats"].values(), default=1)
     last = f"{names[-1]} vs {names[-2]}" if len(names) >= 2 else ""
-    header = ("figure", *names, *((last,) if last else ()))
+    header = ("figure" + (f" (median of {repeats} runs each)" if repeats > 1 else ""), *names,
+              *((last,) if last else ()))
     lines_ = [header]
     for row in table["rows"]:
         cells = [f"{row['figure']} ({row['unit']})"]
@@ -1264,7 +1279,7 @@ def render_comparison(runs: list[tuple[Configuration, Results]], table: dict[str
         if last:
             cells.append(row.get("last_vs_previous", "—"))
         lines_.append(tuple(cells))
-    lines_.append(("failed /say", *(str(table["failures"][n]) for n in names), *(("",) if last else ())))
+    lines_.append(("failed /say (all runs)", *(str(table["failures"][n]) for n in names), *(("",) if last else ())))
     widths = [max(len(r[i]) for r in lines_) for i in range(len(header))]
     out = []
     for i, row in enumerate(lines_):
@@ -1287,8 +1302,8 @@ def main(argv: list[str] | None = None) -> int:
                  "throughput_latency": args.throughput_latency,
                  "poll_after": args.poll_after, "poll_seconds": args.complete_after}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
-    if args.compare:
-        configurations: list[Configuration] = list(COMPARE)
+    if args.compare:  # in rotation, so that other work on the machine falls on every configuration alike
+        configurations: list[Configuration] = list(COMPARE) * args.repeat
     elif args.processes > 1:
         configurations = [Configuration(f"PostgreSQL ×{args.processes}", "postgres", args.processes)]
     else:
@@ -1319,8 +1334,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         table = comparison(runs)
         out["comparison"] = table
-        out["configurations"] = [{"name": conf.name, "database": conf.database, "processes": conf.processes}
-                                 | _results_json(results) for conf, results in runs]
+        out["configurations"] = [{"name": conf.name, "run": 1 + i // len(COMPARE), "database": conf.database,
+                                  "processes": conf.processes} | _results_json(results)
+                                 for i, (conf, results) in enumerate(runs)]
     else:
         out |= _results_json(runs[0][1])
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -1332,13 +1348,13 @@ def main(argv: list[str] | None = None) -> int:
           f"average before {m['loadavg_1_5_15_before'][0]}, after {m['loadavg_1_5_15_after'][0]} (other work "
           f"skews the figures)\n")
     problems: list[str] = []
-    for conf, results in runs:
+    for i, (conf, results) in enumerate(runs):
         if len(runs) > 1:
-            print(f"== {conf.name}")
+            print(f"== {conf.name}" + (f", run {1 + i // len(COMPARE)}" if args.repeat > 1 else ""))
         print(render_table(results) + ("\n" if len(runs) > 1 else ""))
         problems += [f"{conf.name}: {p}" if len(runs) > 1 else p for p in results.problems]
     if args.compare:
-        print(render_comparison(runs, out["comparison"]))
+        print(render_comparison(out["comparison"]))
     if problems:
         print(f"\n{len(problems)} problem(s) seen during the run (see the JSON), first ones:")
         for line in problems[:5]:
