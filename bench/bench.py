@@ -573,10 +573,8 @@ class Bench:
         inters = await asyncio.gather(*(self.emu.slash(user, "say", options=opts,
                                                        channel_id=self._channel_of.get(user.id))
                                         for user, opts in requests))
-        for inter in inters:  # which shard's connection got it (None: unsharded)
-            for shard in inter.delivered_to or [None]:
-                key = "all" if shard is None else str(shard[0])
-                self.delivered[key] = self.delivered.get(key, 0) + 1
+        for inter in inters:
+            self._count_delivery(inter)
         tokens = [i.token for i in inters]
         final = self.emu.final_at
         with contextlib.suppress(TimeoutError):
@@ -592,6 +590,12 @@ class Bench:
                 continue
             latencies.append(final[inter.token] - self.emu.injected_at[inter.token])
         return latencies, failures
+
+    def _count_delivery(self, inter: Any) -> None:
+        """Which shard's connection got the interaction ("all": an unsharded one)."""
+        for shard in inter.delivered_to or [None]:
+            key = "all" if shard is None else str(shard[0])
+            self.delivered[key] = self.delivered.get(key, 0) + 1
 
     def users(self, n: int, prefix: str) -> list[Any]:
         """``n`` new members, spread round-robin over the guilds (all in the default guild with one)."""
@@ -796,6 +800,7 @@ class Bench:
                 inter = await self.emu.slash(user, "say", options={"text": self.text("at saturation")},
                                              channel_id=self._channel_of.get(user.id))
                 tokens.append((inter.token, self.emu.injected_at[inter.token]))
+                self._count_delivery(inter)
                 try:
                     await self.emu.wait_until(lambda t=inter.token: t in final, 30, "a /say reply")
                 except TimeoutError:
