@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,7 @@ class GatewayMixin:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
         self.identify_count += 1
+        self.identifies.append((time.monotonic(), d.get("shard")))
         session = _GatewaySession(secrets.token_hex(16), intents, d.get("shard"), ws=ws, request=request)
         self._sessions[session.session_id] = session
         guilds = [g for g in self.guilds.values() if session.handles_guild(g.id)]
