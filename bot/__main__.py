@@ -126,7 +126,7 @@ async def _run(config: Config) -> None:
         async with build_bot(config, session=session, db=db, nanogpt=nanogpt) as client:
             loop = asyncio.get_running_loop()
             # SIGTERM (systemd, docker stop) closes the bot as cleanly as Ctrl+C: cogs, gateway, database.
-            loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(client.close()))
+            loop.add_signal_handler(signal.SIGTERM, _on_sigterm(client))
             try:
                 await client.login(str(config.discord_token))
             except (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException) as exc:
@@ -152,6 +152,22 @@ async def _run(config: Config) -> None:
                     logging.getLogger(name).removeFilter(first)
             if first.error is not None:
                 raise _gateway_unreachable(config, first.error)
+
+
+def _on_sigterm(client: NanoVoice) -> Callable[[], None]:
+    """The first SIGTERM closes the bot cleanly (clone submits already sent get their answer first: see
+    :meth:`bot.cloning.CloneService.drain_submits`); a second one stops waiting for them, so a stop never
+    hangs on NanoGPT. (A second Ctrl+C ends the process at once, as asyncio does.)"""
+    closing: list[asyncio.Future[None]] = []
+
+    def handle() -> None:
+        if not closing:
+            closing.append(asyncio.ensure_future(client.close()))
+            return
+        log.warning("second stop signal: no longer waiting for clone submits in flight")
+        client.clones.cut_drain()
+
+    return handle
 
 
 @contextlib.asynccontextmanager

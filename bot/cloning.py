@@ -13,6 +13,11 @@ The clone-jobs cog drives this service and only renders; nothing here knows Disc
   'submitting' row without run id: whoever adopts it (the next start, or a sibling process) marks it
   'lost' and tells the user; it is never resubmitted (it may have been charged). States and their
   moves: :mod:`bot.job_states`.
+* A clean stop (:meth:`CloneService.drain_submits`, called by the cog before the poller stops and before
+  Discord's HTTP closes) refuses new submits with one sentence (:data:`RESTARTING`; nothing reserved or
+  sent) and gives the submits already sent up to ``submit_drain_seconds`` to be answered and recorded
+  ('pending'); the claims are then handed back and whoever adopts the job finishes it. Only a submit
+  still unanswered after that wait is cancelled and 'lost'.
 * :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job this process claims
   at its due time through a :class:`bot.scheduler.Scheduler` (the database is the source of truth at
   start-up), with bounded concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on
@@ -51,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol
 
@@ -99,6 +104,7 @@ LOST_AFTER_TIMEOUT = (
     "NanoGPT stopped answering after I sent your clone, so I can't tell whether it got it and charged for it. "
     "I won't send it again, so nothing is charged twice; the bot's operator can check NanoGPT's dashboard."
 )
+RESTARTING = "I'm restarting right now; nothing was charged — try again in a minute."
 TIMED_OUT = "NanoGPT did not finish the clone within 30 minutes."
 FAILED_WITHOUT_REASON = "NanoGPT reported that the clone failed without giving a reason."
 
@@ -217,6 +223,7 @@ class CloneService:
     notice_attempts = 8
     notice_drain_seconds = 10.0  # at shutdown, how long notices already being sent may take to finish
     notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
+    submit_drain_seconds = 20.0  # at a clean stop, how long submits already sent may take to be answered
     # Claims (several processes on one PostgreSQL database; see the module's docstring).
     lease_seconds = 60.0  # a claim lapses this long after its owner's last heartbeat
     heartbeat_interval = 10.0  # the instance row's heartbeat and the renewal of every claim
@@ -242,6 +249,11 @@ class CloneService:
         self._samples: dict[int, tuple[bytes, str] | None] = {}
         self._notice_failures: dict[int, int] = {}
         self._sweep_soon = asyncio.Event()  # a sibling handed jobs back (or notices may have been missed)
+        # Clean stop (:meth:`drain_submits`): the tasks preparing or submitting a clone now, and whether new
+        # ones are refused; ``_cut_drain`` ends the wait for them early (a second stop signal).
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._cut_drain = asyncio.Event()
         db.subscribe(self._on_notification)
 
     # -- checks ----------------------------------------------------------------------------------
@@ -257,6 +269,7 @@ class CloneService:
     async def check(self, request: CloneRequest, clip: ClipSource) -> CloneRequest:
         """The checks that need no download (name, policy, limits, size): fast enough to run before a
         Discord defer. Returns the request with its fields normalised."""
+        self._ensure_accepting()
         name = validate_voice_name(request.name)
         provider = providers.find(request.provider)
         if provider is None:
@@ -274,10 +287,76 @@ class CloneService:
         return request
 
     async def prepare_audio(self, request: CloneRequest, clip: ClipSource) -> PreparedClone:
-        """Download and normalise the clip of a request that passed :meth:`check`."""
-        data = await clip.read()  # normalize_clone_audio sniffs the header first
-        normalized = await audio.normalize_clone_audio(data, request.provider, filename=clip.filename)
+        """Download and normalise the clip of a request that passed :meth:`check`. A clean stop that began
+        meanwhile refuses it (:data:`RESTARTING`): nothing was reserved or sent."""
+        self._ensure_accepting()
+        with self._tracked():
+            data = await clip.read()  # normalize_clone_audio sniffs the header first
+            normalized = await audio.normalize_clone_audio(data, request.provider, filename=clip.filename)
+        self._ensure_accepting()
         return PreparedClone(request, normalized, providers.price_micros(request.provider))
+
+    # -- a clean stop: submits already sent get their answer ---------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """A clean stop began: new clone submits are refused with :data:`RESTARTING`."""
+        return self._stopping
+
+    def _ensure_accepting(self) -> None:
+        if self._stopping:
+            raise UserFacingError(RESTARTING)
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """The current task prepares or submits a clone: a clean stop waits for it (:meth:`drain_submits`)."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._in_flight.add(task)
+        try:
+            yield
+        finally:
+            self._in_flight.discard(task)
+
+    def cut_drain(self) -> None:
+        """Stop waiting for the submits in flight now (a second stop signal): they are cancelled and 'lost'."""
+        self._cut_drain.set()
+
+    async def drain_submits(self) -> None:
+        """A clean stop, before the poller stops and before Discord's HTTP closes: refuse new clone submits
+        (:data:`RESTARTING`), then give the submits already sent up to ``submit_drain_seconds`` to be
+        answered, so their run is recorded ('pending'), the quota settled and their card updated (the poller,
+        or the sibling or the next start that adopts the job, finishes it). Clips still being downloaded or
+        transcoded are refused when that ends. What is still unanswered after the wait (or after
+        :meth:`cut_drain`) is cancelled: its job becomes 'lost', never resent, and the user is told once."""
+        self._stopping = True
+        waiting = {task for task in self._in_flight if not task.done()}
+        if not waiting:
+            return
+        log.info("clean stop: waiting up to %.0f s for %d clone submit(s) in flight", self.submit_drain_seconds,
+                 len(waiting))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.submit_drain_seconds
+        cut = asyncio.ensure_future(self._cut_drain.wait())
+        try:
+            while waiting and not cut.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(waiting | {cut}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                waiting = {task for task in waiting if not task.done()}
+        finally:
+            cut.cancel()
+        if not waiting:
+            log.info("clean stop: every clone submit in flight was answered")
+            return
+        log.warning("clean stop: %d clone submit(s) still unanswered; cancelling them (they become lost)",
+                    len(waiting))
+        for task in waiting:
+            task.cancel()
+        await asyncio.wait(waiting, timeout=self.notice_drain_seconds)
 
     # -- submit: reserve → record → send → record the run ----------------------------------------
 
@@ -289,8 +368,18 @@ class CloneService:
         before the poller first looks at the job. Raises ``UserFacingError`` (limits, name taken
         meanwhile, job lost) or ``NanoGPTError`` (the job is then failed and the quota released).
         """
+        self._ensure_accepting()
+        with self._tracked():
+            return await self._submit(prepared, where, on_recorded)
+
+    async def _submit(self, prepared: PreparedClone, where: InteractionRef,
+                      on_recorded: Callable[[CloneJob], Awaitable[object]] | None) -> CloneJob:
         reservation = await self._reserve(prepared)
         job_id, custom_voice_id = await self._record(prepared, where, reservation)
+        if self._stopping:  # the stop began while reserving: nothing was sent, nothing is charged
+            await self.limits.release(reservation)
+            await self._finish_submit(job_id, JobState.FAILED, RESTARTING, notified=True)
+            raise UserFacingError(RESTARTING)
         ticket = await self._send(job_id, prepared, custom_voice_id, reservation)
         try:
             await self._record_run(job_id, ticket)

@@ -244,6 +244,9 @@ class Cloning(commands.Cog):
         self.poller = asyncio.create_task(self._run_poller(), name="clone-job-poller")
 
     async def cog_unload(self) -> None:
+        # A clean stop: first the paid submits already sent get their answer (new ones are refused with one
+        # sentence), while Discord's HTTP is still open to update their cards; then the poller stops.
+        await self.bot.clones.drain_submits()
         self.bot.set_clone_flow(None)
         self.bot.tree.remove_command(self.clone_menu.name, type=self.clone_menu.type)
         if self.poller is not None:

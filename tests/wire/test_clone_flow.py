@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 
 import pytest
 
-from bot.cloning import LOST_AFTER_RESTART
+from bot.cloning import LOST_AFTER_RESTART, RESTARTING
 from cogs.cloning import CONSENT
 from tests.fakes.nanogpt import Step
 from tests.fixtures_bot import World
@@ -392,5 +393,121 @@ async def test_shutdown_while_a_notice_is_being_sent_waits_for_it_and_never_repe
     await world.start()
     await asyncio.sleep(1.0)
     assert len(ready_edits(world, inter.token)) == 1
+    (job,) = await world.db.jobs.for_user(alice.id)
+    assert job.state == "completed" and job.notified_at is not None
+
+
+# -- a clean stop while a paid submit is in flight -----------------------------------------------------------
+
+
+def lost_edits(world: World, token: str) -> list:
+    return world.emu.find_requests("PATCH", rf"/webhooks/\d+/{re.escape(token)}/messages/@original",
+                                   predicate=lambda r: LOST_AFTER_RESTART in str(r.payload))
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_a_clean_stop_waits_for_a_submit_in_flight_and_the_next_start_completes_it(world: World,
+                                                                                         audio_corpus):
+    """SIGTERM (a rolling restart) while NanoGPT is still answering the paid submit: the stop waits for the
+    answer, records the run and updates the card; the next start adopts the job and tells the user once."""
+    world.nano.complete_after(1.5, poll_after=0.2)
+    world.nano.fail_next("/voice-clone/minimax", None, delay=1.0)  # NanoGPT holds its answer for 1 s
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Drained",
+                            provider="minimax")
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await world.stop()
+    assert loop.time() - started >= 0.5  # the stop waited for NanoGPT's answer
+    assert embed(inter.original)["title"] == "Cloning “Drained”"  # the status card, before Discord's HTTP closed
+    assert fields(inter.original)["State"] in ("Queued", "Processing", "Completed")
+
+    await world.start()
+    done = await card(world, inter, is_ready, timeout=15)
+    assert embed(done)["title"] == "Voice “Drained” is ready"
+    await asyncio.sleep(0.5)
+    assert len(ready_edits(world, inter.token)) == 1 and lost_edits(world, inter.token) == []
+    (submit,) = world.nano.submits
+    (job,) = await world.db.jobs.for_user(alice.id)
+    assert job.state == "completed" and job.run_id == submit.run_id and job.notified_at is not None
+    assert len(await world.db.voices.list(alice.id)) == 1
+    clones = [r for r in await ledger_rows(world.db) if r["kind"] == "clone"]
+    assert [(r["state"], r["amount_micros"]) for r in clones] == [("charged", 1_000_000)]
+    assert len([c for c in world.nano.charges if c.kind.startswith("clone")]) == 1
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_a_submit_unanswered_after_the_drain_is_lost_with_one_message(world: World, audio_corpus):
+    world.bot.clones.submit_drain_seconds = 0.3
+    world.nano.fail_next("/voice-clone/minimax", None, delay=3.0)  # longer than the drain
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Limbo",
+                            provider="minimax")
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await world.stop()
+    assert loop.time() - started < 2.5  # the drain's limit, not NanoGPT's 3 s
+    await world.start()
+    told = await card(world, inter, lambda m: LOST_AFTER_RESTART in embed(m).get("description", ""))
+    assert fields(told)["State"] == "Not confirmed"
+    await world.restart()
+    await asyncio.sleep(0.5)
+    assert len(lost_edits(world, inter.token)) == 1 and len(world.nano.submits) == 1  # once; never resent
+    (job,) = await world.db.jobs.for_user(alice.id)
+    assert job.state == "lost" and job.run_id is None and job.notified_at is not None
+    held = [r["state"] for r in await ledger_rows(world.db) if r["kind"] == "clone"]
+    assert held == ["reserved"]  # it may have been charged: the reservation stays
+
+
+async def test_a_confirm_pressed_during_the_drain_is_refused_and_nothing_is_sent(world: World, audio_corpus):
+    alice, bob = world.user("alice"), world.user("bob")
+    first = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="First",
+                            provider="minimax")
+    second = await run_clone(world, bob, audio_corpus("mp3", 12), "b.mp3", "audio/mpeg", name="Second",
+                             provider="minimax")
+    confirm_a = await card(world, first, lambda m: "Confirm" in buttons(m))
+    confirm_b = await card(world, second, lambda m: "Confirm" in buttons(m))
+    world.nano.fail_next("/voice-clone/minimax", None, delay=1.5)
+    await world.emu.click(alice, confirm_a, buttons(confirm_a)["Confirm"]["custom_id"])
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    bot = world.bot
+    stopping = asyncio.create_task(world.stop())
+    await world.emu.wait_until(lambda: bot.clones.stopping, 5, "the clean stop to begin")
+    await world.emu.click(bob, confirm_b, buttons(confirm_b)["Confirm"]["custom_id"])
+    refused = await card(world, second, lambda m: embed(m).get("description") == RESTARTING)
+    assert refused.components == [] and not stopping.done()  # answered while the stop still waits for alice
+    await stopping
+    assert len(world.nano.submits) == 1  # bob's clone never reached NanoGPT
+    await world.start()
+    assert await world.db.jobs.for_user(bob.id) == []
+    assert [r["state"] for r in await ledger_rows(world.db) if r["user_id"] == bob.id] == []
+    (job,) = await world.db.jobs.for_user(alice.id)
+    assert job.run_id is not None and job.state != "lost"
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_sigterm_mid_submit_lets_the_answer_in_and_the_next_start_completes_it(world: World, audio_corpus):
+    await world.stop()
+    world.nano.complete_after(1.0, poll_after=0.2)
+    world.nano.fail_next("/voice-clone/minimax", None, delay=2.0)  # NanoGPT holds its answer
+    proc = await world.spawn()
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Rolling",
+                            provider="minimax")
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    proc.send_signal(signal.SIGTERM)  # a rolling restart
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    log_text = proc.log_path.read_text()  # type: ignore[attr-defined]
+    assert "every clone submit in flight was answered" in log_text and "marking it lost" not in log_text
+
+    await world.start()
+    done = await card(world, inter, is_ready, timeout=15)
+    assert embed(done)["title"] == "Voice “Rolling” is ready"
+    await asyncio.sleep(0.5)
+    assert len(ready_edits(world, inter.token)) == 1 and lost_edits(world, inter.token) == []
+    assert len(world.nano.submits) == 1
+    assert len([c for c in world.nano.charges if c.kind.startswith("clone")]) == 1
     (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "completed" and job.notified_at is not None
