@@ -511,3 +511,30 @@ async def test_sigterm_mid_submit_lets_the_answer_in_and_the_next_start_complete
     assert len([c for c in world.nano.charges if c.kind.startswith("clone")]) == 1
     (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "completed" and job.notified_at is not None
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_a_second_sigterm_stops_waiting_for_the_submit(world: World, audio_corpus):
+    await world.stop()
+    world.nano.fail_next("/voice-clone/minimax", None, delay=8.0)  # far past the point of a second signal
+    proc = await world.spawn()
+    alice = world.user("alice")
+    inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Impatient",
+                            provider="minimax")
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    loop = asyncio.get_running_loop()
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert proc.returncode is None  # the first signal waits for NanoGPT's answer
+    started = loop.time()
+    proc.send_signal(signal.SIGTERM)  # the operator does not want to wait
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert loop.time() - started < 5
+    assert "second stop signal" in proc.log_path.read_text()  # type: ignore[attr-defined]
+
+    await world.start()
+    await card(world, inter, lambda m: LOST_AFTER_RESTART in embed(m).get("description", ""))
+    await asyncio.sleep(0.5)
+    assert len(lost_edits(world, inter.token)) == 1 and len(world.nano.submits) == 1
+    (job,) = await world.db.jobs.for_user(alice.id)
+    assert job.state == "lost" and job.run_id is None

@@ -281,3 +281,30 @@ async def test_heartbeat_and_sweep_outlive_a_database_failure_and_log_it_once(tw
     beat = (await b.db.instances.get(b.service.instance.id)).heartbeat_at
     await asyncio.sleep(0.3)
     assert (await b.db.instances.get(b.service.instance.id)).heartbeat_at > beat  # still beating
+
+
+async def test_a_clean_stop_mid_submit_hands_the_recorded_job_to_the_sibling(two, fake_nanogpt):
+    """A rolling restart of A while its paid submit is in flight: A's stop waits for NanoGPT's answer and
+    records the run, then hands the job back; B adopts it and finishes it with the only notice."""
+    a, b = two
+    await b.start()
+    b.service.lease_seconds = 3600.0  # only the hand-over, not an expired lease, can move the job
+    fake_nanogpt.clone_script = PROCESSING
+    fake_nanogpt.fail_next("/voice-clone/minimax", status=None, delay=1.0)
+    submitting = asyncio.create_task(a.clone("Rolling", "minimax"))
+    await fake_nanogpt.wait_for("/voice-clone/minimax")
+    await a.service.drain_submits()  # what the clone cog's unload does first
+    job = await submitting
+    assert job.state == "pending" and job.run_id is not None
+    await a.stop()
+
+    async def adopted():
+        return (await b.job(job.id)).claimed_by == b.service.instance.id
+
+    await _wait_for(adopted, seconds=5.0)
+    finish(fake_nanogpt, [job])
+    done, notice = await b.events.wait()
+    assert notice.outcome == "completed" and done.id == job.id and a.events.notices == []
+    await asyncio.sleep(0.5)
+    assert len(b.events.notices) == 1 and len(fake_nanogpt.submits) == 1
+    assert (await b.job(job.id)).state == "completed"

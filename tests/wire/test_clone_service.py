@@ -21,6 +21,7 @@ from bot.clock import Clock
 from bot.cloning import (
     LOST_AFTER_RESTART,
     LOST_AFTER_TIMEOUT,
+    RESTARTING,
     ClipSource,
     CloneRequest,
     CloneService,
@@ -346,6 +347,73 @@ async def test_a_submit_cut_off_by_a_crash_is_lost_not_resubmitted(env):
     await env.start()  # and again: told once only
     await asyncio.sleep(0.3)
     assert env.events.notices == [] and env.fake.submits == []
+
+
+# -- a clean stop (the cog's unload: drain_submits, then the poller stops) ---------------------------------
+
+
+async def test_a_clean_stop_lets_the_submit_in_flight_be_recorded_and_the_next_start_finishes_it(env):
+    env.fake.fail_next("/voice-clone/minimax", status=None, delay=1.0)  # answered after 1 s
+    submitting = asyncio.create_task(env.clone("Drained", "minimax"))
+    await env.fake.wait_for("/voice-clone/minimax")
+    await env.service.drain_submits()
+    assert submitting.done()  # the drain waited for NanoGPT's answer
+    job = await submitting
+    assert job.state == "pending" and job.run_id == env.fake.submits[0].run_id
+    await env.stop()
+    await env.start()
+    done, notice = await env.events.wait()
+    assert notice.outcome == "completed" and done.id == job.id and done.state == "completed"
+    await asyncio.sleep(0.3)
+    assert len(env.events.notices) == 1 and len(env.fake.submits) == 1
+    clones = [row for row in await env.ledger() if row["kind"] == "clone"]  # (the sample is a 'tts' row)
+    assert clones == [{"kind": "clone", "state": "charged", "amount_micros": 1_000_000}]
+
+
+async def test_a_submit_unanswered_after_the_drain_is_cancelled_and_lost_once(env):
+    env.service.submit_drain_seconds = 0.2
+    env.fake.fail_next("/voice-clone/minimax", status=None, delay=3.0)
+    submitting = asyncio.create_task(env.clone("Limbo", "minimax"))
+    await env.fake.wait_for("/voice-clone/minimax")
+    await env.service.drain_submits()
+    assert submitting.cancelled()
+    await env.stop()
+    await env.start()
+    job, notice = await env.events.wait()
+    assert notice.outcome == "lost" and notice.message == LOST_AFTER_RESTART and job.state == "lost"
+    await asyncio.sleep(0.3)
+    assert len(env.events.notices) == 1 and len(env.fake.submits) == 1
+    assert [row["state"] for row in await env.ledger()] == ["reserved"]  # it may have been charged
+
+
+async def test_a_clean_stop_refuses_new_clones_and_those_still_being_prepared(env):
+    downloading, release = asyncio.Event(), asyncio.Event()
+    data = env.corpus("mp3", 12.0)
+
+    async def slow_read() -> bytes:
+        downloading.set()
+        await release.wait()
+        return data
+
+    request = await env.service.check(env.request("Slow"), env.clip())
+    clip = ClipSource("a.mp3", len(data), 10 * 1024 * 1024, slow_read)
+    preparing = asyncio.create_task(env.service.prepare_audio(request, clip))
+    await downloading.wait()
+    prepared = await env.prepare(env.request("Ready"), env.clip())  # before the stop: confirm card shown
+    draining = asyncio.create_task(env.service.drain_submits())
+    await asyncio.sleep(0.05)
+    assert not draining.done()  # it waits for the download too
+    where = InteractionRef(30, "token", env.clock.now() + 900)
+    with pytest.raises(UserFacingError, match=re.escape(RESTARTING)):  # Confirm pressed during the stop
+        await env.service.submit(prepared, where)
+    with pytest.raises(UserFacingError, match=re.escape(RESTARTING)):  # /voice clone during the stop
+        await env.service.check(env.request("New"), env.clip())
+    release.set()
+    with pytest.raises(UserFacingError, match=re.escape(RESTARTING)):
+        await preparing
+    await draining
+    assert env.fake.requests == [] and await env.ledger() == [] and await env.db.jobs.for_user(1) == []
+    assert RESTARTING == "I'm restarting right now; nothing was charged — try again in a minute."
 
 
 # -- rejections (the audio and name cases are in test_clone_flow.py, over the wire) ---------------------------
