@@ -488,7 +488,10 @@ async def test_a_confirm_pressed_during_the_drain_is_refused_and_nothing_is_sent
 
 
 @pytest.mark.env(CLONE_CONFIRM="false")
-async def test_sigterm_mid_submit_lets_the_answer_in_and_the_next_start_completes_it(world: World, audio_corpus):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_mid_submit_lets_the_answer_in_and_the_next_start_completes_it(world: World, audio_corpus,
+                                                                                           stop_signal):
+    """SIGTERM (systemd, a rolling restart) or SIGINT (Ctrl+C, the image's STOPSIGNAL)."""
     await world.stop()
     world.nano.complete_after(1.0, poll_after=0.2)
     world.nano.fail_next("/voice-clone/minimax", None, delay=2.0)  # NanoGPT holds its answer
@@ -497,7 +500,7 @@ async def test_sigterm_mid_submit_lets_the_answer_in_and_the_next_start_complete
     inter = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="Rolling",
                             provider="minimax")
     await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
-    proc.send_signal(signal.SIGTERM)  # a rolling restart
+    proc.send_signal(stop_signal)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     log_text = proc.log_path.read_text()  # type: ignore[attr-defined]
     assert "every clone submit in flight was answered" in log_text and "marking it lost" not in log_text
