@@ -320,6 +320,11 @@ class CloneService:
         finally:
             self._in_flight.discard(task)
 
+    def accept_submits(self) -> None:
+        """Accept clone submits again (the cog calls it as it loads; a service is built accepting)."""
+        self._stopping = False
+        self._cut_drain.clear()
+
     def cut_drain(self) -> None:
         """Stop waiting for the submits in flight now (a second stop signal): they are cancelled and 'lost'."""
         self._cut_drain.set()
@@ -488,10 +493,14 @@ class CloneService:
             await self.limits.release(reservation)
             await self._finish_submit(job_id, JobState.FAILED, exc.user_message, notified=True)
             raise
-        except BaseException:
+        except BaseException as exc:
             # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
             # resubmit; the poller (or the next start) tells the user honestly.
-            log.exception("clone job %s: submit interrupted; marking it lost", job_id)
+            if self._stopping and isinstance(exc, asyncio.CancelledError):
+                log.warning("clone job %s: submit still unanswered when the stop stopped waiting; marking it lost",
+                            job_id)
+            else:
+                log.exception("clone job %s: submit interrupted; marking it lost", job_id)
             await asyncio.shield(self._finish_submit(job_id, JobState.LOST, LOST_AFTER_RESTART))
             with contextlib.suppress(RuntimeError):
                 self._scheduler.schedule(job_id, 0.0)

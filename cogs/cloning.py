@@ -239,6 +239,7 @@ class Cloning(commands.Cog):
         self.poller: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
+        self.bot.clones.accept_submits()
         self.bot.set_clone_flow(self)
         self.bot.tree.add_command(self.clone_menu)
         self.poller = asyncio.create_task(self._run_poller(), name="clone-job-poller")

@@ -414,6 +414,9 @@ async def test_a_clean_stop_refuses_new_clones_and_those_still_being_prepared(en
     await draining
     assert env.fake.requests == [] and await env.ledger() == [] and await env.db.jobs.for_user(1) == []
     assert RESTARTING == "I'm restarting right now; nothing was charged — try again in a minute."
+    env.service.accept_submits()  # what a (re)loaded clone cog does
+    job = await env.service.submit(prepared, where)
+    assert job.state == "pending" and len(env.fake.submits) == 1
 
 
 # -- rejections (the audio and name cases are in test_clone_flow.py, over the wire) ---------------------------
