@@ -469,7 +469,7 @@ async def test_a_confirm_pressed_during_the_drain_is_refused_and_nothing_is_sent
                              provider="minimax")
     confirm_a = await card(world, first, lambda m: "Confirm" in buttons(m))
     confirm_b = await card(world, second, lambda m: "Confirm" in buttons(m))
-    world.nano.fail_next("/voice-clone/minimax", None, delay=1.5)
+    world.nano.fail_next("/voice-clone/minimax", None, delay=3.0)
     await world.emu.click(alice, confirm_a, buttons(confirm_a)["Confirm"]["custom_id"])
     await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
     bot = world.bot
