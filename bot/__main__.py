@@ -125,8 +125,11 @@ async def _run(config: Config) -> None:
         nanogpt = NanoGPTClient(session, config.nanogpt_base_url, config.nanogpt_api_key)
         async with build_bot(config, session=session, db=db, nanogpt=nanogpt) as client:
             loop = asyncio.get_running_loop()
-            # SIGTERM (systemd, docker stop) closes the bot as cleanly as Ctrl+C: cogs, gateway, database.
-            loop.add_signal_handler(signal.SIGTERM, _on_sigterm(client))
+            # SIGTERM (systemd, a rolling restart) and SIGINT (Ctrl+C, docker stop) close the bot cleanly:
+            # clone submits in flight, cogs, gateway, database.
+            on_stop = _on_stop_signal(client)
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(stop_signal, on_stop)
             try:
                 await client.login(str(config.discord_token))
             except (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException) as exc:
@@ -154,20 +157,31 @@ async def _run(config: Config) -> None:
                 raise _gateway_unreachable(config, first.error)
 
 
-def _on_sigterm(client: NanoVoice) -> Callable[[], None]:
-    """The first SIGTERM closes the bot cleanly (clone submits already sent get their answer first: see
-    :meth:`bot.cloning.CloneService.drain_submits`); a second one stops waiting for them, so a stop never
-    hangs on NanoGPT. (A second Ctrl+C ends the process at once, as asyncio does.)"""
-    closing: list[asyncio.Future[None]] = []
+def _on_stop_signal(client: NanoVoice) -> Callable[[], None]:
+    """The first SIGTERM or SIGINT stops the bot cleanly (:func:`_stop`); a later one stops waiting for
+    the clone submits in flight, so a stop never hangs on NanoGPT."""
+    stopping: list[asyncio.Task[None]] = []
 
     def handle() -> None:
-        if not closing:
-            closing.append(asyncio.ensure_future(client.close()))
+        if not stopping:
+            stopping.append(asyncio.get_running_loop().create_task(_stop(client), name="stop"))
             return
         log.warning("second stop signal: no longer waiting for clone submits in flight")
         client.clones.cut_drain()
 
     return handle
+
+
+async def _stop(client: NanoVoice) -> None:
+    """A clean stop: first the paid clone submits already sent get their answer (up to
+    ``submit_drain_seconds``; new ones are refused with one sentence) while every cog, the gateway and
+    Discord's HTTP still work; then the bot closes (cogs, gateway, HTTP) and ``_run`` closes the database."""
+    try:
+        await client.clones.drain_submits()
+    except Exception:
+        log.exception("waiting for the clone submits in flight failed; stopping anyway")
+    finally:
+        await client.close()
 
 
 @contextlib.asynccontextmanager
@@ -287,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_run(config))
+        log.info("stopped")
     except KeyboardInterrupt:
         log.info("stopped")
     except StartupFailure as exc:

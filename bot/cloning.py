@@ -13,11 +13,13 @@ The clone-jobs cog drives this service and only renders; nothing here knows Disc
   'submitting' row without run id: whoever adopts it (the next start, or a sibling process) marks it
   'lost' and tells the user; it is never resubmitted (it may have been charged). States and their
   moves: :mod:`bot.job_states`.
-* A clean stop (:meth:`CloneService.drain_submits`, called by the cog before the poller stops and before
-  Discord's HTTP closes) refuses new submits with one sentence (:data:`RESTARTING`; nothing reserved or
-  sent) and gives the submits already sent up to ``submit_drain_seconds`` to be answered and recorded
-  ('pending'); the claims are then handed back and whoever adopts the job finishes it. Only a submit
-  still unanswered after that wait is cancelled and 'lost'.
+* A clean stop (:meth:`CloneService.drain_submits`: the command line's stop signal handler calls it
+  before the bot closes, while every cog still answers; the cog's unload again for a close that did not,
+  before its poller stops and before Discord's HTTP closes) refuses new submits with one sentence
+  (:data:`RESTARTING`; nothing reserved or sent) and gives the submits already sent up to
+  ``submit_drain_seconds`` to be answered and recorded ('pending'); the claims are then handed back and
+  whoever adopts the job finishes it. Only a submit still unanswered after that wait is cancelled and
+  'lost'.
 * :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job this process claims
   at its due time through a :class:`bot.scheduler.Scheduler` (the database is the source of truth at
   start-up), with bounded concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on

@@ -246,7 +246,8 @@ class Cloning(commands.Cog):
 
     async def cog_unload(self) -> None:
         # A clean stop: first the paid submits already sent get their answer (new ones are refused with one
-        # sentence), while Discord's HTTP is still open to update their cards; then the poller stops.
+        # sentence), while Discord's HTTP is still open to update their cards; then the poller stops. (The
+        # command line's stop already did this before any cog unloaded: then nothing is left to wait for.)
         await self.bot.clones.drain_submits()
         self.bot.set_clone_flow(None)
         self.bot.tree.remove_command(self.clone_menu.name, type=self.clone_menu.type)

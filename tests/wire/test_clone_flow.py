@@ -541,3 +541,35 @@ async def test_a_second_sigterm_stops_waiting_for_the_submit(world: World, audio
     assert len(lost_edits(world, inter.token)) == 1 and len(world.nano.submits) == 1
     (job,) = await world.db.jobs.for_user(alice.id)
     assert job.state == "lost" and job.run_id is None
+
+
+async def test_clones_asked_for_while_a_process_stops_get_the_restarting_sentence(world: World, audio_corpus):
+    """During a real process's clean stop (SIGTERM) every command still works: /voice clone and a Confirm
+    pressed on a card shown before the stop are answered with one sentence, and nothing reaches NanoGPT."""
+    await world.stop()
+    proc = await world.spawn()
+    alice, bob, carol = world.user("alice"), world.user("bob"), world.user("carol")
+    first = await run_clone(world, alice, audio_corpus("mp3", 12), "a.mp3", "audio/mpeg", name="First",
+                            provider="minimax")
+    waiting = await run_clone(world, bob, audio_corpus("mp3", 12), "b.mp3", "audio/mpeg", name="Second",
+                              provider="minimax")
+    confirm_a = await card(world, first, lambda m: "Confirm" in buttons(m), timeout=20)
+    confirm_b = await card(world, waiting, lambda m: "Confirm" in buttons(m), timeout=20)
+    world.nano.fail_next("/voice-clone/minimax", None, delay=3.0)
+    await world.emu.click(alice, confirm_a, buttons(confirm_a)["Confirm"]["custom_id"])
+    await world.nano.wait_for(r"^/voice-clone/minimax$", timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    new = await run_clone(world, carol, audio_corpus("mp3", 12), "c.mp3", "audio/mpeg", name="Third",
+                          provider="minimax")
+    assert await one_sentence(new) == RESTARTING
+    await world.emu.click(bob, confirm_b, buttons(confirm_b)["Confirm"]["custom_id"])
+    refused = await card(world, waiting, lambda m: embed(m).get("description") == RESTARTING)
+    assert refused.components == [] and proc.returncode is None  # answered while the stop still waits
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert len(world.nano.submits) == 1  # alice's only
+
+    await world.start()
+    assert await world.db.jobs.for_user(bob.id) == [] and await world.db.jobs.for_user(carol.id) == []
+    (job,) = await world.db.jobs.for_user(alice.id)
+    assert job.run_id is not None and job.state != "lost"
