@@ -2,7 +2,8 @@
 ``nanovoice --version``.
 
 ``python -m bot`` is the same program. Exit codes: 0 stopped cleanly, 1 the bot could not start or run
-(Discord unreachable, token rejected: one line saying so, no traceback), 2 configuration error.
+(Discord unreachable, token rejected: one line saying so, no traceback), 2 configuration error (and another
+bot process already using the SQLite database: one line).
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 class StartupFailure(Exception):
     """The bot could not start (a service it needs is unreachable, its database or HTTP port unusable);
-    ``str()`` is the one line operators see."""
+    ``str()`` is the one line operators see, ``exit_code`` the process's."""
+
+    def __init__(self, line: str, *, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(line)
+        self.exit_code = exit_code
 
 
 class _FirstGatewayFailure(logging.Filter):
@@ -74,10 +79,15 @@ class _FirstGatewayFailure(logging.Filter):
 
     discord.py retries a failed gateway connection forever, logging a traceback before each attempt,
     and when the very first connection fails, 2.7 then crashes on its own missing websocket
-    (``self.ws.sequence``). Before the bot has ever connected, a failure means the gateway cannot be
-    reached at all: keep the cause, drop discord.py's traceback, and close the client, so that the
-    command line reports it in one line. Once connected, reconnects are discord.py's as usual.
+    (``self.ws.sequence``); the sharded bot (``AutoShardedBot``) retries a shard's first connection every
+    5 s ("Failed to connect for shard_id …"). Before the bot has ever connected, a failure means the gateway
+    cannot be reached at all: keep the cause, drop discord.py's traceback, and close the client (which
+    stops the sharded bot's retries: ``ShardedNanoVoice.launch_shard``), so that the command line reports
+    it in one line. Once connected, reconnects are discord.py's as usual.
     """
+
+    LOGGERS = ("discord.client", "discord.shard")
+    MESSAGES = ("Attempting a reconnect", "Failed to connect for shard_id")
 
     def __init__(self, client: NanoVoice) -> None:
         super().__init__()
@@ -85,9 +95,16 @@ class _FirstGatewayFailure(logging.Filter):
         self.error: BaseException | None = None
         self._closing: asyncio.Task | None = None
 
+    def _connected_once(self) -> bool:
+        import discord
+
+        if isinstance(self.client, discord.AutoShardedClient):
+            return bool(self.client.shards)  # a shard is kept once its first connection succeeded
+        return self.client.ws is not None
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if (self.client.ws is not None or not record.exc_info or record.exc_info[1] is None
-                or not str(record.msg).startswith("Attempting a reconnect")):
+        if (not record.exc_info or record.exc_info[1] is None or not str(record.msg).startswith(self.MESSAGES)
+                or self._connected_once()):
             return True
         if self.error is None:
             self.error = record.exc_info[1]
@@ -122,8 +139,8 @@ async def _run(config: Config) -> None:
                 log.debug("start-up failed", exc_info=exc)
                 raise StartupFailure(line) from exc
             first = _FirstGatewayFailure(client)
-            client_log = logging.getLogger("discord.client")
-            client_log.addFilter(first)
+            for name in first.LOGGERS:
+                logging.getLogger(name).addFilter(first)
             try:
                 await client.connect(reconnect=True)
             except Exception as exc:
@@ -131,7 +148,8 @@ async def _run(config: Config) -> None:
                     raise
                 raise _gateway_unreachable(config, first.error) from exc
             finally:
-                client_log.removeFilter(first)
+                for name in first.LOGGERS:
+                    logging.getLogger(name).removeFilter(first)
             if first.error is not None:
                 raise _gateway_unreachable(config, first.error)
 
@@ -142,10 +160,12 @@ async def _database(config: Config) -> AsyncIterator[Database]:
     can't be opened."""
     import asyncpg
 
-    from bot.storage import Database
+    from bot.storage import Database, DatabaseInUse
 
     try:
         db = await Database.from_config(config).connect()
+    except DatabaseInUse as exc:  # a second bot on one SQLite file: a deployment error, like a bad setting
+        raise StartupFailure(str(exc), exit_code=EXIT_CONFIG) from exc
     except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.debug("opening the database failed", exc_info=exc)
         raise StartupFailure(f"can't open the database {config.database_label}: {shorten(str(exc), DETAIL_MAX)}; "
@@ -225,11 +245,11 @@ def _reason(exc: BaseException) -> str:
     return shorten(str(exc), DETAIL_MAX) or type(exc).__name__
 
 
-def _fail(message: str, config: Config) -> int:
+def _fail(message: str, config: Config, exit_code: int = EXIT_FAILURE) -> int:
     from bot.logs import redact, redaction_list
 
     print(f"nanovoice: {redact(message, redaction_list(config.secrets))}", file=sys.stderr, flush=True)
-    return EXIT_FAILURE
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("stopped")
     except StartupFailure as exc:
-        return _fail(str(exc), config)
+        return _fail(str(exc), config, exc.exit_code)
     except Exception as exc:  # a login failure and the like: one line, no traceback for operators
         import discord
 

@@ -8,6 +8,7 @@ host; the caller then closes the database and the session, in reverse order of o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -51,6 +52,11 @@ EXTENSIONS: tuple[str, ...] = (
 )
 
 COMMAND_HASH_KEY = "global_command_hash"
+GUILD_COMMAND_HASH_KEY = "guild_command_hash:{guild_id}"  # DEV_GUILD_ID's commands, on a shared database
+COMMAND_SYNC_SECTION = "command-sync"  # Database.exclusive: one process compares and syncs at a time
+#: Discord allows one IDENTIFY per bucket (shard id % max_concurrency) per this many seconds, across every
+#: connection of the bot, whichever process opens it.
+IDENTIFY_INTERVAL = 5.0
 HTTP_CONNECTIONS = 512  # NanoGPT calls (and downloads) in flight at once
 
 
@@ -124,6 +130,8 @@ class NanoVoice(commands.Bot):
         self._clone_flow: Cloning | None = None  # the cloning cog registers itself when it loads
         self.synced: str = "not synced"
         self._leaving: set[int] = set()
+        self._max_concurrency: int | None = None  # GET /gateway/bot's session_start_limit, fetched once
+        self._identify_slots: set[asyncio.Task[None]] = set()  # each holds an IDENTIFY bucket for 5 s
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -136,7 +144,62 @@ class NanoVoice(commands.Bot):
 
     async def close(self) -> None:
         await super().close()  # unloads extensions (cogs cancel their tasks) and closes the gateway
+        for slot in list(self._identify_slots):  # nothing more to identify: give the buckets back now
+            slot.cancel()
+        await asyncio.gather(*self._identify_slots, return_exceptions=True)
         await self.embeddings.close()  # its HTTP server; the session and the database are the caller's
+
+    # -- IDENTIFY rate limit across processes ---------------------------------------------------
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Before each IDENTIFY: on a database shared with other processes (PostgreSQL), wait for this
+        shard's bucket (``shard_id % max_concurrency``) and hold it for :data:`IDENTIFY_INTERVAL` seconds
+        after, in every process at once (an advisory lock per bucket). discord.py's own hook (kept on
+        SQLite, where one process runs every shard) only spaces this process's IDENTIFYs by 5 s."""
+        if not self.db.shared:
+            await super().before_identify_hook(shard_id, initial=initial)
+            return
+        bucket = (shard_id or 0) % await self.max_concurrency()
+        acquired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot = asyncio.create_task(self._hold_identify_bucket(bucket, acquired), name=f"identify-bucket-{bucket}")
+        self._identify_slots.add(slot)
+        slot.add_done_callback(self._identify_slots.discard)
+        try:
+            await acquired
+        except asyncio.CancelledError:
+            slot.cancel()
+            raise
+        except Exception as exc:  # the database did not answer: space IDENTIFYs as discord.py does
+            log.warning("could not take IDENTIFY bucket %d in the database (%s); waiting %.0f s instead",
+                        bucket, type(exc).__name__, IDENTIFY_INTERVAL)
+            await asyncio.sleep(IDENTIFY_INTERVAL)
+
+    async def _hold_identify_bucket(self, bucket: int, acquired: asyncio.Future[None]) -> None:
+        try:
+            async with self.db.exclusive(f"identify:{self.application_id}:{bucket}"):
+                acquired.set_result(None)
+                await asyncio.sleep(IDENTIFY_INTERVAL)  # Discord's window is real time, not the bot's clock
+        except Exception as exc:
+            if not acquired.done():
+                acquired.set_exception(exc)
+            else:
+                log.warning("releasing IDENTIFY bucket %d failed: %s", bucket, type(exc).__name__)
+        finally:
+            if not acquired.done():
+                acquired.cancel()
+
+    async def max_concurrency(self) -> int:
+        """How many IDENTIFY buckets the bot has (``session_start_limit.max_concurrency`` of GET
+        /gateway/bot; discord.py 2.7 does not keep it): fetched once, 1 until it could be."""
+        if self._max_concurrency is None:
+            try:
+                _, _, limits = await self.http.get_bot_gateway()
+                self._max_concurrency = max(1, int(limits["max_concurrency"]))
+            except (discord.DiscordException, aiohttp.ClientError, OSError, KeyError, TypeError, ValueError) as exc:
+                log.warning("could not read max_concurrency from GET /gateway/bot (%s): one IDENTIFY bucket",
+                            type(exc).__name__)
+                return 1
+        return self._max_concurrency
 
     @property
     def clone_flow(self) -> Cloning:
@@ -198,33 +261,47 @@ class NanoVoice(commands.Bot):
         commands_ = self.tree.get_commands(guild=guild)
         return sorted((c.to_dict(self.tree) for c in commands_), key=lambda d: (d.get("type", 1), d["name"]))
 
-    def command_hash(self) -> str:
-        blob = json.dumps(self.command_payload(), sort_keys=True, separators=(",", ":"))
+    def command_hash(self, guild: discord.abc.Snowflake | None = None) -> str:
+        blob = json.dumps(self.command_payload(guild), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     async def sync_commands(self) -> str:
-        """Sync per DEV_GUILD_ID and SYNC_COMMANDS; returns (and remembers) what was done."""
-        mode = self.config.sync_commands
-        if mode == "off":
+        """Sync per DEV_GUILD_ID and SYNC_COMMANDS; returns (and remembers) what was done.
+
+        Compare-and-sync runs in :meth:`Database.exclusive`, so processes sharing one database and
+        starting together sync a changed definition once: the others find the hash it stored."""
+        if self.config.sync_commands == "off":
             self.synced = "sync off"
-        elif self.config.dev_guild_id is not None:
-            guild = discord.Object(self.config.dev_guild_id)
-            self.tree.copy_global_to(guild=guild)
-            await self.tree.sync(guild=guild)
-            self.synced = f"synced to guild {self.config.dev_guild_id}"
-            if mode == "always":
-                await self.tree.sync()
-                self.synced += " and globally"
         else:
-            digest = self.command_hash()
-            if mode == "always" or await self.db.get_meta(COMMAND_HASH_KEY) != digest:
-                await self.tree.sync()
-                await self.db.set_meta(COMMAND_HASH_KEY, digest)
-                self.synced = "synced globally"
-            else:
-                self.synced = "global commands unchanged"
+            async with self.db.exclusive(COMMAND_SYNC_SECTION):
+                self.synced = await self._sync_commands(self.config.sync_commands)
         log.info("application commands: %s", self.synced)
         return self.synced
+
+    async def _sync_commands(self, mode: str) -> str:
+        if self.config.dev_guild_id is not None:
+            guild = discord.Object(self.config.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            # One process syncs at every start; of several sharing a database, the first (hash per guild).
+            key = GUILD_COMMAND_HASH_KEY.format(guild_id=guild.id)
+            digest = self.command_hash(guild)
+            if mode == "always" or not self.db.shared or await self.db.get_meta(key) != digest:
+                await self.tree.sync(guild=guild)
+                if self.db.shared:
+                    await self.db.set_meta(key, digest)
+                synced = f"synced to guild {self.config.dev_guild_id}"
+            else:
+                synced = f"commands of guild {self.config.dev_guild_id} unchanged"
+            if mode == "always":
+                await self.tree.sync()
+                synced += " and globally"
+            return synced
+        digest = self.command_hash()
+        if mode == "always" or await self.db.get_meta(COMMAND_HASH_KEY) != digest:
+            await self.tree.sync()
+            await self.db.set_meta(COMMAND_HASH_KEY, digest)
+            return "synced globally"
+        return "global commands unchanged"
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s) in %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
@@ -243,6 +320,14 @@ class ShardedNanoVoice(NanoVoice, commands.AutoShardedBot):
         kwargs.setdefault("shard_count", config.shard_count)
         kwargs.setdefault("shard_ids", list(config.shard_ids) if config.shard_ids is not None else None)
         super().__init__(config, **kwargs)
+
+    async def launch_shard(self, gateway: yarl.URL, shard_id: int, *, initial: bool = False) -> None:
+        """discord.py's, except after :meth:`close`: a shard whose first connection failed is retried by
+        calling this again 5 s later, forever; the command line closes the bot when the gateway can't be
+        reached at all (:mod:`bot.__main__`), and then nothing is retried."""
+        if self.is_closed():
+            return
+        await super().launch_shard(gateway, shard_id, initial=initial)
 
 
 def build_bot(config: Config, **kwargs: Any) -> NanoVoice:

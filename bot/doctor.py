@@ -454,7 +454,8 @@ async def check_database(config: Config) -> CheckResult:
     result = CheckResult()
     path = config.database_label
     try:
-        db = await Database.from_config(config).connect()
+        # Beside a running bot too: the check does not claim the SQLite file for its process.
+        db = await Database.from_config(config, process_lock=False).connect()
     except Exception as exc:
         advice = ("check DATABASE_URL and that PostgreSQL answers" if config.database_url
                   else "check DATABASE_PATH and that its directory is writable")

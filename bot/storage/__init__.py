@@ -8,7 +8,7 @@ queries; every one of them can count and delete a user's rows (``delete_user_dat
 
 from bot.storage.base import Repository, Transaction
 from bot.storage.cache import CACHE_EVICTION_ORDER
-from bot.storage.database import Database
+from bot.storage.database import Database, DatabaseInUse
 from bot.storage.ledger import ANONYMOUS_USER
 from bot.storage.records import (
     Block,
@@ -28,6 +28,7 @@ __all__ = [
     "CacheEntry",
     "CloneJob",
     "Database",
+    "DatabaseInUse",
     "DuplicateVoiceName",
     "GuildSettings",
     "Repository",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,6 +44,9 @@ POOL_CLOSE_SECONDS = 10.0
 
 #: The session-level advisory lock every process takes while it checks and applies migrations.
 MIGRATION_LOCK_KEY = 0x6E616E6F766F6963  # "nanovoic"
+
+#: The file next to an SQLite database that its one process holds an exclusive ``flock`` on while connected.
+PROCESS_LOCK_SUFFIX = ".lock"
 
 #: The LISTEN/NOTIFY channel of every process's notifications (payload: "<topic>:<text>").
 NOTIFY_CHANNEL = "nanovoice"
@@ -109,6 +113,38 @@ def numbered(sql: str) -> str:
     return "".join(out)
 
 
+class DatabaseInUse(RuntimeError):
+    """Another process holds this SQLite database (its ``.lock`` file); ``str()`` is the line operators see."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"another nanovoice process is already using the database {path}: stop it first, or "
+                         "share a PostgreSQL database (DATABASE_URL) between processes")
+        self.path = path
+
+
+def _lock_process_file(path: Path) -> int | None:
+    """An exclusive, non-blocking ``flock`` on ``<path>.lock`` (created when missing): its open descriptor,
+    or :class:`DatabaseInUse` when another process holds it. The kernel releases it when the descriptor is
+    closed or the process dies (SIGKILL included), so a crash never leaves a stale lock behind. A file of
+    its own, not the database: SQLite's own locks are ``fcntl`` locks on the database, which ``flock`` must
+    not meet (on NFS Linux emulates ``flock`` with them). None where there is no ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock_path = path.with_name(path.name + PROCESS_LOCK_SUFFIX)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(path) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _rowcount(status: str) -> int:
     """The row count of an asyncpg command status ("UPDATE 3", "INSERT 0 1", "DELETE 0")."""
     last = status.rpartition(" ")[2]
@@ -155,10 +191,13 @@ class SqliteBackend:
     dialect = SQLITE
     shared = False  # one process only: no other process can change what this one cached
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, process_lock: bool = True) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
+        self.process_lock = process_lock
         self._conn: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._lock_fd: int | None = None
+        self._sections: dict[str, asyncio.Lock] = {}
 
     def describe(self) -> str:
         return str(self.path)
@@ -169,7 +208,13 @@ class SqliteBackend:
                                f"{'.'.join(map(str, MIN_SQLITE))} or newer (for RETURNING)")
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+            if self.process_lock:
+                self._lock_fd = _lock_process_file(self.path)
+        try:
+            self._conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        except BaseException:
+            self._unlock_process_file()
+            raise
         self._conn.row_factory = aiosqlite.Row
         try:
             await self._conn.execute("PRAGMA journal_mode=WAL")
@@ -182,9 +227,23 @@ class SqliteBackend:
             raise
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        try:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+        finally:
+            self._unlock_process_file()
+
+    def _unlock_process_file(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One holder of ``name`` at a time in this process (the only one using the file)."""
+        async with self._sections.setdefault(name, asyncio.Lock()):
+            yield
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -301,8 +360,9 @@ class PostgresTransaction(Transaction):
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release: nothing. asyncpg's default (``pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL``) costs one more round trip per query, and the bot leaves no session state on a
-    pooled connection: its advisory locks are transaction-scoped (the migration lock is released
-    explicitly), it LISTENs on a connection of its own and never SETs outside a transaction."""
+    pooled connection: its advisory locks are transaction-scoped (the migration lock and those of
+    :meth:`PostgresBackend.exclusive` are released explicitly), it LISTENs on a connection of its own and
+    never SETs outside a transaction."""
 
 
 class PostgresBackend:
@@ -446,6 +506,28 @@ class PostgresBackend:
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self.pool.acquire() as conn, conn.transaction():
             yield PostgresTransaction(conn)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """A session ``pg_advisory_lock`` on ``name``, on one pooled connection kept for the block: one holder
+        across every process sharing the database. Released when the block ends, however it ends; a holder
+        (or waiter) cancelled where the lock's state is unknown drops its connection, which the server
+        answers by releasing every lock of that session (as it does for a killed process)."""
+        key = advisory_key(f"exclusive:{name}")
+        async with self.pool.acquire() as conn:
+            try:
+                await conn.execute("SELECT pg_advisory_lock($1)", key)
+            except BaseException:
+                conn.terminate()  # cancelled while waiting: it may have been granted just then
+                raise
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                except BaseException:
+                    conn.terminate()  # the lock must not stay with a pooled connection
+                    raise
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return _rowcount(await self.pool.execute(numbered(sql), *params))

@@ -20,6 +20,7 @@ import aiosqlite
 from bot.storage.backends import (
     MIN_SQLITE,
     Backend,
+    DatabaseInUse,
     Dialect,
     PostgresBackend,
     SqliteBackend,
@@ -38,15 +39,17 @@ from bot.storage.voices import UserSettingsRepository, VoiceRepository
 if TYPE_CHECKING:
     from bot.config import Config
 
-__all__ = ["MIN_SQLITE", "Database"]
+__all__ = ["MIN_SQLITE", "Database", "DatabaseInUse"]
 
 
 class Database:
     """Owns the backend's connections. Open with :meth:`connect`, close with :meth:`close`."""
 
-    def __init__(self, target: Path | str) -> None:
+    def __init__(self, target: Path | str, *, process_lock: bool = True) -> None:
+        """``process_lock=False`` opens an SQLite file without claiming it for this process (``nanovoice
+        check`` beside a running bot); the bot always claims it: a second bot on the file is refused."""
         self.backend: Backend = (PostgresBackend(target) if isinstance(target, str) and is_postgres_url(target)
-                                 else SqliteBackend(target))
+                                 else SqliteBackend(target, process_lock=process_lock))
         self.voices = VoiceRepository(self)
         self.user_settings = UserSettingsRepository(self)
         self.jobs = CloneJobRepository(self)
@@ -57,9 +60,10 @@ class Database:
         self.blocks = BlockRepository(self)
 
     @classmethod
-    def from_config(cls, config: Config) -> Database:
+    def from_config(cls, config: Config, *, process_lock: bool = True) -> Database:
         """The database the configuration names: ``DATABASE_URL`` (PostgreSQL) or ``DATABASE_PATH``."""
-        return cls(str(config.database_url) if config.database_url else config.database_path)
+        return cls(str(config.database_url) if config.database_url else config.database_path,
+                   process_lock=process_lock)
 
     def repositories(self) -> tuple[Repository, ...]:
         """Every repository, for the privacy service (each one can delete a user's rows)."""
@@ -115,6 +119,19 @@ class Database:
         process sharing the database, and None when some may have been missed (PostgreSQL only; on SQLite
         no other process writes, so it never fires)."""
         self.backend.subscribe(handler)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other bot processes may use this database at the same time (PostgreSQL); an SQLite file
+        has one process (:meth:`connect` refuses a second one: :class:`DatabaseInUse`)."""
+        return self.backend.shared
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """``async with db.exclusive("command-sync"):`` one holder of ``name`` at a time across every process
+        sharing the database (a session advisory lock on PostgreSQL, held on one pooled connection for the
+        block); on SQLite, whose one process is the only user, an in-process lock. Released when the block
+        ends, cancelled or not."""
+        return self.backend.exclusive(name)
 
     @property
     def caches_safely(self) -> bool:

@@ -199,6 +199,7 @@ async def test_dns_failure_is_one_line(tmp_path, discord_emulator, which):
 
 
 async def test_started_bot_logs_its_version_and_no_voice_support_warnings(world):
+    await world.stop()  # the process below is the SQLite file's one user
     proc = await world.spawn()
     try:
         await world.emu.wait_until(lambda: "logged in as" in proc.log_path.read_text(), timeout=15,

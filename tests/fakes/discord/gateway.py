@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,7 @@ class GatewayMixin:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
         self.identify_count += 1
+        self.identifies.append((time.monotonic(), d.get("shard")))
         session = _GatewaySession(secrets.token_hex(16), intents, d.get("shard"), ws=ws, request=request)
         record = request.get(_REC)
         session.client = record.client if record is not None else None

@@ -75,7 +75,7 @@ class RestMixin:
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
         self._require_bot(request)
         return self._json({"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1}})
+            "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": self.max_concurrency}})
 
     # ----------------------------------------------------------------- application commands
 

@@ -49,6 +49,7 @@ class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, VoiceMixin, Plu
         self.upload_limit = 10 * 1024 * 1024  # what Create Message / webhooks accept per file
         self.heartbeat_interval_ms = 41250
         self.shard_count = 1  # what GET /gateway/bot recommends; a session's IDENTIFY "shard" decides its events
+        self.max_concurrency = 1  # GET /gateway/bot's session_start_limit.max_concurrency (IDENTIFY buckets)
         self.allowed_privileged_intents = PRIVILEGED_INTENTS
         self.refuse_voice_messages: dict[int, bool] = {}
         self.locale = "en-US"
@@ -82,6 +83,7 @@ class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, VoiceMixin, Plu
         self.reaction_time = 0.05
         self.gateway_log: list[tuple[str, dict[str, Any]]] = []  # ("in"|"out", payload)
         self.identify_count = 0
+        self.identifies: list[tuple[float, list[int] | None]] = []  # (time.monotonic(), "shard") per IDENTIFY
         self.resume_count = 0
         self._faults: list[_Fault] = []
         self._sessions: dict[str, _GatewaySession] = {}
