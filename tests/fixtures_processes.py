@@ -270,6 +270,8 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path, discord_emulat
     marker = request.node.get_closest_marker("env")
     env = {k: str(v) for k, v in (marker.kwargs if marker else {}).items()}
     discord_emulator.shard_count = SHARD_COUNT
+    # Every shard in its own IDENTIFY bucket (as for large bots), so the processes need not start 5 s apart.
+    discord_emulator.max_concurrency = SHARD_COUNT
     async with fresh_schema(postgres_server) as url:
         c = Cluster(discord_emulator, fake_nanogpt, tmp_path, url, env)
         c.add_guilds()

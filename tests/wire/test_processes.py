@@ -41,6 +41,23 @@ async def test_each_guild_is_answered_by_the_process_of_its_shard(cluster: Clust
     assert [r["text"] for r in cluster.nano.tts_requests] == ["hello shard 0", "hello shard 1"]
 
 
+
+async def test_two_processes_starting_together_sync_commands_once_and_identify_5_s_apart_in_one_bucket(
+        cluster: Cluster) -> None:
+    """Discord allows one IDENTIFY per bucket (shard id % max_concurrency) every 5 s across all of a bot's
+    processes, and one command sync is enough for all of them."""
+    emu = cluster.emu
+    emu.max_concurrency = 1  # one bucket for both shards
+    processes = await cluster.start()
+    assert emu.global_sync_count == 1 and len(emu.global_commands) > 0
+    assert sorted(shard for _, shard in emu.identifies) == [[0, SHARD_COUNT], [1, SHARD_COUNT]]
+    (first, _), (second, _) = sorted(emu.identifies)
+    assert second - first >= 5.0
+    logs = [p.log() for p in processes]
+    assert sum("application commands: synced globally" in log for log in logs) == 1
+    assert sum("application commands: global commands unchanged" in log for log in logs) == 1
+
+
 # -- limits across processes --------------------------------------------------------------------------------
 
 
