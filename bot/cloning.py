@@ -42,6 +42,7 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.embeddings import EmbeddingHost
 from bot.errors import UserFacingError
+from bot.instances import Instance
 from bot.job_states import LABELS as STATE_LABELS
 from bot.job_states import JobState, NoticeOutcome, check_move
 from bot.limits import Limits, Reservation
@@ -58,7 +59,7 @@ from bot.policy import ensure_clone_allowed
 from bot.providers.base import CloneOrder, CloneProvider, PollResult, RetryLater, RunFailed
 from bot.providers.minimax import make_custom_voice_id
 from bot.scheduler import Scheduler, backoff
-from bot.storage import CloneJob, Database, DuplicateVoiceName, Voice, name_key
+from bot.storage import Claim, CloneJob, Database, DuplicateVoiceName, LeaseLost, Voice, name_key
 from bot.text import shorten
 from bot.tts import TTSService
 from bot.voices import NAME_MAX, VoiceService, validate_voice_name
@@ -186,6 +187,10 @@ class CloneService:
     notice_attempts = 8
     notice_drain_seconds = 10.0  # at shutdown, how long notices already being sent may take to finish
     notice_concurrency = 16  # notices (sample synthesis + Discord message) in flight at once
+    # Claims (several processes on one PostgreSQL database; see the module's docstring).
+    lease_seconds = 60.0  # a claim lapses this long after its owner's last heartbeat
+    heartbeat_interval = 10.0  # the instance row's heartbeat and the renewal of every claim
+    sweep_interval = 2.0  # how often a process adopts the jobs of dead siblings (PostgreSQL only)
 
     def __init__(self, db: Database, nanogpt: NanoGPTClient, limits: Limits, clock: Clock, config: Config,
                  tts: TTSService, embeddings: EmbeddingHost, voices: VoiceService) -> None:
@@ -200,7 +205,8 @@ class CloneService:
         self.voices = voices
         self.events: JobEvents | None = None
         self._scheduler: Scheduler[int] = Scheduler(self._turn, name="clone-job")  # keys: job ids
-        self._submitting: set[int] = set()  # jobs this process is submitting right now
+        self.instance = Instance(db, clock, shard_ids=config.shard_ids)
+        self._claims: dict[int, int] = {}  # job id → the epoch this process claimed it at
         self._progress_shown: dict[int, tuple[str, float]] = {}
         self._samples: dict[int, tuple[bytes, str] | None] = {}
         self._notice_failures: dict[int, int] = {}
@@ -252,12 +258,19 @@ class CloneService:
         """
         reservation = await self._reserve(prepared)
         job_id, custom_voice_id = await self._record(prepared, where, reservation)
-        self._submitting.add(job_id)
+        ticket = await self._send(job_id, prepared, custom_voice_id, reservation)
         try:
-            ticket = await self._send(job_id, prepared, custom_voice_id, reservation)
             await self._record_run(job_id, ticket)
-        finally:
-            self._submitting.discard(job_id)
+        except LeaseLost:
+            # This process was taken for dead while it sent the request: a sibling adopted the job and
+            # told the user it was lost. The run was accepted (and charged), but it is not followed.
+            log.warning("clone job %s: claimed by another process while its submit was in flight; run %s is "
+                        "not followed", job_id, ticket.run_id)
+            self._claims.pop(job_id, None)
+            with contextlib.suppress(Exception):
+                await self.limits.settle(reservation, ticket.cost_micros, currency=ticket.payment_source or "USD",
+                                         ref=ticket.run_id)
+            raise UserFacingError(LOST_AFTER_RESTART) from None
         try:
             await self.limits.settle(reservation, ticket.cost_micros, currency=ticket.payment_source or "USD",
                                      ref=ticket.run_id)
@@ -291,13 +304,18 @@ class CloneService:
         releases the reservation when that fails."""
         request = prepared.request
         try:
-            return await self.db.jobs.create(
+            await self.instance.register()  # before a row names it: a claim by an unregistered owner is orphaned
+            now = self.clock.now()
+            job_id, custom_voice_id = await self.db.jobs.create(
                 user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
                 application_id=where.application_id, interaction_token=where.token,
                 token_expires_at=where.expires_at, voice_name=request.name, provider=request.provider,
-                transcript=request.transcript, clone_model=request.model, now=self.clock.now(),
-                make_custom_voice_id=prepared.provider.voice_id_maker(),
+                transcript=request.transcript, clone_model=request.model, now=now,
+                make_custom_voice_id=prepared.provider.voice_id_maker(), owner=self.instance.id,
+                lease_until=now + self.lease_seconds,
             )
+            self._claims[job_id] = 1
+            return job_id, custom_voice_id
         except DuplicateVoiceName:
             await self.limits.release(reservation)
             raise UserFacingError(
@@ -321,25 +339,30 @@ class CloneService:
             if getattr(exc, "maybe_charged", False):
                 # Sent but unanswered: it may have been charged. Keep the reservation, never resubmit.
                 log.warning("clone job %s: submit timed out after sending; marking it lost", job_id)
-                await self.db.jobs.finish(job_id, JobState.LOST, error=LOST_AFTER_TIMEOUT, now=self.clock.now(),
-                                               notified=True)
+                await self._finish_submit(job_id, JobState.LOST, LOST_AFTER_TIMEOUT, notified=True)
                 raise UserFacingError(LOST_AFTER_TIMEOUT) from exc
             log.info("clone job %s: NanoGPT refused the submit: %s", job_id, exc)
             if isinstance(exc, InsufficientBalance):
                 self.tts.report_low_balance()  # tell the operator how low the balance is
             await self.limits.release(reservation)
-            await self.db.jobs.finish(job_id, JobState.FAILED, error=exc.user_message, now=self.clock.now(),
-                                           notified=True)
+            await self._finish_submit(job_id, JobState.FAILED, exc.user_message, notified=True)
             raise
         except BaseException:
             # A bug or a shutdown mid-request: we cannot know whether it reached NanoGPT. Never
             # resubmit; the poller (or the next start) tells the user honestly.
             log.exception("clone job %s: submit interrupted; marking it lost", job_id)
-            await asyncio.shield(self.db.jobs.finish(job_id, JobState.LOST, error=LOST_AFTER_RESTART,
-                                                          now=self.clock.now()))
+            await asyncio.shield(self._finish_submit(job_id, JobState.LOST, LOST_AFTER_RESTART))
             with contextlib.suppress(RuntimeError):
                 self._scheduler.schedule(job_id, 0.0)
             raise
+
+    async def _finish_submit(self, job_id: int, state: JobState, error: str, *, notified: bool = False) -> None:
+        """End a job whose submit failed; a sibling that adopted it meanwhile has told the user already."""
+        try:
+            await self.db.jobs.finish(job_id, state, error=error, now=self.clock.now(), notified=notified,
+                                      claim=self._claim(job_id))
+        except LeaseLost:
+            self._lease_lost(job_id)
 
     async def _record_run(self, job_id: int, ticket: CloneTicket) -> None:
         """The run is accepted: record its id and cost; the job is 'pending' and due for its first poll."""
@@ -347,50 +370,129 @@ class CloneService:
         await self.db.jobs.update(
             job_id, run_id=ticket.run_id, cost_micros=ticket.cost_micros, payment_source=ticket.payment_source,
             is_api_request=int(bool(ticket.is_api_request)), state=check_move(JobState.SUBMITTING, JobState.PENDING),
-            submitted_at=now, next_poll_at=now,
+            submitted_at=now, next_poll_at=now, claim=self._claim(job_id),
         )
 
     # -- the poller ------------------------------------------------------------------------------
 
+    def _claim(self, job_id: int) -> Claim | None:
+        """The claim this process follows ``job_id`` under (None: it does not follow it)."""
+        epoch = self._claims.get(job_id)
+        return Claim(self.instance.id, epoch) if epoch is not None else None
+
+    def _lease_lost(self, job_id: int) -> None:
+        """Another process claimed the job (this one was taken for dead): forget it here, never notify."""
+        if self._claims.pop(job_id, None) is not None:
+            log.warning("clone job %s: another bot process follows it now; this one leaves it alone", job_id)
+        self._samples.pop(job_id, None)
+        self._notice_failures.pop(job_id, None)
+        self._progress_shown.pop(job_id, None)
+
     async def recover(self) -> None:
-        """At start-up: the database is the truth. Lose unrecorded submits, resume open jobs, and
-        queue the notices that were never delivered."""
+        """At start-up: the database is the truth. Register this process, then adopt the jobs nobody
+        alive follows (see :meth:`sweep`). A sibling's jobs are left alone."""
+        await self.instance.register()
+        await self.sweep()
+
+    async def sweep(self) -> list[CloneJob]:
+        """Adopt the orphans: jobs of dead instances (deleted from ``bot_instances`` first), jobs whose lease
+        ran out and jobs nobody claimed. An adopted 'submitting' job (its owner died between recording the
+        job and recording the run) becomes 'lost' and is announced; it is never resent. Adopted open jobs
+        are due at their next poll, finished ones for their notice. Returns the adopted jobs."""
+        await self.instance.reap(self.lease_seconds)
         now = self.clock.now()
-        lost = await self.db.jobs.mark_submitting_lost(LOST_AFTER_RESTART, now, keep=self._submitting)
+        adopted, lost = await self.db.jobs.adopt(self.instance.id, now=now, lease_until=now + self.lease_seconds,
+                                                 lost_error=LOST_AFTER_RESTART)
         for job_id in lost:
-            log.warning("clone job %s was being submitted when the bot stopped; marked lost", job_id)
-        open_jobs = [j for j in await self.db.jobs.open() if j.state != JobState.SUBMITTING]
-        for job in open_jobs:
-            self._scheduler.schedule(job.id, (job.next_poll_at or now) - now)
-        unnotified = await self.db.jobs.unnotified_finished()
-        for job in unnotified:
-            self._scheduler.schedule(job.id, 0.0)
-        if open_jobs or unnotified:
-            log.info("clone poller resumed %d open job(s) and %d undelivered notice(s)", len(open_jobs),
-                     len(unnotified))
+            log.warning("clone job %s was being submitted when its bot process stopped; marked lost", job_id)
+        for job in adopted:
+            self._claims[job.id] = job.lease_epoch
+            if job.is_open:
+                self._scheduler.schedule(job.id, (job.next_poll_at or now) - now)
+            else:
+                self._scheduler.schedule(job.id, 0.0)
+        if adopted:
+            still_open = sum(job.is_open for job in adopted)
+            log.info("clone poller adopted %d open job(s) and %d undelivered notice(s)", still_open,
+                     len(adopted) - still_open)
+        return adopted
+
+    async def _keep_claims(self) -> None:
+        """While the poller runs on a shared (PostgreSQL) database: the heartbeat (the instance row and the
+        lease of every job this process follows, one UPDATE) every ``heartbeat_interval``, and the orphan
+        sweep every ``sweep_interval``, so a sibling's jobs are adopted within seconds of its death. On
+        SQLite no other process exists to die: the start-up sweep is all there is."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(self.sweep_interval, self.heartbeat_interval))
+            try:
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + self.heartbeat_interval
+                    await self.instance.beat()
+                    await self.db.jobs.renew(self.instance.id, self.clock.now() + self.lease_seconds)
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("clone job claims: heartbeat or sweep failed; trying again", exc_info=True)
+
+    async def release_claims(self) -> None:
+        """A clean stop (after the poller drained): hand every job back and delete this instance's row, so a
+        sibling's next sweep (or the next start) adopts them at once."""
+        if not self.instance.registered:
+            return
+        try:
+            released = await self.db.jobs.release(self.instance.id)
+            await self.instance.unregister()
+        except Exception:
+            log.warning("clone job claims: could not hand the jobs back at shutdown; they are adopted when "
+                        "their lease runs out", exc_info=True)
+            return
+        finally:
+            self._claims.clear()
+        if released:
+            log.info("clone poller handed %d job(s) back at shutdown", released)
 
     async def run_poller(self, events: JobEvents) -> None:
         """Poll due jobs until cancelled. One job's error never stops the loop. At shutdown, notices
-        already being sent get ``notice_drain_seconds`` to finish (see :meth:`_notify`)."""
+        already being sent get ``notice_drain_seconds`` to finish (see :meth:`_notify`), then this
+        process's claims are handed back."""
         self.events = events
         scheduler = self._scheduler
         scheduler.concurrency = self.concurrency
         scheduler.idle_recheck = self.idle_recheck
         scheduler.drain_seconds = self.notice_drain_seconds
-        await self.recover()
-        await scheduler.run()
+        try:
+            await self.recover()
+            if self.db.backend.shared:
+                scheduler.spawn(self._keep_claims(), name="clone-job-claims")
+            await scheduler.run()
+        finally:
+            await self.release_claims()
 
     async def _turn(self, job_id: int) -> None:
         try:
+            claim = self._claim(job_id)
+            if claim is None:
+                return  # not this process's job (any more)
             job = await self.db.jobs.get(job_id)
-            if job is None or job.state == JobState.SUBMITTING:
-                return  # deleted (/forget-me), or its submit is still running in this process
+            if job is None:
+                self._claims.pop(job_id, None)
+                return  # deleted (/forget-me)
+            if job.claim != claim:
+                self._lease_lost(job_id)
+                return
+            if job.state == JobState.SUBMITTING:
+                return  # its submit is still running in this process
             if job.is_open:
                 await self._poll(job)
             elif job.notified_at is None:
                 await self._notify(job)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            self._lease_lost(job_id)
         except Exception:
             log.exception("clone job %s: unexpected error in the poller; retrying in %.0f s", job_id, self.backoff_cap)
             self._scheduler.schedule(job_id, self.backoff_cap)
@@ -430,7 +532,7 @@ class CloneService:
             delay = max(self.min_poll_after, delay)
             changes: dict[str, Any] = dict(state=new_state, poll_count=job.poll_count + 1, last_polled_at=now,
                                            failures=0, next_poll_at=now + delay)
-            await self.db.jobs.update(job.id, **changes)
+            await self.db.jobs.update(job.id, **changes, claim=self._claim(job.id))
             self._scheduler.schedule(job.id, delay)
             await self._show_progress(replace(job, **changes), changed=new_state != job.state)
 
@@ -443,7 +545,7 @@ class CloneService:
         log.info("clone job %s: status check failed (%s: %s); retry %d in %.2f s", job.id, type(exc).__name__,
                  exc, failures, delay)
         await self.db.jobs.update(job.id, failures=failures, poll_count=job.poll_count + 1, last_polled_at=now,
-                                 next_poll_at=now + delay)
+                                  next_poll_at=now + delay, claim=self._claim(job.id))
         self._scheduler.schedule(job.id, delay)
 
     async def _complete(self, job: CloneJob, provider: CloneProvider, status: CloneStatus, now: float) -> None:
@@ -459,6 +561,7 @@ class CloneService:
         result = await self.db.jobs.complete(
             job.id, now=now, provider_voice_id=saved.provider_voice_id, embedding_url=saved.embedding_url,
             embedding_expires_at=saved.embedding_expires_at, embedding=saved.embedding, max_name_length=NAME_MAX,
+            claim=self._claim(job.id),
         )
         if result is None:
             return
@@ -468,7 +571,7 @@ class CloneService:
 
     async def _finish(self, job: CloneJob, state: JobState, error: str) -> None:
         check_move(job.state, state)
-        if await self.db.jobs.finish(job.id, state, error=error, now=self.clock.now()):
+        if await self.db.jobs.finish(job.id, state, error=error, now=self.clock.now(), claim=self._claim(job.id)):
             log.info("clone job %s %s: %s", job.id, state, error)
         self._hand_off_notice(job.id)
 
@@ -480,11 +583,16 @@ class CloneService:
     async def _notify_later(self, job_id: int) -> None:
         async with self._notice_slots:
             try:
-                job = await self.db.jobs.get(job_id)
-                if job is not None and job.notified_at is None:
+                claim = self._claim(job_id)
+                job = await self.db.jobs.get(job_id) if claim is not None else None
+                if job is not None and job.claim != claim:
+                    self._lease_lost(job_id)
+                elif job is not None and job.notified_at is None:
                     await self._notify(job)
             except asyncio.CancelledError:
                 raise
+            except LeaseLost:
+                self._lease_lost(job_id)
             except Exception:  # the job is finished and saved; only its notice waits for another turn
                 log.exception("clone job %s: unexpected error while notifying; retrying in %.0f s", job_id,
                               self.backoff_cap)
@@ -515,7 +623,8 @@ class CloneService:
         if self.events is None:
             return
         notice = await self.build_notice(job)
-        if not await self.db.jobs.mark_notified(job.id, self.clock.now()):
+        claim = self._claim(job.id)
+        if not await self.db.jobs.mark_notified(job.id, self.clock.now(), claim=claim):
             return  # someone else told the user already
         try:
             # A notice cancelled mid-request may or may not have reached Discord, and its claim is kept
@@ -528,12 +637,12 @@ class CloneService:
             log.warning("clone job %s: notice interrupted while being sent; it may not have arrived", job.id)
             raise
         except Exception:
-            await self.db.jobs.unmark_notified(job.id)
+            await self.db.jobs.unmark_notified(job.id, claim=claim)
             failures = self._notice_failures.get(job.id, 0) + 1
             self._notice_failures[job.id] = failures
             if failures >= self.notice_attempts:
                 log.exception("clone job %s: giving up on its notice after %d attempts", job.id, failures)
-                await self.db.jobs.mark_notified(job.id, self.clock.now())
+                await self.db.jobs.mark_notified(job.id, self.clock.now(), claim=claim)
             else:
                 log.warning("clone job %s: notice not delivered (attempt %d); retrying", job.id, failures,
                             exc_info=True)

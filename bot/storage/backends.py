@@ -60,6 +60,12 @@ class Dialect:
     #: The TTS cache's eviction order (least recently used, then oldest; SQLite then by rowid, PostgreSQL,
     #: which has no rowid, by key), answered from the covering index ``tts_cache_lru``.
     cache_eviction_order: str
+    #: Appended to a SELECT whose rows the transaction is about to change, so no other transaction changes
+    #: them first (PostgreSQL row locks; SQLite's ``BEGIN IMMEDIATE`` already holds the whole database).
+    lock_rows: str = ""
+    #: Appended to the clone-job sweep's SELECT: rows another process's sweep is claiming are passed over,
+    #: not waited for (nothing on SQLite: one process).
+    skip_locked: str = ""
 
 
 SQLITE = Dialect(
@@ -67,6 +73,7 @@ SQLITE = Dialect(
 )
 POSTGRES = Dialect(
     "postgres", "SELECT key, size FROM tts_cache ORDER BY last_used_at, created_at, key LIMIT ?",
+    lock_rows=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
 )
 
 
@@ -381,6 +388,7 @@ class PostgresBackend:
         self._handlers: list[Callable[[str | None], None]] = []
         self._reconnect: asyncio.Task[None] | None = None
         self._closing = False
+        self._held: dict[int, asyncpg.Connection] = {}  # session advisory locks held on their own connection
 
     def describe(self) -> str:
         """The URL without its password (for messages and logs)."""
@@ -406,6 +414,8 @@ class PostgresBackend:
         if self._reconnect is not None:
             self._reconnect.cancel()
             self._reconnect = None
+        for key in list(self._held):
+            await self.release_lock(key)
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -499,6 +509,49 @@ class PostgresBackend:
             self._dispatch(None)  # anything may have changed while nobody listened
             log.info("listening for PostgreSQL notifications again")
             return
+
+    # -- liveness locks ----------------------------------------------------------------------------------
+
+    async def hold_lock(self, key: int) -> None:
+        """Take the session-level advisory lock ``key`` on a connection of its own and keep it until
+        :meth:`release_lock` (or until the connection is gone: a killed process's locks go with it, which
+        the other processes see at once through :meth:`locks_held`)."""
+        if self.holding(key):
+            return
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+        except BaseException:
+            await conn.close()
+            raise
+        self._held[key] = conn
+
+    def holding(self, key: int) -> bool:
+        """Whether this process still holds ``key`` (its connection is open)."""
+        conn = self._held.get(key)
+        return conn is not None and not conn.is_closed()
+
+    async def release_lock(self, key: int) -> None:
+        """Give ``key`` back (closing its connection releases it)."""
+        conn = self._held.pop(key, None)
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), POOL_CLOSE_SECONDS)
+            except (OSError, TimeoutError, asyncpg.PostgresError):
+                conn.terminate()
+
+    async def locks_held(self, keys: Sequence[int]) -> set[int]:
+        """Which of the advisory lock numbers ``keys`` some session of this database holds right now."""
+        if not keys:
+            return set()
+        # A bigint advisory lock shows in pg_locks as classid (high 32 bits), objid (low) and objsubid 1.
+        rows = await self.pool.fetch(
+            "SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objsubid = 1 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = "
+            "current_database()) AND ((classid::bigint << 32) | objid::bigint) = ANY($1::bigint[])",
+            list(keys),
+        )
+        return {int(r["key"]) for r in rows}
 
     # -- queries -----------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from bot.storage.blocks import BlockRepository
 from bot.storage.cache import TtsCacheRepository
 from bot.storage.files import StoredFileRepository
 from bot.storage.guilds import GuildSettingsRepository
+from bot.storage.instances import InstanceRepository
 from bot.storage.jobs import CloneJobRepository
 from bot.storage.ledger import LedgerRepository
 from bot.storage.voices import UserSettingsRepository, VoiceRepository
@@ -58,6 +59,7 @@ class Database:
         self.files = StoredFileRepository(self)
         self.guilds = GuildSettingsRepository(self)
         self.blocks = BlockRepository(self)
+        self.instances = InstanceRepository(self)  # no user data: not one of repositories()
 
     @classmethod
     def from_config(cls, config: Config, *, process_lock: bool = True) -> Database:
@@ -66,7 +68,8 @@ class Database:
                    process_lock=process_lock)
 
     def repositories(self) -> tuple[Repository, ...]:
-        """Every repository, for the privacy service (each one can delete a user's rows)."""
+        """Every repository of user data, for the privacy service (each one can delete a user's rows);
+        ``db.instances`` (the running processes) holds none."""
         return (self.cache, self.user_settings, self.jobs, self.voices, self.files, self.ledger, self.guilds,
                 self.blocks)
 

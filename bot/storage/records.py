@@ -18,6 +18,24 @@ class DuplicateVoiceName(Exception):
     """The user already has a voice with this (case-insensitive) name."""
 
 
+class LeaseLost(Exception):
+    """A fenced write about a clone job matched nothing because the job is claimed by another process (or
+    again, with a newer epoch): this process was taken for dead and must leave the job alone."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"clone job {job_id} is claimed by another process")
+        self.job_id = job_id
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who follows a clone job: the owning bot process (``bot_instances.id``) and the claim's epoch (raised
+    by one at every adoption). A write carrying a claim changes the job only while it is still this claim."""
+
+    owner: str
+    epoch: int
+
+
 @dataclass(frozen=True, slots=True)
 class Voice:
     id: int
@@ -64,10 +82,29 @@ class CloneJob:
     finished_at: float | None
     voice_id: int | None
     notified_at: float | None
+    claimed_by: str | None = None  # the bot process following it (migration 0006); None: nobody
+    lease_until: float | None = None  # the claim lapses then unless its owner's heartbeat renews it
+    lease_epoch: int = 0  # how many times it was claimed
 
     @property
     def is_open(self) -> bool:
         return job_states.is_open(self.state)
+
+    @property
+    def claim(self) -> Claim | None:
+        return Claim(self.claimed_by, self.lease_epoch) if self.claimed_by is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class BotInstance:
+    """A running bot process as ``bot_instances`` records it (migration 0006)."""
+
+    id: str
+    started_at: float
+    heartbeat_at: float
+    pid: int
+    host: str
+    shard_ids: str | None
 
 
 @dataclass(frozen=True, slots=True)

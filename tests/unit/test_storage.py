@@ -122,7 +122,7 @@ async def test_migration_0005_opens_the_provider_and_keeps_rows_references_and_i
         indexes = {row[0] for row in await db.fetchall(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('voices', 'clone_jobs') "
             "AND name NOT LIKE 'sqlite_autoindex%'")}
-        assert indexes == {"clone_jobs_user", "clone_jobs_open"}
+        assert indexes == {"clone_jobs_user", "clone_jobs_open", "clone_jobs_claims"}  # 0006 adds the claims
         schema = " ".join(row[0] for row in await db.fetchall(
             "SELECT sql FROM sqlite_master WHERE name IN ('voices', 'clone_jobs')"))
         assert "provider IN" not in schema and "_new" not in schema
