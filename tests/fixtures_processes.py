@@ -246,6 +246,17 @@ class Cluster:
         return {r.client for r in self.emu.requests
                 if f"/interactions/{inter.id}/" in r.path or f"/{inter.token}" in r.path}
 
+    async def wait_registered(self, process: BotProcess, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Until ``process`` has registered itself in the database as a running bot process (``db.instances``;
+        its start-up recovery of clone jobs follows at once)."""
+        db = await self.db()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while process.pid not in {i.pid for i in await db.instances.others("")}:
+            if loop.time() > deadline or not process.running:
+                raise AssertionError(f"{process.name} did not register within {timeout:.0f} s:\n{process.log()}")
+            await asyncio.sleep(0.05)
+
     async def db(self) -> Database:
         """The test's own connection owner on the processes' schema (to read what they stored)."""
         if self._db is None:
