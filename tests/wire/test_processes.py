@@ -76,7 +76,8 @@ async def test_the_say_cooldown_of_a_user_holds_across_guilds_on_two_processes(c
     assert (await first.wait_final(10)).files
     second = await emu.slash(alice, "say", options={"text": "two"}, channel_id=cluster.channel(cluster.guilds[1]))
     answer = await second.wait_final(10)
-    assert answer.ephemeral and not answer.files and answer.content.startswith("You're speaking too fast; try again <t:")
+    assert answer.ephemeral and not answer.files
+    assert answer.content.startswith("You're speaking too fast; try again <t:")
     assert [r["text"] for r in cluster.nano.tts_requests] == ["one"]
 
 
