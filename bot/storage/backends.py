@@ -139,7 +139,8 @@ def _lock_process_file(path: Path) -> int | None:
         import fcntl
     except ImportError:
         return None
-    lock_path = path.with_name(path.name + PROCESS_LOCK_SUFFIX)
+    real = path.resolve()  # one lock file per database file, whatever path (relative, a symlink) names it
+    lock_path = real.with_name(real.name + PROCESS_LOCK_SUFFIX)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -34,6 +34,18 @@ async def test_database_created_migrated_and_written(tmp_path):
     assert result.lines == [f"ok: database {path} (schema version {len(Database.migrations())}) is writable"]
 
 
+async def test_database_checked_beside_a_running_bot(tmp_path):
+    """The bot claims its SQLite file (a second bot is refused); `nanovoice check` still opens and writes it."""
+    path = tmp_path / "db.sqlite3"
+    bot_db = await Database(path).connect()
+    try:
+        result = await check_database(make_config(database_path=path))
+        assert result.lines == [f"ok: database {path} (schema version {len(Database.migrations())}) is writable"]
+        assert await bot_db.get_meta("check_write_test") is not None
+    finally:
+        await bot_db.close()
+
+
 async def test_database_unwritable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -142,6 +142,20 @@ async def test_discord_gateway_unreachable_is_one_line(tmp_path, discord_emulato
     assert discord_emulator.identify_count == 0
 
 
+async def test_sharded_bot_with_the_gateway_unreachable_is_one_line_too(tmp_path, discord_emulator):
+    """discord.py's AutoShardedBot retries a shard's first connection every 5 s forever: the sharded bot
+    ends like the plain one instead (one line, exit 1, no retry log)."""
+    port = closed_port()
+    env = bot_env(tmp_path, DISCORD_TOKEN=discord_emulator.token, DISCORD_API_BASE=discord_emulator.api_base,
+                  DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/", SHARD_COUNT="2")
+    code, _, err = await run_bot(tmp_path, env=env, timeout=30)
+    assert code == 1
+    assert "Traceback" not in err and "Failed to connect" not in err and "Retrying" not in err
+    assert nanovoice_lines(err) == [
+        f"nanovoice: can't reach the Discord gateway at 127.0.0.1:{port}: connection refused"]
+    assert discord_emulator.identify_count == 0
+
+
 async def test_rejected_token_is_one_line(tmp_path, discord_emulator):
     wrong = discord_emulator.token[:-4] + "AAAA"
     env = bot_env(tmp_path, DISCORD_TOKEN=wrong, DISCORD_API_BASE=discord_emulator.api_base,

@@ -1,4 +1,5 @@
-"""CloneService without Discord: real SQLite, real audio, the real NanoGPT client against the fake.
+"""CloneService without Discord: real SQLite (and PostgreSQL: every test runs on both), real audio, the real
+NanoGPT client against the fake.
 
 The user-visible flows (cards, buttons, modals, restarts of a real process) are in
 ``test_clone_flow.py``; here the service's money and polling rules are pinned down directly. Its pure
@@ -36,6 +37,7 @@ from bot.tts import TTSService
 from bot.voices import VoiceService
 from tests.fakes.nanogpt import Step
 from tests.fixtures_db import add_qwen_voice, ledger_rows
+from tests.fixtures_postgres import BACKENDS, fresh_schema
 
 pytest_plugins = ["tests.fixtures_nanogpt", "tests.fixtures_audio"]
 
@@ -74,8 +76,8 @@ class Recorder:
 
 
 class Env:
-    def __init__(self, tmp_path, fake, audio_corpus) -> None:
-        self.path = tmp_path / "db.sqlite3"
+    def __init__(self, tmp_path, fake, audio_corpus, target=None) -> None:
+        self.path = target if target is not None else tmp_path / "db.sqlite3"  # a file, or a PostgreSQL URL
         self.fake = fake
         self.corpus = audio_corpus
         self.clock = Clock()
@@ -131,9 +133,19 @@ class Env:
         return [{k: r[k] for k in ("kind", "state", "amount_micros")} for r in await ledger_rows(self.db)]
 
 
+@pytest.fixture(params=BACKENDS)
+async def database_target(request, tmp_path):
+    """The database every "process" of a test opens: an SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield tmp_path / "db.sqlite3"
+        return
+    async with fresh_schema(request.getfixturevalue("postgres_server")) as url:
+        yield url
+
+
 @pytest.fixture
-async def env(tmp_path, fake_nanogpt, audio_corpus):
-    environment = Env(tmp_path, fake_nanogpt, audio_corpus)
+async def env(tmp_path, fake_nanogpt, audio_corpus, database_target):
+    environment = Env(tmp_path, fake_nanogpt, audio_corpus, database_target)
     await environment.start()
     yield environment
     while environment.pollers:
