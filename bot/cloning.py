@@ -10,13 +10,28 @@ The clone-jobs cog drives this service and only renders; nothing here knows Disc
   writes the job row ('submitting') *before* the paid request, sends it (the provider object of
   :mod:`bot.providers` chooses the NanoGPT call), records the run ('pending') and settles the
   reservation, then hands the job to the poller. A process that dies between send and record leaves a
-  'submitting' row without run id: the next start marks it 'lost' and tells the user; it is never
-  resubmitted (it may have been charged). States and their moves: :mod:`bot.job_states`.
-* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job at its due time through
-  a :class:`bot.scheduler.Scheduler` (the database is the source of truth at start-up), with bounded
-  concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on transient errors, and
-  finishing jobs: the voice is saved and the job completed in one transaction, a short sample is
-  synthesised, and the user is told exactly once through :class:`JobEvents` (implemented by the cog).
+  'submitting' row without run id: whoever adopts it (the next start, or a sibling process) marks it
+  'lost' and tells the user; it is never resubmitted (it may have been charged). States and their
+  moves: :mod:`bot.job_states`.
+* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job this process claims
+  at its due time through a :class:`bot.scheduler.Scheduler` (the database is the source of truth at
+  start-up), with bounded concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on
+  transient errors, and finishing jobs: the voice is saved and the job completed in one transaction, a
+  short sample is synthesised, and the user is told exactly once through :class:`JobEvents`
+  (implemented by the cog).
+
+Claims (several bot processes may share one PostgreSQL database): each job is followed by one process,
+the :class:`bot.instances.Instance` that created it or adopted it (``claimed_by``, with a ``lease_epoch``
+raised at every adoption). Only that process polls the job and tells the user: every write about the job
+carries its claim (:class:`bot.storage.Claim`); a write refused because the claim moved
+(:class:`bot.storage.LeaseLost`: this process was taken for dead) drops the job here, without a notice.
+The heartbeat (``heartbeat_interval``) renews the ``lease_until`` of every job the process claims; the
+orphan sweep (at start-up, then every ``sweep_interval`` on PostgreSQL) adopts the jobs whose owner is
+dead (row gone, heartbeat older than ``lease_seconds``, liveness lock released), whose lease ran out or
+that nobody claims, in one transaction (``FOR UPDATE SKIP LOCKED``: two sweepers never adopt one job).
+So a start never touches a live sibling's jobs. A clean stop hands the jobs back
+(:meth:`CloneService.release_claims`) for the next sweep to adopt at once. On SQLite one process uses
+the file, so the start-up sweep adopts every job of an earlier run and there is nothing to sweep later.
 
 Notification is claim → send → unclaim-on-failure (``mark_job_notified`` first). A crash in the
 instant between the claim commit and Discord accepting the message loses that one notice (the job
@@ -207,6 +222,7 @@ class CloneService:
         self._scheduler: Scheduler[int] = Scheduler(self._turn, name="clone-job")  # keys: job ids
         self.instance = Instance(db, clock, shard_ids=config.shard_ids)
         self._claims: dict[int, int] = {}  # job id → the epoch this process claimed it at
+        self._recovered = False  # the start-up sweep ran (and the claims are not handed back since)
         self._progress_shown: dict[int, tuple[str, float]] = {}
         self._samples: dict[int, tuple[bytes, str] | None] = {}
         self._notice_failures: dict[int, int] = {}
@@ -389,10 +405,12 @@ class CloneService:
         self._progress_shown.pop(job_id, None)
 
     async def recover(self) -> None:
-        """At start-up: the database is the truth. Register this process, then adopt the jobs nobody
-        alive follows (see :meth:`sweep`). A sibling's jobs are left alone."""
+        """At start-up (the cog calls it before Discord is ready; :meth:`run_poller` when nobody did): the
+        database is the truth. Register this process, then adopt the jobs nobody alive follows (see
+        :meth:`sweep`). A sibling's jobs are left alone."""
         await self.instance.register()
         await self.sweep()
+        self._recovered = True
 
     async def sweep(self) -> list[CloneJob]:
         """Adopt the orphans: jobs of dead instances (deleted from ``bot_instances`` first), jobs whose lease
@@ -440,6 +458,7 @@ class CloneService:
     async def release_claims(self) -> None:
         """A clean stop (after the poller drained): hand every job back and delete this instance's row, so a
         sibling's next sweep (or the next start) adopts them at once."""
+        self._recovered = False
         if not self.instance.registered:
             return
         try:
@@ -464,7 +483,8 @@ class CloneService:
         scheduler.idle_recheck = self.idle_recheck
         scheduler.drain_seconds = self.notice_drain_seconds
         try:
-            await self.recover()
+            if not self._recovered:  # the cog recovers before Discord is ready
+                await self.recover()
             if self.db.backend.shared:
                 scheduler.spawn(self._keep_claims(), name="clone-job-claims")
             await scheduler.run()

@@ -252,15 +252,23 @@ class Cloning(commands.Cog):
             self.poller = None
 
     async def _run_poller(self) -> None:
-        await self.bot.wait_until_ready()
-        while True:
+        clones = self.bot.clones
+        try:
             try:
-                await self.bot.clones.run_poller(self)
-            except asyncio.CancelledError:
-                raise
+                await clones.recover()  # the database only: adopt orphaned jobs before Discord is even ready
             except Exception:
-                log.exception("the clone job poller stopped unexpectedly; restarting it in 5 s")
-                await asyncio.sleep(5)
+                log.exception("could not adopt orphaned clone jobs yet; trying again once the bot is ready")
+            await self.bot.wait_until_ready()
+            while True:
+                try:
+                    await clones.run_poller(self)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("the clone job poller stopped unexpectedly; restarting it in 5 s")
+                    await asyncio.sleep(5)
+        finally:
+            await clones.release_claims()  # stopped before the poller ran: hand back what recover adopted
 
     # -- the flow ------------------------------------------------------------------------------
 
