@@ -166,10 +166,12 @@ async def test_when_one_process_dies_or_stops_with_jobs_in_flight_the_other_fini
 
 
 @pytest.mark.env(CLONE_CONFIRM="false")
-async def test_sigkill_mid_submit_the_other_process_tells_the_user_once_that_the_clone_is_lost(
-        cluster: Cluster, audio_corpus) -> None:
-    """The process died after sending the paid request and before recording NanoGPT's answer: nobody can
-    know whether it was charged, so it is never sent again, and the user is told so once, by the survivor."""
+@pytest.mark.parametrize("stop", ["sigkill", "sigterm"])
+async def test_stopped_mid_submit_the_user_is_told_once_that_the_clone_is_lost(
+        cluster: Cluster, audio_corpus, stop: str) -> None:
+    """The process died or was stopped after sending the paid request and before NanoGPT answered: nobody
+    can know whether it was charged, so it is never sent again, and the user is told so once, by the
+    survivor. A clean stop does not wait for the answer."""
     emu, nano = cluster.emu, cluster.nano
     doomed, survivor = await cluster.start()
     guild = cluster.guilds[doomed.shard]
@@ -177,7 +179,10 @@ async def test_sigkill_mid_submit_the_other_process_tells_the_user_once_that_the
     nano.hold_next("/voice-clone/qwen")  # never answered while the process lives
     inter = await clone(cluster, dave, guild, audio_corpus("mp3", 4), name="Limbo")
     await nano.wait_for(r"^/voice-clone/qwen$", timeout=10)
-    await cluster.kill(doomed)
+    if stop == "sigkill":
+        await cluster.kill(doomed)
+    else:
+        assert await cluster.terminate(doomed) == 0  # a clean stop, within STOP_TIMEOUT
 
     told = await card(emu, inter, lambda m: LOST_AFTER_RESTART in embed(m).get("description", ""), 15)
     assert fields(told)["State"] == "Not confirmed"
