@@ -2,7 +2,8 @@
 
 Each process is ``python -m bot run`` (as an operator starts it) with ``DATABASE_URL`` on the test's own
 schema (``?search_path=`` of :func:`tests.fixtures_postgres.fresh_schema`; no ``DATABASE_PATH``),
-``SHARD_COUNT=2`` and its own ``SHARD_IDS``, so the emulator sends each guild's events to one process only::
+``SHARD_COUNT=2`` (``cluster.use_shards(n)`` for more) and its own ``SHARD_IDS``, so the emulator sends each
+guild's events to one process only::
 
     async def test_x(cluster):
         first, second = await cluster.start(0, 1)   # one process per shard, started together
@@ -119,6 +120,7 @@ class Cluster:
     database_url: str
     env: dict[str, str]
     guilds: dict[int, int] = field(default_factory=dict)  # shard → a guild whose events go to it
+    shard_count: int = SHARD_COUNT
     processes: list[BotProcess] = field(default_factory=list)  # every process started, in order
     _db: Database | None = None
     _users: int = 0
@@ -127,10 +129,19 @@ class Cluster:
 
     def add_guilds(self) -> None:
         """One guild per shard: the emulator's default guild on its own shard, a new one on each other."""
-        self.guilds[self.emu.shard_of(self.emu.guild_id, SHARD_COUNT)] = self.emu.guild_id
-        for shard in range(SHARD_COUNT):
+        self.guilds[self.emu.shard_of(self.emu.guild_id, self.shard_count)] = self.emu.guild_id
+        for shard in range(self.shard_count):
             if shard not in self.guilds:
-                self.guilds[shard] = self.emu.add_guild(guild_id_on(self.emu, shard), f"Shard {shard} Guild").id
+                self.guilds[shard] = self.emu.add_guild(guild_id_on(self.emu, shard, self.shard_count),
+                                                        f"Shard {shard} Guild").id
+
+    def use_shards(self, count: int) -> None:
+        """``SHARD_COUNT=count`` for every process (before any starts): the emulator's shards and IDENTIFY
+        buckets, and ``guilds`` again, one per shard."""
+        assert not self.processes, "use_shards before the first process starts"
+        self.shard_count = self.emu.shard_count = self.emu.max_concurrency = count
+        self.guilds = {}
+        self.add_guilds()
 
     def channel(self, guild_id: int) -> int:
         """The guild's text channel."""
@@ -157,7 +168,7 @@ class Cluster:
             "DISCORD_API_BASE": self.emu.api_base,
             "DISCORD_GATEWAY_URL": self.emu.gateway_url,
             "DATABASE_URL": self.database_url,  # never DATABASE_PATH with it (exit 2)
-            "SHARD_COUNT": str(SHARD_COUNT),
+            "SHARD_COUNT": str(self.shard_count),
             "SHARD_IDS": str(shard),
             "SAY_COOLDOWN_SECONDS": "0",
             "LOG_LEVEL": "INFO",
@@ -185,11 +196,11 @@ class Cluster:
 
     async def start(self, *shards: int, **overrides: str) -> list[BotProcess]:
         """One process per shard (default: every shard), started at the same time."""
-        return list(await asyncio.gather(*(self.spawn(s, **overrides) for s in shards or range(SHARD_COUNT))))
+        return list(await asyncio.gather(*(self.spawn(s, **overrides) for s in shards or range(self.shard_count))))
 
     async def wait_ready(self, process: BotProcess, timeout: float = READY_TIMEOUT) -> None:  # noqa: ASYNC109
         def ready() -> bool:
-            identified = ([process.shard, SHARD_COUNT], process.name) in self.emu.shard_clients()
+            identified = ([process.shard, self.shard_count], process.name) in self.emu.shard_clients()
             return not process.running or (identified and READY_LINE in process.log())
 
         loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """Two real bot processes (``python -m bot run``, one shard each: ``SHARD_COUNT=2``, ``SHARD_IDS=0`` / ``1``) on
 one Discord emulator, one fake NanoGPT and one PostgreSQL database (``DATABASE_URL``), as a sharded deployment
 runs: each guild is answered by its own shard's process; limits hold across processes; when one process dies the
-other finishes its clone jobs, and a restart never takes a sibling's job from it. Assertions are on what users see
+other finishes its clone jobs (with three processes, one of the two survivors does, once), and a restart never takes
+a sibling's job from it. Assertions are on what users see
 in Discord (answers, cards, notices, counted per job) and on what reached NanoGPT (paid submits)."""
 
 from __future__ import annotations
@@ -163,6 +164,41 @@ async def test_when_one_process_dies_or_stops_with_jobs_in_flight_the_other_fini
         (voice,) = await db.voices.list(user.id)
         (job,) = await db.jobs.for_user(user.id)
         assert job.state == "completed" and job.notified_at is not None and voice.name.startswith("Orphan ")
+
+
+@pytest.mark.env(CLONE_CONFIRM="false")
+async def test_three_processes_when_one_dies_the_two_survivors_finish_each_of_its_jobs_once(
+        cluster: Cluster, audio_corpus) -> None:
+    """Both survivors sweep for orphans every 2 s: each job is adopted by one of them, whichever, and its
+    user told once."""
+    emu, nano = cluster.emu, cluster.nano
+    cluster.use_shards(3)
+    nano.complete_after(6.0, poll_after=0.3)
+    doomed, *survivors = await cluster.start()
+    assert sorted(emu.shard_clients()) == sorted(([p.shard, 3], p.name) for p in (doomed, *survivors))
+    guild = cluster.guilds[doomed.shard]
+    users = [cluster.user(f"user{i}", guild) for i in range(3)]
+    inters = [await clone(cluster, user, guild, audio_corpus("mp3", 4), name=f"Orphan {i}")
+              for i, user in enumerate(users)]
+    for inter in inters:
+        assert inter.delivered_to == [[doomed.shard, 3]]
+        await card(emu, inter, lambda m: fields(m).get("State") in ("Queued", "Processing"))
+    await cluster.kill(doomed)
+
+    for inter in inters:
+        done = await card(emu, inter, is_ready, 20)
+        assert fields(done)["State"] == "Completed"
+    await asyncio.sleep(1.0)  # time for a duplicate notice to show up, if one were coming
+    for inter, user in zip(inters, users, strict=True):
+        (notice,) = ready_edits(emu, inter)  # told once, by one of the survivors
+        assert notice.client in {p.name for p in survivors}
+        assert channel_notices(emu, user) == []
+    assert len(nano.submits) == 3
+    db = await cluster.db()
+    for user in users:
+        (job,) = await db.jobs.for_user(user.id)
+        assert job.state == "completed" and job.notified_at is not None
+        assert len(await db.voices.list(user.id)) == 1
 
 
 @pytest.mark.env(CLONE_CONFIRM="false")
