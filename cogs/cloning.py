@@ -23,6 +23,7 @@ from bot.cloning import (
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
     ClipSource,
+    CloneHandedOver,
     CloneNotice,
     CloneRequest,
     InteractionRef,
@@ -303,12 +304,18 @@ class Cloning(commands.Cog):
         view = ConfirmCloneView(self, interaction, prepared, where, timeout=self.confirm_timeout)
         await interactions.edit_original(interaction, content=None, embed=confirm_embed(prepared), view=view)
 
-    async def submit(self, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef) -> CloneJob:
+    async def submit(self, origin: discord.Interaction, prepared: PreparedClone,
+                     where: InteractionRef) -> CloneJob | None:
+        """The paid submit; None when another bot process took the job over meanwhile and tells the user."""
         async def show_card(job: CloneJob) -> None:
             await interactions.edit_original(origin, content=None, embed=status_embed(job, self.bot.clock.now()),
                                              view=None)
 
-        return await self.bot.clones.submit(prepared, where, on_recorded=show_card)
+        try:
+            return await self.bot.clones.submit(prepared, where, on_recorded=show_card)
+        except CloneHandedOver as handed:  # its notice edits this card: one message, not two
+            log.info("clone job %s: another bot process tells the user how it ended", handed.job_id)
+            return None
 
     async def clone_this_voice(self, interaction: discord.Interaction, message: discord.Message) -> None:
         attachment = find_audio(message)
