@@ -57,6 +57,13 @@ COMMAND_SYNC_SECTION = "command-sync"  # Database.exclusive: one process compare
 #: Discord allows one IDENTIFY per bucket (shard id % max_concurrency) per this many seconds, across every
 #: connection of the bot, whichever process opens it.
 IDENTIFY_INTERVAL = 5.0
+#: How long a process holds an IDENTIFY bucket, counted from taking its lock. discord.py has no hook after
+#: the IDENTIFY is sent (``before_identify`` runs before the send; ``socket_raw_send`` needs debug events and
+#: fires before the send too), so the hold starts a scheduler step or more before the IDENTIFY leaves, and
+#: Discord sees two processes' IDENTIFYs with their own delays: held exactly 5 s, two IDENTIFYs of one
+#: bucket arrived 4.9997 s apart once. The extra second covers a busy host; it costs 1 s per shard of one
+#: bucket at start-up only.
+IDENTIFY_HOLD = IDENTIFY_INTERVAL + 1.0
 HTTP_CONNECTIONS = 512  # NanoGPT calls (and downloads) in flight at once
 
 
@@ -131,7 +138,7 @@ class NanoVoice(commands.Bot):
         self.synced: str = "not synced"
         self._leaving: set[int] = set()
         self._max_concurrency: int | None = None  # GET /gateway/bot's session_start_limit, fetched once
-        self._identify_slots: set[asyncio.Task[None]] = set()  # each holds an IDENTIFY bucket for 5 s
+        self._identify_slots: set[asyncio.Task[None]] = set()  # each holds an IDENTIFY bucket for 6 s
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -153,9 +160,10 @@ class NanoVoice(commands.Bot):
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         """Before each IDENTIFY: on a database shared with other processes (PostgreSQL), wait for this
-        shard's bucket (``shard_id % max_concurrency``) and hold it for :data:`IDENTIFY_INTERVAL` seconds
-        after, in every process at once (an advisory lock per bucket). discord.py's own hook (kept on
-        SQLite, where one process runs every shard) only spaces this process's IDENTIFYs by 5 s."""
+        shard's bucket (``shard_id % max_concurrency``) and hold it for :data:`IDENTIFY_HOLD` seconds, in
+        every process at once (an advisory lock per bucket), so one bucket's IDENTIFYs are at least
+        :data:`IDENTIFY_INTERVAL` seconds apart. discord.py's own hook (kept on SQLite, where one process
+        runs every shard) only spaces this process's IDENTIFYs by 5 s."""
         if not self.db.shared:
             await super().before_identify_hook(shard_id, initial=initial)
             return
@@ -178,7 +186,7 @@ class NanoVoice(commands.Bot):
         try:
             async with self.db.exclusive(f"identify:{self.application_id}:{bucket}"):
                 acquired.set_result(None)
-                await asyncio.sleep(IDENTIFY_INTERVAL)  # Discord's window is real time, not the bot's clock
+                await asyncio.sleep(IDENTIFY_HOLD)  # Discord's window is real time, not the bot's clock
         except Exception as exc:
             if not acquired.done():
                 acquired.set_exception(exc)

@@ -29,7 +29,7 @@ if os.environ.get("CI"):
 
 # Feature fixtures shared by many test modules.
 pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_db", "tests.fixtures_nanogpt", "tests.fixtures_audio",
-                  "tests.fixtures_bot"]
+                  "tests.fixtures_bot", "tests.fixtures_processes"]
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 

@@ -18,6 +18,7 @@ Scripting (see the attributes in ``FakeNanoGPT.__init__``):
   ``fake.complete_after(seconds, poll_after=5)`` for a time-based mode (processing with
   ``X-Poll-After`` until ``seconds`` after submit, then completed);
 * faults: ``fake.fail_next(path, status, body=…, headers=…, times=…, delay=…, drop=…, truncate=…)``;
+  ``release = fake.hold_next(path)`` holds the next request until ``release.set()``;
 * TTS: ``fake.tts_mode = "bytes" | "url" | "ticket"``, ``fake.tts_latency``, ``fake.tts_ticket_polls``,
   ``fake.tts_ticket_result = "completed" | "error" | "content_policy"``, ``fake.content_policy_words``;
 * money: ``fake.balance_usd`` (charges are deducted; 402 when too low), ``fake.charges``.
@@ -225,6 +226,7 @@ class Fault:
     delay: float
     drop: bool
     truncate: bool
+    release: asyncio.Event | None = None  # hold_next: wait for this before handling the request
 
     def matches(self, path: str) -> bool:
         return path == self.path or re.fullmatch(self.path, path) is not None
@@ -455,6 +457,14 @@ class FakeNanoGPT:
         ``truncate``: announce the full Content-Length but send only half the body."""
         self.faults.append(Fault(path, status, body, headers, times, delay, drop, truncate))
 
+    def hold_next(self, path: str, times: int = 1) -> asyncio.Event:
+        """The next ``times`` requests to ``path`` (as for :meth:`fail_next`) are held (they are recorded, then
+        wait) until the returned event is set, then handled normally: NanoGPT still working on an answer for
+        as long as a test needs."""
+        release = asyncio.Event()
+        self.faults.append(Fault(path, None, None, None, times, 0.0, False, False, release))
+        return release
+
     def reset_faults(self) -> None:
         self.faults.clear()
 
@@ -537,6 +547,8 @@ class FakeNanoGPT:
             if fault is not None:
                 if fault.delay:
                     await self._pause(fault.delay)
+                if fault.release is not None:
+                    await self._held(fault.release)
                 if fault.drop:
                     raise _Dropped
                 if fault.status is not None:
@@ -639,6 +651,18 @@ class FakeNanoGPT:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), seconds)
         if self._closing.is_set():
+            raise _Dropped
+
+    async def _held(self, release: asyncio.Event) -> None:
+        """Wait for ``release``, but wake (and drop the request) when the fake is closing."""
+        closing = asyncio.ensure_future(self._closing.wait())
+        released = asyncio.ensure_future(release.wait())
+        try:
+            await asyncio.wait({closing, released}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            released.cancel()
+        if not release.is_set():
             raise _Dropped
 
     # -- validation -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .plumbing import _REC
 from .protocol import INTENT_GUILD_MESSAGES, INTENT_MESSAGE_CONTENT, PRIVILEGED_INTENTS
 from .state import EmuGuild, EmuMessage, EmuUser
 
@@ -29,6 +30,7 @@ class _GatewaySession:
     buffer: list[dict[str, Any]] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     valid: bool = True
+    client: str | None = None  # the process that identified (RecordedRequest.client of its /gateway request)
 
     def handles_guild(self, guild_id: int | None) -> bool:
         """Discord's sharding: a guild's events go to shard ``(guild_id >> 22) % count``, DMs to shard 0;
@@ -99,6 +101,8 @@ class GatewayMixin:
         self.identify_count += 1
         self.identifies.append((time.monotonic(), d.get("shard")))
         session = _GatewaySession(secrets.token_hex(16), intents, d.get("shard"), ws=ws, request=request)
+        record = request.get(_REC)
+        session.client = record.client if record is not None else None
         self._sessions[session.session_id] = session
         guilds = [g for g in self.guilds.values() if session.handles_guild(g.id)]
         ready: dict[str, Any] = {
@@ -192,6 +196,12 @@ class GatewayMixin:
     def identified_shards(self) -> list[list[int] | None]:
         """The IDENTIFY ``shard`` of every valid session, connected or not."""
         return [s.shard for s in self._sessions.values() if s.valid]
+
+    def shard_clients(self, *, connected: bool = True) -> list[tuple[list[int] | None, str | None]]:
+        """(IDENTIFY ``shard``, identifying process per ``client_of``) of every valid session (only the
+        connected ones unless ``connected=False``), in IDENTIFY order."""
+        return [(s.shard, s.client) for s in self._sessions.values()
+                if s.valid and (not connected or (s.ws is not None and not s.ws.closed))]
 
     def _gateway_message(self, msg: EmuMessage, session_intents: int | None = None) -> dict[str, Any]:
         data = self._serialise_message(msg)

@@ -52,6 +52,10 @@ class RecordedRequest:
     response: Any = None
     faulted: bool = False
     time: float = 0.0
+    #: The TCP port the request came from, and the process it names (``emu.client_of(port)``, when set): which
+    #: of several bot processes sent it (tests/fixtures_processes.py).
+    peer_port: int | None = None
+    client: str | None = None
 
     @property
     def payload(self) -> Any:
@@ -264,6 +268,11 @@ class PlumbingMixin:
         body = b"" if path == "/gateway" else await request.read()
         rec = RecordedRequest(index=len(self.requests), method=request.method, path=short, raw_path=path,
                               query=dict(request.query), headers=dict(request.headers), body=body, time=time.time())
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            rec.peer_port = int(peer[1])
+            if self.client_of is not None:  # while the connection is surely open
+                rec.client = self.client_of(rec.peer_port)
         ctype = request.headers.get("Content-Type", "")
         if body and ctype.startswith("application/json"):
             with contextlib.suppress(ValueError):

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -52,6 +53,9 @@ class DiscordEmulator(InteractionMixin, RestMixin, GatewayMixin, VoiceMixin, Plu
         self.allowed_privileged_intents = PRIVILEGED_INTENTS
         self.refuse_voice_messages: dict[int, bool] = {}
         self.locale = "en-US"
+        # Names the local process behind a client's TCP port (RecordedRequest.client), e.g. which of several bot
+        # processes sent a request; None: not recorded.
+        self.client_of: Callable[[int], str | None] | None = None
 
         # state
         self.guilds: dict[int, EmuGuild] = {}
