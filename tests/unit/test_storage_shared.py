@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from bot.clock import Clock
+from bot.embeddings import EmbeddingHost
 from bot.limits import Cooldown, SharedCooldown
 from bot.policy import USER_BLOCKED, Blocks
 from bot.privacy import Privacy
 from bot.storage import Database
+from tests.fixtures_db import add_qwen_voice, make_config
 from tests.fixtures_postgres import BACKENDS
 
 NOON = 1764072000.0  # 2025-11-25 12:00 UTC
@@ -167,3 +170,30 @@ async def test_a_release_in_one_process_leaves_the_others_claim(two_processes):
     assert await there.claim(USER) is None  # the other process's line
     await here.release(USER)  # nothing of this process's left to release
     assert await here.claim(USER) == pytest.approx(10.0)
+
+
+async def test_an_embedding_copy_is_posted_once_when_two_processes_need_it_at_once(two_processes):
+    """EMBEDDING_CHANNEL_ID: two processes needing a Qwen voice's copy at the same moment post one message
+    (a second one would be left in the channel, never deleted, not even by /forget-me)."""
+    posted: list[int] = []
+
+    async def rehost(data: bytes, filename: str) -> tuple[str, float | None, int]:
+        await asyncio.sleep(0.2)  # an upload to Discord takes a while
+        posted.append(len(posted) + 1)
+        return f"https://cdn.example/attachments/1/{posted[-1]}/{filename}", NOON + 86_400, posted[-1]
+
+    async def refresh(message_id: int) -> tuple[str, float | None]:
+        raise LookupError(message_id)
+
+    first, second = two_processes
+    voice_id = await add_qwen_voice(first, USER, "Q", embedding_url=None, embedding=b"\x00" * 64,
+                                    filename="speaker-embedding.safetensors", transcript=None, guild_id=1,
+                                    now=NOON, lifetime=7 * 86_400)
+    config = make_config(embedding_channel_id=777)
+    async with aiohttp.ClientSession() as session:
+        hosts = [EmbeddingHost(db, config, Clock(NOON, frozen=True), session) for db in two_processes]
+        for host in hosts:
+            host.set_discord_hooks(rehost, refresh)
+        voice = await first.voices.get(USER, voice_id)
+        urls = await asyncio.gather(*(hosts[i % 2].url_for(voice) for i in range(6)))
+    assert len(posted) == 1 and set(urls) == {(await second.files.get(voice.embedding_file_id)).discord_url}
