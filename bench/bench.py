@@ -1,6 +1,8 @@
 """nanovoice benchmark: the real bot against the local Discord emulator and the fake NanoGPT.
 
     .venv/bin/python -m bench.bench [--quick] [--only NAME[,NAME…]] [--json PATH]
+    .venv/bin/python -m bench.bench [--processes N] [--guilds G] [--database-url URL]
+    .venv/bin/python -m bench.bench --compare [--guilds G]
 
 The bot runs as its own process, exactly as operators start it (``python -m bot run``), pointed at the
 emulator and the fake NanoGPT, which run in this process together with the driver. So the bot's CPU
@@ -18,12 +20,23 @@ Scenarios (``--only`` picks some; every bot start also yields the start-up and m
 * ``burst64``: 64 ``/say`` injected at the same instant (TTS 0), four times: how long the last one waits
   (informational; it is 64 × the bot's CPU per ``/say``);
 * ``throughput``: 200 ``/say`` from 200 users at once, the fake answering TTS in 500 ms;
+* ``saturation``: 128 members, each sending its next ``/say`` as soon as the last is answered (the fake
+  answering TTS in 100 ms) for 2 s of warm-up and 10 s counted: replies per second, and CPU per ``/say``
+  of the bot processes (sum) and of the PostgreSQL server (its postmaster and children, from ``/proc``);
 * ``cache``: the same ``/say`` again and again: NanoGPT calls and latency;
 * ``voice_message``: ``/say voice_message:true`` → the voice message in the channel (informational);
 * ``poller``: 1,000 open MiniMax clone jobs seeded in the database, the fake answering ``processing`` with
   ``X-Poll-After: 5`` for 20 s; status requests vs the minimum the headers allow, completion-notice lag;
 * ``intake``: clone-audio normalisation times and event-loop lag (``bench/bench_audio.py``);
 * ``startup``: only start the bot (start-up to ready, idle memory).
+
+``--guilds G`` puts G guilds in the emulator (spread evenly over the shards) and every scenario's members
+round-robin over them. ``--processes N`` runs N bot processes with ``SHARD_COUNT=N``, process i
+``SHARD_IDS=i``, all on one PostgreSQL database: ``--database-url``'s, or a throwaway PostgreSQL 15 server
+started for the run (``bench/postgres_server.py``) and stopped at the end. ``--compare`` runs SQLite ×1,
+PostgreSQL ×1 and PostgreSQL ×2 one after the other, each on fresh fakes and a fresh database (a new schema on
+the one server), by default with 64 guilds and the scenarios say64, burst64 and saturation, and prints them
+side by side (the JSON has every configuration's figures and the comparison).
 
 Prints a table (figure, target, PASS/FAIL) and writes everything to ``--json`` (default
 ``bench/results.json``). ``--quick`` shrinks every count for a smoke run (< 60 s). The fake's latencies are
@@ -64,6 +77,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import bench_audio
+from bench.postgres_server import ServerCPU, ThrowawayPostgres, find_postmaster, fresh_schema
 from bot.cloning import make_custom_voice_id
 from bot.storage import Database
 from tests.fakes.discord import DiscordEmulator
@@ -74,8 +88,11 @@ log = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "bench" / "results.json"
-SCENARIOS = ("startup", "say1", "say64", "burst64", "throughput", "cache", "voice_message", "poller", "intake")
-BOT_SCENARIOS = ("startup", "say1", "say64", "burst64", "throughput", "cache", "voice_message")
+SCENARIOS = ("startup", "say1", "say64", "burst64", "throughput", "saturation", "cache", "voice_message", "poller",
+             "intake")
+BOT_SCENARIOS = ("startup", "say1", "say64", "burst64", "throughput", "saturation", "cache", "voice_message")
+#: What ``--compare`` runs in each configuration (unless ``--only`` says otherwise).
+COMPARE_SCENARIOS = ("say64", "burst64", "saturation")
 
 # The targets of issue #6.
 SAY64_MEDIAN_MS = 15.0
@@ -105,6 +122,10 @@ class Sizes:
     concurrency: int
     throughput: int
     throughput_latency: float
+    saturation_members: int  # members each sending their next /say as soon as the last is answered
+    saturation_warmup: float  # seconds before the counting window
+    saturation_seconds: float  # the counting window
+    saturation_latency: float  # the fake's TTS latency meanwhile
     cache: int
     voice_message: int
     poll_jobs: int
@@ -115,9 +136,11 @@ class Sizes:
 
 FULL = Sizes(tts_latency=0.0, say1=100, say64_each=9, say64_latency=0.5, burst64_rounds=4, concurrency=64,
              throughput=200, throughput_latency=0.5,
+             saturation_members=128, saturation_warmup=2.0, saturation_seconds=10.0, saturation_latency=0.1,
              cache=100, voice_message=20, poll_jobs=1000, poll_seconds=20.0, poll_after=5.0, intake_runs=3)
 QUICK = Sizes(tts_latency=0.0, say1=5, say64_each=2, say64_latency=0.5, burst64_rounds=1, concurrency=64,
               throughput=50, throughput_latency=0.5,
+              saturation_members=32, saturation_warmup=0.5, saturation_seconds=2.0, saturation_latency=0.1,
               cache=10, voice_message=3, poll_jobs=50, poll_seconds=4.0, poll_after=1.0, intake_runs=1)
 
 
@@ -134,6 +157,8 @@ class BenchEmulator(DiscordEmulator):
         self.message_at: dict[int, tuple[float, float]] = {}  # message id → (perf_counter, time.time)
         self.mention_notice_at: dict[int, float] = {}  # user id → time.time of the first bot message pinging them
         self._pending: set[str] = set()
+        self._original_of: dict[int, str] = {}  # id of a message made for a pending interaction → its token
+        self._dirty: set[int] = set()  # such messages created or edited since the last state change
         super().__init__(**kwargs)
 
     async def _inject(self, payload: dict[str, Any], user: Any, source_message: Any = None) -> Any:
@@ -143,14 +168,25 @@ class BenchEmulator(DiscordEmulator):
         return await super()._inject(payload, user, source_message)
 
     def _notify(self) -> None:
-        if self._pending:
+        # Only the interactions whose messages changed: scanning every pending one on every state change
+        # cost the driver more CPU than the bot's own /say handling with 128 in flight.
+        if self._dirty:
             now = time.perf_counter()
-            for token in list(self._pending):
+            for mid in self._dirty:
+                token = self._original_of.get(mid)
+                if token is None or token not in self._pending:
+                    continue
                 msg = self.original_response(token)
                 if msg is not None and not msg.loading:
                     self.final_at[token] = now
                     self._pending.discard(token)
+            self._dirty.clear()
         super()._notify()
+
+    async def _edit_message(self, msg: Any, payload: dict[str, Any], files: dict[int, Any]) -> None:
+        await super()._edit_message(msg, payload, files)
+        if msg.id in self._original_of:
+            self._dirty.add(msg.id)
 
     async def _identify(self, ws: Any, request: Any, d: dict[str, Any]) -> Any:
         self.identified_at.append(time.perf_counter())
@@ -159,6 +195,10 @@ class BenchEmulator(DiscordEmulator):
     def _new_message(self, channel_id: int, author: Any, **kwargs: Any) -> Any:
         msg = super()._new_message(channel_id, author, **kwargs)
         self.message_at[msg.id] = (time.perf_counter(), time.time())
+        inter = kwargs.get("interaction")
+        if inter is not None and inter.token in self._pending:
+            self._original_of[msg.id] = inter.token
+            self._dirty.add(msg.id)
         content = msg.content or ""
         if author.id == self.bot_user.id and content.startswith("<@") and ">" in content:
             with contextlib.suppress(ValueError):
@@ -214,6 +254,15 @@ def process_cpu_s(pid: int) -> float:
     return (utime + stime + cutime + cstime) / _CLK_TCK
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    total = sum(values)
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+
+
 def process_memory_mb(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with open(f"/proc/{pid}/status") as f:
@@ -229,8 +278,10 @@ class BotProcess:
 
     READY_LINE = "logged in as"
 
-    def __init__(self, world: World, log_path: Path, profile: str | None = None) -> None:
+    def __init__(self, world: World, log_path: Path, profile: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.profile = profile
+        self.env = env or {}
         self.world = world
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
@@ -253,7 +304,7 @@ class BotProcess:
         if self.profile == "cprofile":
             command[1:1] = ["-m", "cProfile", "-o", f"{self.log_path.with_suffix('')}.cprofile"]
         self.proc = await asyncio.create_subprocess_exec(
-            *command, cwd=str(self.world.tmp_path), env=self.world.process_env(),
+            *command, cwd=str(self.world.tmp_path), env=self.world.process_env(**self.env),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read())
@@ -331,6 +382,37 @@ class BotProcess:
                 await asyncio.wait_for(self._reader, 5)
 
 
+class BotFleet:
+    """The bot processes of one configuration, started and stopped together: one plain process, or N
+    processes on one PostgreSQL database with ``SHARD_COUNT=N`` and ``SHARD_IDS=i`` each. CPU time and
+    memory are the sums over the processes."""
+
+    def __init__(self, processes: list[BotProcess]) -> None:
+        self.processes = processes
+
+    async def start(self) -> dict[str, float]:
+        timings = await asyncio.gather(*(p.start() for p in self.processes))
+        # the configuration is ready when its slowest process is
+        return {key: max(t[key] for t in timings) for key in ("to_identify_s", "to_ready_s")}
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.processes))
+
+    def cpu_s(self) -> float:
+        return sum(p.cpu_s() for p in self.processes)
+
+    def memory(self) -> dict[str, Any]:
+        each = [p.memory() for p in self.processes]
+        return {"rss_mb": round(sum(m["rss_mb"] for m in each), 1),
+                "peak_rss_mb": round(sum(m["peak_rss_mb"] for m in each), 1),
+                **({"per_process_rss_mb": [m["rss_mb"] for m in each]} if len(each) > 1 else {})}
+
+    def problems(self) -> list[str]:
+        if len(self.processes) == 1:
+            return self.processes[0].problems()
+        return [f"process {i}: {line}" for i, p in enumerate(self.processes) for line in p.problems()]
+
+
 # -- results ---------------------------------------------------------------------------------------
 
 
@@ -388,11 +470,26 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 # -- the driver ------------------------------------------------------------------------------------
 
 
+def guild_id_on(emu: DiscordEmulator, shard: int, count: int) -> int:
+    """A fresh guild id whose events Discord sends to ``shard`` of ``count`` (as in tests/wire/test_shards.py)."""
+    flake = emu.snowflake()
+    ms = flake >> 22
+    ms += (shard - ms % count) % count
+    return (ms << 22) | (flake & ((1 << 22) - 1))
+
+
 class Bench:
+    """One configuration: the fakes, ``guilds`` guilds (spread evenly over the shards), and ``processes``
+    bot processes (more than one: ``SHARD_COUNT=processes``, process i ``SHARD_IDS=i``, on PostgreSQL)."""
+
     def __init__(self, sizes: Sizes, selected: set[str], tmp: Path, profile: str | None = None,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, processes: int = 1, guilds: int = 1) -> None:
+        if processes > 1 and not database_url:
+            raise ValueError("several bot processes need a PostgreSQL database (DATABASE_URL)")
         self.profile = profile
         self.database_url = database_url
+        self.processes = processes
+        self.guilds = guilds
         self.sizes = sizes
         self.selected = selected
         self.tmp = tmp
@@ -400,9 +497,14 @@ class Bench:
         self.emu = BenchEmulator()
         self.nano = BenchNanoGPT()
         self.world: World | None = None
-        self.bot: BotProcess | None = None
+        self.bot: BotFleet | None = None
+        self.postgres: ServerCPU | None = None  # the PostgreSQL server's CPU, when it runs on this machine
+        self.guild_channels: list[tuple[int, int]] = []  # (guild id, its text channel), the default guild first
+        self._channel_of: dict[int, int] = {}  # member id → the channel of the guild it was made in
+        self._members = 0
         self._starts = 0
         self._texts = 0
+        self.delivered: dict[str, int] = {}  # shard → interactions its connection got ("all": unsharded)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -414,7 +516,25 @@ class Bench:
         env = dict(BOT_ENV)
         if self.database_url:  # the bot on PostgreSQL (DATABASE_PATH emptied: both set are refused)
             env |= {"DATABASE_URL": self.database_url, "DATABASE_PATH": ""}
+            postmaster = await find_postmaster(self.database_url)
+            self.postgres = ServerCPU(postmaster) if postmaster is not None else None
+        if self.processes > 1:
+            env["SHARD_COUNT"] = str(self.processes)
+            self.emu.shard_count = self.processes
         self.world = World(emu=self.emu, nano=self.nano, tmp_path=self.tmp, env=env)
+        self._add_guilds()
+
+    def _add_guilds(self) -> None:
+        """The default guild and ``guilds - 1`` more, before the bot connects (they come in GUILD_CREATE);
+        with several processes each shard gets every n-th one, so the processes share the guilds evenly."""
+        emu, n = self.emu, self.processes
+        first = emu.guild_id
+        self.guild_channels = [(first, emu.channel_id)]
+        start = emu.shard_of(first, n)
+        for i in range(1, self.guilds):
+            gid = guild_id_on(emu, (start + i) % n, n) if n > 1 else None
+            guild = emu.add_guild(gid, f"Bench Guild {i}")
+            self.guild_channels.append((guild.id, next(iter(guild.channels))))
 
     async def close(self) -> None:
         await self.stop_bot()
@@ -427,7 +547,12 @@ class Bench:
     async def start_bot(self, label: str) -> dict[str, float]:
         assert self.world is not None
         self._starts += 1
-        self.bot = BotProcess(self.world, self.tmp / f"bot-{self._starts}.log", profile=self.profile)
+        if self.processes == 1:
+            procs = [BotProcess(self.world, self.tmp / f"bot-{self._starts}.log", profile=self.profile)]
+        else:
+            procs = [BotProcess(self.world, self.tmp / f"bot-{self._starts}-shard{i}.log", profile=self.profile,
+                                env={"SHARD_IDS": str(i)}) for i in range(self.processes)]
+        self.bot = BotFleet(procs)
         timings = await self.bot.start()
         self.results.details.setdefault("startup", {})[label] = timings
         return timings
@@ -445,7 +570,11 @@ class Bench:
     async def say_batch(self, requests: list[tuple[Any, dict[str, Any]]], timeout: float = 60.0  # noqa: ASYNC109
                         ) -> tuple[list[float], int]:
         """Inject all ``/say`` at once; returns (latencies of the replies that arrived, failures)."""
-        inters = await asyncio.gather(*(self.emu.slash(user, "say", options=opts) for user, opts in requests))
+        inters = await asyncio.gather(*(self.emu.slash(user, "say", options=opts,
+                                                       channel_id=self._channel_of.get(user.id))
+                                        for user, opts in requests))
+        for inter in inters:
+            self._count_delivery(inter)
         tokens = [i.token for i in inters]
         final = self.emu.final_at
         with contextlib.suppress(TimeoutError):
@@ -462,8 +591,39 @@ class Bench:
             latencies.append(final[inter.token] - self.emu.injected_at[inter.token])
         return latencies, failures
 
+    def _count_delivery(self, inter: Any) -> None:
+        """Which shard's connection got the interaction ("all": an unsharded one)."""
+        for shard in inter.delivered_to or [None]:
+            key = "all" if shard is None else str(shard[0])
+            self.delivered[key] = self.delivered.get(key, 0) + 1
+
     def users(self, n: int, prefix: str) -> list[Any]:
-        return [self.emu.add_user(name=f"{prefix}{i}") for i in range(n)]
+        """``n`` new members, spread round-robin over the guilds (all in the default guild with one)."""
+        out = []
+        for i in range(n):
+            gid, cid = self.guild_channels[self._members % len(self.guild_channels)]
+            self._members += 1
+            user = self.emu.add_user(name=f"{prefix}{i}", guild_id=gid)
+            self._channel_of[user.id] = cid
+            out.append(user)
+        return out
+
+    def cpu(self) -> dict[str, float | None]:
+        """CPU seconds so far: the bot processes (sum), the PostgreSQL server (None: not on this machine
+        or SQLite), this process (the fakes and the driver)."""
+        assert self.bot is not None
+        return {"bot": self.bot.cpu_s(), "postgres": self.postgres.cpu_s() if self.postgres else None,
+                "driver": time.process_time()}
+
+    def cpu_per_say(self, before: dict[str, float | None], n: int) -> dict[str, float | None]:
+        """Milliseconds of CPU per /say since ``before``, for each of :meth:`cpu`'s parts."""
+        now = self.cpu()
+        out: dict[str, float | None] = {}
+        for key, then in before.items():
+            value = now[key]
+            out[f"{key}_cpu_ms_per_say"] = (None if then is None or value is None or not n
+                                            else round((value - then) * 1000 / n, 3))
+        return out
 
     # -- scenarios ---------------------------------------------------------------------------
 
@@ -481,7 +641,7 @@ class Bench:
             r.details["memory_idle"] = idle
             r.add("memory", "resident memory, idle after start", idle["rss_mb"], "MB", target=f"≤ {RSS_MB:.0f} MB",
                   passed=idle["rss_mb"] <= RSS_MB)
-            for name in ("say1", "say64", "burst64", "throughput", "cache", "voice_message"):
+            for name in ("say1", "say64", "burst64", "throughput", "saturation", "cache", "voice_message"):
                 if name in self.selected:
                     await self._timed(name, getattr(self, f"scenario_{name}"))
             if any(name != "startup" for name in bot_work):
@@ -544,11 +704,9 @@ class Bench:
                 if i:  # the first round starts all 64 at the same instant: a burst, not the steady state
                     latencies.extend(got)
 
-        cpu0 = self.bot.cpu_s()
+        cpu0 = self.cpu()
         await asyncio.gather(*(member(u) for u in self.users(c, "c64-")))
-        cpu = self.bot.cpu_s() - cpu0
-        self.results.details.setdefault("say64", {})["bot_cpu_ms_per_say"] = round(
-            cpu * 1000 / max(1, c * self.sizes.say64_each), 2)
+        self.results.details.setdefault("say64", {}).update(self.cpu_per_say(cpu0, c * self.sizes.say64_each))
         self._overhead("say64", f"concurrency {c} (fake TTS {latency * 1000:.0f} ms)", latencies, failures,
                        server_before, latency, targets=True)
         self.nano.tts_latency = 0.0
@@ -559,16 +717,14 @@ class Bench:
         c = self.sizes.concurrency
         server_before = len(self.nano.tts_server_s)
         latencies, failures = [], 0
-        cpu0 = self.bot.cpu_s()
+        cpu0 = self.cpu()
         for rnd in range(self.sizes.burst64_rounds):
             batch = [(u, {"text": self.text(f"in a burst of {c}")}) for u in self.users(c, f"b64-{rnd}-")]
             got, failed = await self.say_batch(batch)
             latencies += got
             failures += failed
             await asyncio.sleep(0.2)
-        cpu = self.bot.cpu_s() - cpu0
-        self.results.details.setdefault("burst64", {})["bot_cpu_ms_per_say"] = round(
-            cpu * 1000 / max(1, len(latencies)), 2)
+        self.results.details.setdefault("burst64", {}).update(self.cpu_per_say(cpu0, len(latencies)))
         self._overhead("burst64", f"{c} injected at once", latencies, failures, server_before,
                        self.sizes.tts_latency, targets=False)
         self.nano.tts_latency = 0.0
@@ -597,7 +753,7 @@ class Bench:
         self.nano.tts_latency = latency
         tts_before = self.nano.tts_count()
         spans_before = len(self.nano.tts_spans)
-        cpu0 = self.bot.cpu_s()
+        cpu0, cpu_parts = self.bot.cpu_s(), self.cpu()
         try:
             started = time.perf_counter()
             latencies, failures = await self.say_batch([(u, {"text": self.text("throughput")}) for u in users])
@@ -605,6 +761,7 @@ class Bench:
         finally:
             self.nano.tts_latency = 0.0
         await asyncio.sleep(0.3)  # let the bot finish its bookkeeping after the last reply
+        per_say = self.cpu_per_say(cpu_parts, n)
         cpu = self.bot.cpu_s() - cpu0
         worst = max(latencies) if latencies else None
         limit = THROUGHPUT_FACTOR * latency
@@ -615,7 +772,7 @@ class Bench:
             "max_tts_in_flight_at_fake": self.nano.max_tts_in_flight(spans_before),
             "tts_arrival_after_first_injection_ms": summary_ms(
                 [a - started for a, _ in self.nano.tts_spans[spans_before:]]),
-        }
+        } | per_say
         self.results.add("throughput", f"slowest of {n} concurrent /say (fake TTS {latency * 1000:.0f} ms)", worst,
                          "s", target=f"≤ {limit:.1f} s, all answered", passed=(
                              worst is not None and worst <= limit and failures == 0),
@@ -623,6 +780,75 @@ class Bench:
                               f"{self.results.details['throughput']['max_tts_in_flight_at_fake']} TTS calls in flight")
         self.results.add("throughput", "bot CPU time per /say", cpu * 1000 / max(1, n), "ms",
                          note=f"{cpu:.2f} s of bot CPU for {n} requests")
+
+    async def scenario_saturation(self) -> None:
+        """Throughput at saturation: many members over the guilds, each sending its next /say as soon as
+        the last is answered (the fake answering TTS in 100 ms), for a fixed time; the replies that
+        became final inside the counting window (after a warm-up) per second, and CPU per /say there."""
+        s = self.sizes
+        members = self.users(s.saturation_members, "sat-")
+        self.nano.tts_latency = s.saturation_latency
+        final = self.emu.final_at
+        stop_at = time.perf_counter() + s.saturation_warmup + s.saturation_seconds
+        tokens: list[tuple[str, float]] = []  # (token, injected at)
+        failures = 0
+        failed: list[str] = []  # what the failed ones got
+
+        async def member(user: Any) -> None:
+            nonlocal failures
+            while time.perf_counter() < stop_at:
+                inter = await self.emu.slash(user, "say", options={"text": self.text("at saturation")},
+                                             channel_id=self._channel_of.get(user.id))
+                tokens.append((inter.token, self.emu.injected_at[inter.token]))
+                self._count_delivery(inter)
+                try:
+                    await self.emu.wait_until(lambda t=inter.token: t in final, 30, "a /say reply")
+                except TimeoutError:
+                    failures += 1
+                    failed.append("no reply within 30 s")
+                    continue
+                msg = inter.original
+                if msg is None or not msg.attachments:
+                    failures += 1
+                    failed.append("deleted" if msg is None else f"reply without speech: {msg.content[:200]!r}")
+
+        try:
+            runners = asyncio.gather(*(member(u) for u in members))
+            await asyncio.sleep(s.saturation_warmup)
+            window_start, cpu0, machine0 = time.perf_counter(), self.cpu(), machine_cpu_s()
+            await asyncio.sleep(s.saturation_seconds)
+            window_end, machine1 = time.perf_counter(), machine_cpu_s()
+            in_window = sum(1 for t, _ in tokens if t in final and window_start <= final[t] < window_end)
+            per_say = self.cpu_per_say(cpu0, in_window)
+            await runners
+        finally:
+            self.nano.tts_latency = 0.0
+        rate = in_window / (window_end - window_start)
+        ours = sum(v for v in per_say.values() if v is not None) * rate / 1000  # bot + PostgreSQL + this process
+        busy = (machine1[0] - machine0[0]) / (window_end - window_start)
+        latencies = [final[t] - at for t, at in tokens if t in final and window_start <= final[t] < window_end]
+        stats = summary_ms(latencies)
+        self.results.details.setdefault("saturation", {}).update({
+            "members": len(members), "guilds": len(self.guild_channels), "fake_latency_s": s.saturation_latency,
+            "window_s": round(window_end - window_start, 3), "replies_in_window": in_window,
+            "requests_per_s": round(rate, 1), "latency_in_window": stats, "failures": failures,
+            "failed_samples": failed[:5],
+            "requests": len(tokens),
+            # how busy the whole machine was in the window (cores' worth; everything on it, not only the bench)
+            "machine_busy_cores": round(busy, 2),
+            "machine_busy_share": round((machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]), 3),
+            "bench_cores": round(ours, 2), "other_cores": round(busy - ours, 2),  # other_cores: the rest of the machine
+        } | per_say)
+        self.results.add("saturation", f"/say throughput, {len(members)} members in {len(self.guild_channels)} "
+                         f"guild(s) (fake TTS {s.saturation_latency * 1000:.0f} ms)", rate, "req/s",
+                         note=f"{in_window} replies in {window_end - window_start:.1f} s, median latency "
+                              f"{stats.get('median_ms')} ms, failures {failures}")
+        for key, what in (("bot", "bot"), ("postgres", "PostgreSQL")):
+            value = per_say[f"{key}_cpu_ms_per_say"]
+            if key == "bot" or value is not None:
+                self.results.add("saturation", f"{what} CPU time per /say at saturation", value, "ms",
+                                 note="sum over the bot processes" if key == "bot"
+                                 else "the server's processes (postmaster and its children)")
 
     async def scenario_cache(self) -> None:
         user = self.emu.add_user(name="cache")
@@ -880,6 +1106,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds until the poller run's clones complete (default 20)")
     parser.add_argument("--database-url", metavar="URL",
                         help="run the bot on this PostgreSQL database (an empty one: it is migrated) instead of SQLite")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="N bot processes (SHARD_COUNT=N, process i SHARD_IDS=i) on one PostgreSQL database: "
+                             "--database-url's, or a throwaway PostgreSQL 15 server started for the run (default 1)")
+    parser.add_argument("--guilds", type=int, metavar="G",
+                        help="G guilds in the emulator, spread over the shards, members round-robin over them "
+                             "(default 1; 64 with --compare)")
+    parser.add_argument("--compare", action="store_true",
+                        help="run SQLite ×1, PostgreSQL ×1 and PostgreSQL ×2 one after the other (each on fresh "
+                             f"fakes and a fresh database) and print them side by side; scenarios "
+                             f"{','.join(COMPARE_SCENARIOS)} unless --only says otherwise")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="with --compare: run the configurations R times in rotation and compare the medians "
+                             "(other work on a shared machine then skews every configuration alike; default 1)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the bot's logs (and profiles) here")
     parser.add_argument("--profile-bot", choices=("py-spy", "cprofile"),
                         help="profile the bot process (py-spy: attached after start-up, GIL-holding samples, "
@@ -890,19 +1129,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
-    args.selected = only or set(SCENARIOS)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.compare and args.processes != 1:
+        parser.error("--compare runs 1 and 2 processes itself: leave out --processes")
+    if args.repeat < 1 or (args.repeat > 1 and not args.compare):
+        parser.error("--repeat needs --compare and must be at least 1")
+    if args.guilds is None:
+        args.guilds = 64 if args.compare else 1
+    if args.guilds < 1:
+        parser.error("--guilds must be at least 1")
+    args.selected = only or set(COMPARE_SCENARIOS if args.compare else SCENARIOS)
     return args
 
 
 async def run_bench(sizes: Sizes, selected: set[str], keep_logs: Path | None = None,
-                    profile: str | None = None, database_url: str | None = None) -> Results:
+                    profile: str | None = None, database_url: str | None = None, processes: int = 1,
+                    guilds: int = 1) -> Results:
     with tempfile.TemporaryDirectory(prefix="nanovoice-bench-") as tmp:
-        bench = Bench(sizes, selected, Path(tmp), profile=profile, database_url=database_url)
+        bench = Bench(sizes, selected, Path(tmp), profile=profile, database_url=database_url, processes=processes,
+                      guilds=guilds)
         await bench.open()
         try:
             return await bench.run()
         finally:
             await bench.close()
+            bench.results.details["delivered_to_shards"] = bench.delivered
             if keep_logs is not None:
                 _copy_logs(Path(tmp), keep_logs)
 
@@ -913,6 +1165,140 @@ def _copy_logs(tmp: Path, keep_logs: Path) -> None:
         shutil.copy2(path, keep_logs / path.name)
 
 
+@contextlib.asynccontextmanager
+async def postgres_base(database_url: str | None) -> Any:
+    """``database_url``, or a throwaway PostgreSQL 15 server's URL (started now, stopped at the end)."""
+    if database_url:
+        yield database_url, "given"
+        return
+    server = ThrowawayPostgres()
+    await asyncio.to_thread(server.start)
+    try:
+        yield server.url, "throwaway"
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    database: str  # "sqlite" or "postgres"
+    processes: int
+
+
+COMPARE = (Configuration("SQLite ×1", "sqlite", 1), Configuration("PostgreSQL ×1", "postgres", 1),
+           Configuration("PostgreSQL ×2", "postgres", 2))
+
+
+async def run_configurations(configurations: Iterable[Configuration], sizes: Sizes, selected: set[str],
+                             guilds: int, keep_logs: Path | None = None, profile: str | None = None,
+                             database_url: str | None = None, fresh: bool = True
+                             ) -> tuple[list[tuple[Configuration, Results]], str | None]:
+    """Each configuration in turn, on its own fakes; the PostgreSQL ones on one server (``database_url``'s,
+    or a throwaway one), each in a fresh schema when ``fresh``. Returns the results and the server's origin."""
+    configurations = list(configurations)
+    out: list[tuple[Configuration, Results]] = []
+    needs_postgres = any(c.database == "postgres" for c in configurations)
+    async with contextlib.AsyncExitStack() as stack:
+        base, origin = await stack.enter_async_context(postgres_base(database_url)) if needs_postgres else (None, None)
+        for conf in configurations:
+            logs = keep_logs / _slug(conf.name) if keep_logs is not None and len(configurations) > 1 else keep_logs
+            if conf.database == "sqlite":
+                results = await run_bench(sizes, selected, logs, profile, None, 1, guilds)
+            elif fresh:
+                async with fresh_schema(base) as url:
+                    results = await run_bench(sizes, selected, logs, profile, url, conf.processes, guilds)
+            else:
+                results = await run_bench(sizes, selected, logs, profile, base, conf.processes, guilds)
+            out.append((conf, results))
+    return out, origin
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("×", "x")).strip("-")
+
+
+def _get(details: dict[str, Any], *path: str) -> float | None:
+    value: Any = details
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, int | float) else None
+
+
+#: The comparison's rows: (label, unit, path into a configuration's details, better when "higher"/"lower").
+COMPARE_ROWS = (
+    ("/say throughput at saturation", "req/s", ("saturation", "requests_per_s"), "higher"),
+    ("say64 median", "ms", ("say64", "overhead", "median_ms"), "lower"),
+    ("say64 p99", "ms", ("say64", "overhead", "p99_ms"), "lower"),
+    ("burst64 median", "ms", ("burst64", "overhead", "median_ms"), "lower"),
+    ("burst64 p99", "ms", ("burst64", "overhead", "p99_ms"), "lower"),
+    ("bot CPU per /say (sum of processes)", "ms", ("saturation", "bot_cpu_ms_per_say"), "lower"),
+    ("PostgreSQL CPU per /say (server)", "ms", ("saturation", "postgres_cpu_ms_per_say"), "lower"),
+    ("bot + PostgreSQL CPU per /say", "ms", ("saturation", "total_cpu_ms_per_say"), "lower"),
+    ("driver + fakes CPU per /say", "ms", ("saturation", "driver_cpu_ms_per_say"), "lower"),
+    ("machine busy at saturation (all processes)", "cores", ("saturation", "machine_busy_cores"), "lower"),
+    ("… of which not the bench's (other work)", "cores", ("saturation", "other_cores"), "lower"),
+)
+
+
+def comparison(runs: list[tuple[Configuration, Results]]) -> dict[str, Any]:
+    """The comparison's rows: per configuration the median of its runs (``--repeat``; all of them in
+    ``runs``), and the last configuration against the one before it (PostgreSQL ×2 against ×1): a ratio
+    for throughput, a change in per cent for the rest."""
+    for _, results in runs:
+        sat = results.details.get("saturation", {})
+        if "bot_cpu_ms_per_say" in sat:
+            parts = [sat.get("bot_cpu_ms_per_say"), sat.get("postgres_cpu_ms_per_say") or 0.0]
+            sat["total_cpu_ms_per_say"] = None if parts[0] is None else round(sum(parts), 3)
+    names = list(dict.fromkeys(conf.name for conf, _ in runs))
+    by_name = {name: [results for conf, results in runs if conf.name == name] for name in names}
+    rows = []
+    for label, unit, path, better in COMPARE_ROWS:
+        each = {name: [v for v in (_get(r.details, *path) for r in by_name[name]) if v is not None] for name in names}
+        if not any(each.values()):
+            continue
+        values = {name: round(statistics.median(v), 3) if v else None for name, v in each.items()}
+        row: dict[str, Any] = {"figure": label, "unit": unit, "better": better, "values": values,
+                               "runs": each}
+        if len(names) >= 2 and values[names[-1]] is not None and values[names[-2]]:
+            a, b = values[names[-2]], values[names[-1]]
+            row["last_vs_previous"] = (f"{b / a:.2f}×" if unit == "req/s" else f"{(b - a) / a * 100:+.0f} %")
+        rows.append(row)
+    failures = {name: sum(int(_get(r.details, key, "failures") or 0) for r in by_name[name]
+                          for key in ("say64", "burst64", "saturation")) for name in names}
+    return {"rows": rows, "failures": failures, "repeats": {name: len(by_name[name]) for name in names}}
+
+
+def render_comparison(table: dict[str, Any]) -> str:
+    names = list(table["failures"])
+    repeats = max(table["repeats"].values(), default=1)
+    last = f"{names[-1]} vs {names[-2]}" if len(names) >= 2 else ""
+    header = ("figure" + (f" (median of {repeats} runs each)" if repeats > 1 else ""), *names,
+              *((last,) if last else ()))
+    lines_ = [header]
+    for row in table["rows"]:
+        cells = [f"{row['figure']} ({row['unit']})"]
+        cells += ["—" if row["values"][n] is None else f"{row['values'][n]:g}" for n in names]
+        if last:
+            cells.append(row.get("last_vs_previous", "—"))
+        lines_.append(tuple(cells))
+    lines_.append(("failed /say (all runs)", *(str(table["failures"][n]) for n in names), *(("",) if last else ())))
+    widths = [max(len(r[i]) for r in lines_) for i in range(len(header))]
+    out = []
+    for i, row in enumerate(lines_):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _results_json(results: Results) -> dict[str, Any]:
+    return {"figures": [asdict(f) | {"verdict": f.verdict} for f in results.figures],
+            "not_measured": results.not_measured, "problems": results.problems, "details": results.details}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -921,38 +1307,62 @@ def main(argv: list[str] | None = None) -> int:
                  "throughput_latency": args.throughput_latency,
                  "poll_after": args.poll_after, "poll_seconds": args.complete_after}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    if args.compare:  # in rotation, so that other work on the machine falls on every configuration alike
+        configurations: list[Configuration] = list(COMPARE) * args.repeat
+    elif args.processes > 1:
+        configurations = [Configuration(f"PostgreSQL ×{args.processes}", "postgres", args.processes)]
+    else:
+        configurations = [Configuration("PostgreSQL ×1" if args.database_url else "SQLite ×1",
+                                        "postgres" if args.database_url else "sqlite", 1)]
     started = time.perf_counter()
     load_before = os.getloadavg()
     try:
-        results = asyncio.run(run_bench(sizes, args.selected, args.keep_logs, args.profile_bot, args.database_url))
+        # one configuration on a given --database-url: that database as it is (it must be empty), as before
+        runs, origin = asyncio.run(run_configurations(
+            configurations, sizes, args.selected, args.guilds, args.keep_logs, args.profile_bot, args.database_url,
+            fresh=args.compare))
     except Exception as exc:
         log.exception("the benchmark could not run")
         print(f"bench: the benchmark could not run: {exc}", file=sys.stderr)
         return 2
     took = time.perf_counter() - started
-    out = {
+    out: dict[str, Any] = {
         "command": "python -m bench.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "mode": "quick" if args.quick else "full",
         "scenarios": sorted(args.selected, key=SCENARIOS.index),
+        "processes": args.processes, "guilds": args.guilds, "postgres_server": origin,
         "sizes": asdict(sizes),
         "machine": machine() | {"loadavg_1_5_15_before": [round(x, 2) for x in load_before],
                                 "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
         "took_s": round(took, 1),
-        "figures": [asdict(f) | {"verdict": f.verdict} for f in results.figures],
-        "not_measured": results.not_measured,
-        "problems": results.problems,
-        "details": results.details,
     }
+    if args.compare:
+        table = comparison(runs)
+        out["comparison"] = table
+        out["configurations"] = [{"name": conf.name, "run": 1 + i // len(COMPARE), "database": conf.database,
+                                  "processes": conf.processes} | _results_json(results)
+                                 for i, (conf, results) in enumerate(runs)]
+    else:
+        out |= _results_json(runs[0][1])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     m = out["machine"]
-    print(f"nanovoice benchmark ({out['mode']}) on {m['cpu']} ×{m['cpus']}, {m['memory_gb']} GB, "
-          f"Python {m['python']}, discord.py {m['discord.py']}; took {took:.0f} s; load average before "
-          f"{m['loadavg_1_5_15_before'][0]}, after {m['loadavg_1_5_15_after'][0]} (other work skews the figures)\n")
-    print(render_table(results))
-    if results.problems:
-        print(f"\n{len(results.problems)} problem(s) seen during the run (see the JSON), first ones:")
-        for line in results.problems[:5]:
+    what = ", ".join(f"{c.name}" for c in configurations)
+    print(f"nanovoice benchmark ({out['mode']}; {what}; {args.guilds} guild(s)) on {m['cpu']} ×{m['cpus']}, "
+          f"{m['memory_gb']} GB, Python {m['python']}, discord.py {m['discord.py']}; took {took:.0f} s; load "
+          f"average before {m['loadavg_1_5_15_before'][0]}, after {m['loadavg_1_5_15_after'][0]} (other work "
+          f"skews the figures)\n")
+    problems: list[str] = []
+    for i, (conf, results) in enumerate(runs):
+        if len(runs) > 1:
+            print(f"== {conf.name}" + (f", run {1 + i // len(COMPARE)}" if args.repeat > 1 else ""))
+        print(render_table(results) + ("\n" if len(runs) > 1 else ""))
+        problems += [f"{conf.name}: {p}" if len(runs) > 1 else p for p in results.problems]
+    if args.compare:
+        print(render_comparison(out["comparison"]))
+    if problems:
+        print(f"\n{len(problems)} problem(s) seen during the run (see the JSON), first ones:")
+        for line in problems[:5]:
             print(f"  {line[:200]}")
     print(f"\nwrote {args.json}")
     return 0

@@ -10,13 +10,33 @@ The clone-jobs cog drives this service and only renders; nothing here knows Disc
   writes the job row ('submitting') *before* the paid request, sends it (the provider object of
   :mod:`bot.providers` chooses the NanoGPT call), records the run ('pending') and settles the
   reservation, then hands the job to the poller. A process that dies between send and record leaves a
-  'submitting' row without run id: the next start marks it 'lost' and tells the user; it is never
-  resubmitted (it may have been charged). States and their moves: :mod:`bot.job_states`.
-* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job at its due time through
-  a :class:`bot.scheduler.Scheduler` (the database is the source of truth at start-up), with bounded
-  concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on transient errors, and
-  finishing jobs: the voice is saved and the job completed in one transaction, a short sample is
-  synthesised, and the user is told exactly once through :class:`JobEvents` (implemented by the cog).
+  'submitting' row without run id: whoever adopts it (the next start, or a sibling process) marks it
+  'lost' and tells the user; it is never resubmitted (it may have been charged). States and their
+  moves: :mod:`bot.job_states`.
+* :meth:`CloneService.run_poller` (a task owned by the cog) polls every open job this process claims
+  at its due time through a :class:`bot.scheduler.Scheduler` (the database is the source of truth at
+  start-up), with bounded concurrency, honouring ``X-Poll-After``/``Retry-After``, backing off on
+  transient errors, and finishing jobs: the voice is saved and the job completed in one transaction, a
+  short sample is synthesised, and the user is told exactly once through :class:`JobEvents`
+  (implemented by the cog).
+
+Claims (several bot processes may share one PostgreSQL database): each job is followed by one process,
+the :class:`bot.instances.Instance` that created it or adopted it (``claimed_by``, with a ``lease_epoch``
+raised at every adoption). Only that process polls the job and tells the user: every write about the job
+carries its claim (:class:`bot.storage.Claim`); a write refused because the claim moved
+(:class:`bot.storage.LeaseLost`: this process was taken for dead) drops the job here, without a notice.
+One exception: a submit answered after a sibling marked its job 'lost' settles the quota at the run's
+cost, records the run on the lost row, and tells the user only if it claims the notice (``notified_at``)
+before the sibling does; else :meth:`CloneService.submit` raises :class:`CloneHandedOver` (say nothing).
+The heartbeat (``heartbeat_interval``) renews the ``lease_until`` of every job the process claims; the
+orphan sweep (at start-up, then every ``sweep_interval`` on PostgreSQL) adopts the jobs whose owner is
+dead (row gone, heartbeat older than ``lease_seconds``, liveness lock released), whose lease ran out or
+that nobody claims, in one transaction (``FOR UPDATE SKIP LOCKED``: two sweepers never adopt one job).
+So a start never touches a live sibling's jobs. A clean stop hands the jobs back
+(:meth:`CloneService.release_claims`) and announces it (NOTIFY), so the siblings sweep at once (the
+periodic sweep covers a missed notification). A failing heartbeat or sweep is retried, logged once. On
+SQLite one process uses the file, so the start-up sweep adopts every job of an earlier run and there is
+nothing to sweep later.
 
 Notification is claim → send → unclaim-on-failure (``mark_job_notified`` first). A crash in the
 instant between the claim commit and Discord accepting the message loses that one notice (the job
@@ -33,7 +53,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import aiohttp
 
@@ -60,6 +80,7 @@ from bot.providers.base import CloneOrder, CloneProvider, PollResult, RetryLater
 from bot.providers.minimax import make_custom_voice_id
 from bot.scheduler import Scheduler, backoff
 from bot.storage import Claim, CloneJob, Database, DuplicateVoiceName, LeaseLost, Voice, name_key
+from bot.storage.jobs import CLAIMS_TOPIC
 from bot.text import shorten
 from bot.tts import TTSService
 from bot.voices import NAME_MAX, VoiceService, validate_voice_name
@@ -169,6 +190,15 @@ class JobEvents(Protocol):
         """Tell the user how the job ended; raise to have it retried later."""
 
 
+class CloneHandedOver(Exception):
+    """Raised by :meth:`CloneService.submit` when another bot process took the job over while its paid
+    request was in flight and tells the user itself: say nothing more about it."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"clone job {job_id} is followed by another bot process")
+        self.job_id = job_id
+
+
 # -- the service -----------------------------------------------------------------------------
 
 
@@ -207,9 +237,12 @@ class CloneService:
         self._scheduler: Scheduler[int] = Scheduler(self._turn, name="clone-job")  # keys: job ids
         self.instance = Instance(db, clock, shard_ids=config.shard_ids)
         self._claims: dict[int, int] = {}  # job id → the epoch this process claimed it at
+        self._recovered = False  # the start-up sweep ran (and the claims are not handed back since)
         self._progress_shown: dict[int, tuple[str, float]] = {}
         self._samples: dict[int, tuple[bytes, str] | None] = {}
         self._notice_failures: dict[int, int] = {}
+        self._sweep_soon = asyncio.Event()  # a sibling handed jobs back (or notices may have been missed)
+        db.subscribe(self._on_notification)
 
     # -- checks ----------------------------------------------------------------------------------
 
@@ -262,15 +295,7 @@ class CloneService:
         try:
             await self._record_run(job_id, ticket)
         except LeaseLost:
-            # This process was taken for dead while it sent the request: a sibling adopted the job and
-            # told the user it was lost. The run was accepted (and charged), but it is not followed.
-            log.warning("clone job %s: claimed by another process while its submit was in flight; run %s is "
-                        "not followed", job_id, ticket.run_id)
-            self._claims.pop(job_id, None)
-            with contextlib.suppress(Exception):
-                await self.limits.settle(reservation, ticket.cost_micros, currency=ticket.payment_source or "USD",
-                                         ref=ticket.run_id)
-            raise UserFacingError(LOST_AFTER_RESTART) from None
+            await self._submit_lost(job_id, ticket, reservation)  # raises
         try:
             await self.limits.settle(reservation, ticket.cost_micros, currency=ticket.payment_source or "USD",
                                      ref=ticket.run_id)
@@ -292,6 +317,33 @@ class CloneService:
         finally:
             self._scheduler.schedule(job_id, 0.0)
         return job
+
+    async def _submit_lost(self, job_id: int, ticket: CloneTicket, reservation: Reservation) -> NoReturn:
+        """The run was accepted, but this process was taken for dead while it sent the request: a sibling
+        adopted the job and marked it 'lost' (never resent). The money is settled at the run's real cost, the
+        run's id and cost go on the 'lost' row for the operator, and whoever claims the job's notice tells
+        the user (exactly one message): this process raises ``UserFacingError`` when it claimed it, else
+        :class:`CloneHandedOver` (say nothing; the sibling tells the user)."""
+        self._lease_lost(job_id)
+        try:
+            await self.limits.settle(reservation, ticket.cost_micros, currency=ticket.payment_source or "USD",
+                                     ref=ticket.run_id)
+        except Exception:
+            log.exception("clone job %s: could not settle ledger row #%d", job_id, reservation.id)
+        speaks = False
+        try:
+            now = self.clock.now()
+            speaks = await self.db.jobs.record_lost_run(
+                job_id, run_id=ticket.run_id, cost_micros=ticket.cost_micros, payment_source=ticket.payment_source,
+                is_api_request=bool(ticket.is_api_request), submitted_at=now, now=now,
+            )
+        except Exception:  # the notice stays the sibling's to claim
+            log.exception("clone job %s: could not record run %s on the lost job", job_id, ticket.run_id)
+        log.warning("clone job %s: claimed by another process while its submit was in flight; run %s is not "
+                    "followed (%s tells the user)", job_id, ticket.run_id, "this process" if speaks else "the other")
+        if speaks:
+            raise UserFacingError(LOST_AFTER_RESTART)
+        raise CloneHandedOver(job_id)
 
     async def _reserve(self, prepared: PreparedClone) -> Reservation:
         """Reserve the clone's price against the user's limit and the budgets (atomic)."""
@@ -389,10 +441,12 @@ class CloneService:
         self._progress_shown.pop(job_id, None)
 
     async def recover(self) -> None:
-        """At start-up: the database is the truth. Register this process, then adopt the jobs nobody
-        alive follows (see :meth:`sweep`). A sibling's jobs are left alone."""
+        """At start-up (the cog calls it before Discord is ready; :meth:`run_poller` when nobody did): the
+        database is the truth. Register this process, then adopt the jobs nobody alive follows (see
+        :meth:`sweep`). A sibling's jobs are left alone."""
         await self.instance.register()
         await self.sweep()
+        self._recovered = True
 
     async def sweep(self) -> list[CloneJob]:
         """Adopt the orphans: jobs of dead instances (deleted from ``bot_instances`` first), jobs whose lease
@@ -417,29 +471,65 @@ class CloneService:
                      len(adopted) - still_open)
         return adopted
 
+    def _on_notification(self, payload: str | None) -> None:
+        """A sibling handed its jobs back or left (:data:`~bot.storage.jobs.CLAIMS_TOPIC`), or notifications
+        may have been missed (None): sweep now rather than at the next ``sweep_interval``."""
+        if payload is None:
+            self._sweep_soon.set()
+            return
+        topic, _, owner = payload.partition(":")
+        if topic == CLAIMS_TOPIC and owner != self.instance.id:
+            self._sweep_soon.set()
+
     async def _keep_claims(self) -> None:
         """While the poller runs on a shared (PostgreSQL) database: the heartbeat (the instance row and the
         lease of every job this process follows, one UPDATE) every ``heartbeat_interval``, and the orphan
-        sweep every ``sweep_interval``, so a sibling's jobs are adopted within seconds of its death. On
-        SQLite no other process exists to die: the start-up sweep is all there is."""
+        sweep every ``sweep_interval`` and at once when a sibling hands its jobs back (a notification), so a
+        sibling's jobs are adopted within seconds of its death and at once after its clean stop. On SQLite
+        no other process exists to die: the start-up sweep is all there is.
+
+        A failing heartbeat or sweep (the database away for a moment) is retried at the next turn; each
+        logs one warning when it starts failing and one line when it works again."""
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat_interval
+        beat_failing = sweep_failing = False
         while True:
-            await asyncio.sleep(min(self.sweep_interval, self.heartbeat_interval))
-            try:
-                if loop.time() >= next_beat:
-                    next_beat = loop.time() + self.heartbeat_interval
+            wait = max(0.0, min(self.sweep_interval, next_beat - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_soon.wait(), wait)
+            self._sweep_soon.clear()
+            if loop.time() >= next_beat:
+                try:
                     await self.instance.beat()
                     await self.db.jobs.renew(self.instance.id, self.clock.now() + self.lease_seconds)
+                except Exception as exc:
+                    # due again soon: a lease must not run out because one beat met a database restart
+                    next_beat = loop.time() + min(self.sweep_interval, self.heartbeat_interval)
+                    if not beat_failing:
+                        log.warning("clone job claims: heartbeat failed (%s: %s); retrying until it works",
+                                    type(exc).__name__, exc, exc_info=True)
+                    beat_failing = True
+                else:
+                    next_beat = loop.time() + self.heartbeat_interval
+                    if beat_failing:
+                        log.info("clone job claims: heartbeat works again")
+                    beat_failing = False
+            try:
                 await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("clone job claims: heartbeat or sweep failed; trying again", exc_info=True)
+            except Exception as exc:
+                if not sweep_failing:
+                    log.warning("clone job claims: orphan sweep failed (%s: %s); retrying until it works",
+                                type(exc).__name__, exc, exc_info=True)
+                sweep_failing = True
+            else:
+                if sweep_failing:
+                    log.info("clone job claims: orphan sweep works again")
+                sweep_failing = False
 
     async def release_claims(self) -> None:
         """A clean stop (after the poller drained): hand every job back and delete this instance's row, so a
-        sibling's next sweep (or the next start) adopts them at once."""
+        sibling (told by a notification; else at its next sweep) or the next start adopts them at once."""
+        self._recovered = False
         if not self.instance.registered:
             return
         try:
@@ -464,7 +554,8 @@ class CloneService:
         scheduler.idle_recheck = self.idle_recheck
         scheduler.drain_seconds = self.notice_drain_seconds
         try:
-            await self.recover()
+            if not self._recovered:  # the cog recovers before Discord is ready
+                await self.recover()
             if self.db.backend.shared:
                 scheduler.spawn(self._keep_claims(), name="clone-job-claims")
             await scheduler.run()
@@ -699,6 +790,7 @@ class CloneService:
 __all__ = [
     "STATE_LABELS",
     "ClipSource",
+    "CloneHandedOver",
     "CloneNotice",
     "CloneRequest",
     "CloneService",

@@ -38,6 +38,7 @@ class Instance:
         self.shard_ids = ",".join(map(str, shard_ids)) if shard_ids is not None else None
         self.started_at: float | None = None
         self._registering = asyncio.Lock()
+        self._lock_lost = False  # the liveness lock's connection is gone and not yet taken again
 
     @property
     def registered(self) -> bool:
@@ -77,9 +78,13 @@ class Instance:
             return
         pg = self._postgres
         if pg is not None and not pg.holding(self.lock_key(self.id)):
-            log.warning("bot instance %s lost its liveness lock (database connection gone); taking it again",
-                        self.id)
+            if not self._lock_lost:  # one warning per loss, however many beats it takes to get it back
+                log.warning("bot instance %s lost its liveness lock (database connection gone); taking it again",
+                            self.id)
+                self._lock_lost = True
             await pg.hold_lock(self.lock_key(self.id))
+            self._lock_lost = False
+            log.info("bot instance %s holds its liveness lock again", self.id)
         await self.db.instances.beat(self._row(self.clock.now()))
 
     async def reap(self, lease_seconds: float) -> list[str]:
@@ -101,13 +106,14 @@ class Instance:
         return dead
 
     async def unregister(self) -> None:
-        """A clean stop: delete the row and give the liveness lock back."""
+        """A clean stop: delete the row (announced: the siblings sweep at once) and give the liveness lock
+        back."""
         if not self.registered:
             return
         async with self._registering:
             self.started_at = None
             try:
-                await self.db.instances.delete([self.id])
+                await self.db.instances.leave(self.id)
             finally:
                 if (pg := self._postgres) is not None:
                     await pg.release_lock(self.lock_key(self.id))

@@ -23,6 +23,7 @@ from bot.cloning import (
     INTERACTION_TOKEN_LIFETIME,
     STATE_LABELS,
     ClipSource,
+    CloneHandedOver,
     CloneNotice,
     CloneRequest,
     InteractionRef,
@@ -252,15 +253,23 @@ class Cloning(commands.Cog):
             self.poller = None
 
     async def _run_poller(self) -> None:
-        await self.bot.wait_until_ready()
-        while True:
+        clones = self.bot.clones
+        try:
             try:
-                await self.bot.clones.run_poller(self)
-            except asyncio.CancelledError:
-                raise
+                await clones.recover()  # the database only: adopt orphaned jobs before Discord is even ready
             except Exception:
-                log.exception("the clone job poller stopped unexpectedly; restarting it in 5 s")
-                await asyncio.sleep(5)
+                log.exception("could not adopt orphaned clone jobs yet; trying again once the bot is ready")
+            await self.bot.wait_until_ready()
+            while True:
+                try:
+                    await clones.run_poller(self)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("the clone job poller stopped unexpectedly; restarting it in 5 s")
+                    await asyncio.sleep(5)
+        finally:
+            await clones.release_claims()  # stopped before the poller ran: hand back what recover adopted
 
     # -- the flow ------------------------------------------------------------------------------
 
@@ -295,12 +304,18 @@ class Cloning(commands.Cog):
         view = ConfirmCloneView(self, interaction, prepared, where, timeout=self.confirm_timeout)
         await interactions.edit_original(interaction, content=None, embed=confirm_embed(prepared), view=view)
 
-    async def submit(self, origin: discord.Interaction, prepared: PreparedClone, where: InteractionRef) -> CloneJob:
+    async def submit(self, origin: discord.Interaction, prepared: PreparedClone,
+                     where: InteractionRef) -> CloneJob | None:
+        """The paid submit; None when another bot process took the job over meanwhile and tells the user."""
         async def show_card(job: CloneJob) -> None:
             await interactions.edit_original(origin, content=None, embed=status_embed(job, self.bot.clock.now()),
                                              view=None)
 
-        return await self.bot.clones.submit(prepared, where, on_recorded=show_card)
+        try:
+            return await self.bot.clones.submit(prepared, where, on_recorded=show_card)
+        except CloneHandedOver as handed:  # its notice edits this card: one message, not two
+            log.info("clone job %s: another bot process tells the user how it ended", handed.job_id)
+            return None
 
     async def clone_this_voice(self, interaction: discord.Interaction, message: discord.Message) -> None:
         attachment = find_audio(message)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot.storage.base import placeholders, row_to
+from bot.storage.jobs import CLAIMS_TOPIC
 from bot.storage.records import BotInstance
 
 if TYPE_CHECKING:
@@ -44,3 +45,10 @@ class InstanceRepository:
             return 0
         return await self._db.execute(f"DELETE FROM bot_instances WHERE id IN ({placeholders(instance_ids)})",
                                       tuple(instance_ids))
+
+    async def leave(self, instance_id: str) -> None:
+        """A clean stop: delete ``instance_id``'s row and say so (:data:`~bot.storage.jobs.CLAIMS_TOPIC`), so the
+        siblings sweep at once for any job still claimed in its name."""
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM bot_instances WHERE id = ?", (instance_id,))
+            await tx.notify(CLAIMS_TOPIC, instance_id)

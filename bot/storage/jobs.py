@@ -6,6 +6,11 @@ Claims (migration 0006): a job is followed by one bot process at a time, ``claim
 about a job take the :class:`~bot.storage.records.Claim` it was followed under (``claim=``): they change
 the row only while that claim holds, and raise :class:`~bot.storage.records.LeaseLost` when another
 process has claimed it since. ``claim=None`` writes unfenced (tests, tools that own the whole database).
+
+Hand-over: :meth:`CloneJobRepository.release` (a clean stop) announces :data:`CLAIMS_TOPIC` when it commits
+(``tx.notify``; PostgreSQL's LISTEN/NOTIFY), and so does :meth:`InstanceRepository.leave
+<bot.storage.instances.InstanceRepository.leave>`, so the siblings sweep at once instead of at their next
+``sweep_interval``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from bot.storage.base import Repository, Transaction, placeholders, row_to
 from bot.storage.records import OPEN_JOB_STATES, Claim, CloneJob, DuplicateVoiceName, LeaseLost, name_key
 
 _OPEN = f"state IN ({placeholders(OPEN_JOB_STATES)})"
+
+#: The notification topic (``"clone_claims:<instance id>"``) of a process that hands its jobs back or leaves:
+#: every sibling that hears it sweeps for orphans at once.
+CLAIMS_TOPIC = "clone_claims"
 
 #: A job the sweep may adopt (parameters: the sweeper's id twice, now): its notice is not claimed yet (open
 #: jobs, finished ones still to announce: the partial index ``clone_jobs_claims``) and nobody follows it, or
@@ -150,12 +159,40 @@ class CloneJobRepository(Repository):
         )
 
     async def release(self, owner: str) -> int:
-        """A clean shutdown: ``owner`` gives up its jobs, so a sibling's (or the next start's) sweep adopts them
-        at once; returns how many."""
-        return await self._db.execute(
-            "UPDATE clone_jobs SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ? AND notified_at IS NULL",
-            (owner,),
-        )
+        """A clean shutdown: ``owner`` gives up its jobs and says so (:data:`CLAIMS_TOPIC`), so a sibling's sweep
+        (or the next start's) adopts them at once; returns how many."""
+        async with self._db.transaction() as tx:
+            released = await tx.execute(
+                "UPDATE clone_jobs SET claimed_by = NULL, lease_until = NULL "
+                "WHERE claimed_by = ? AND notified_at IS NULL",
+                (owner,),
+            )
+            if released:
+                await tx.notify(CLAIMS_TOPIC, owner)
+        return released
+
+    async def record_lost_run(self, job_id: int, *, run_id: str, cost_micros: int | None,
+                              payment_source: str | None, is_api_request: bool, submitted_at: float,
+                              now: float) -> bool:
+        """A process whose submit was answered after a sibling had taken it for dead and marked the job 'lost'
+        (its record-the-run write raised :class:`LeaseLost`): keep the run's id and cost on the 'lost' row for
+        the operator (it was accepted, maybe charged) without reviving it, and try to claim the job's single
+        notice (``notified_at``), unfenced since the claim moved: whoever claims it tells the user.
+
+        Returns True when this caller claimed the notice (it must tell the user now), False when the sibling
+        claimed it already, or the job is not 'lost' (the sibling's sweep has not marked it yet; it will, and
+        tell the user) or is gone. The row's state, claim and lease are never changed."""
+        async with self._db.transaction() as tx:
+            claimed = await tx.execute(
+                "UPDATE clone_jobs SET notified_at = ? WHERE id = ? AND state = 'lost' AND notified_at IS NULL",
+                (now, job_id),
+            ) == 1
+            await tx.execute(
+                "UPDATE clone_jobs SET run_id = ?, cost_micros = ?, payment_source = ?, is_api_request = ?, "
+                "submitted_at = ? WHERE id = ? AND state = 'lost' AND run_id IS NULL",
+                (run_id, cost_micros, payment_source, int(is_api_request), submitted_at, job_id),
+            )
+        return claimed
 
     async def create(self, *, user_id: int, guild_id: int | None, channel_id: int | None,
                      application_id: int | None, interaction_token: str | None, token_expires_at: float | None,

@@ -157,6 +157,55 @@ async def test_a_fenced_write_about_a_deleted_job_is_no_lease_loss(db):
     assert not await db.jobs.mark_notified(job_id, 2.0, claim=Claim("me", 1))
 
 
+async def test_a_run_answered_after_the_job_was_lost_is_kept_and_one_side_claims_the_notice(db):
+    """The submitting process was taken for dead and the sweep made its job 'lost'; when its run's answer comes
+    back, the run id and cost go on the lost row (state, claim and error untouched) and it claims the
+    notice unless the adopter already did; a job not (yet) lost is left alone."""
+    await db.instances.beat(BotInstance("adopter", 0.0, 100.0, 1, "h", None))
+    first, _ = await _job(db, name="first", ids=["nv1aaaaaaaa"], owner="taken-for-dead")
+    second, _ = await _job(db, name="second", ids=["nv2aaaaaaaa"], owner="taken-for-dead")
+    adopted, lost = await db.jobs.adopt("adopter", now=100.0, lease_until=160.0, lost_error="lost!")
+    assert lost == [first, second] == [j.id for j in adopted]
+    assert await db.jobs.mark_notified(second, 101.0, claim=Claim("adopter", 2))  # the adopter spoke first
+    run = dict(cost_micros=700_000, payment_source="USD", is_api_request=True, submitted_at=102.0, now=102.0)
+    assert await db.jobs.record_lost_run(first, run_id="run-1", **run)
+    assert not await db.jobs.record_lost_run(first, run_id="run-again", **run)  # one notice claim only
+    assert not await db.jobs.record_lost_run(second, run_id="run-2", **run)
+    one, two = await db.jobs.get(first), await db.jobs.get(second)
+    assert (one.state, one.error, one.claim, one.run_id, one.cost_micros, one.notified_at) == (
+        "lost", "lost!", Claim("adopter", 2), "run-1", 700_000, 102.0)
+    assert (two.state, two.claim, two.run_id, two.cost_micros, two.notified_at) == (
+        "lost", Claim("adopter", 2), "run-2", 700_000, 101.0)
+    assert not await db.jobs.mark_notified(first, 103.0, claim=Claim("adopter", 2))  # the adopter stays silent
+    assert await db.jobs.adopt("adopter", now=200.0, lease_until=260.0, lost_error="x") == ([], [])  # not revived
+    released, _ = await _job(db, name="released", ids=["nv3aaaaaaaa"])  # nobody claims it; not lost yet
+    assert not await db.jobs.record_lost_run(released, run_id="run-3", **run)
+    job = await db.jobs.get(released)
+    assert (job.state, job.run_id, job.notified_at) == ("submitting", None, None)
+    assert not await db.jobs.record_lost_run(9999, run_id="run-4", **run)  # gone (/forget-me)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # two processes share a database only on PostgreSQL
+async def test_a_hand_over_and_a_leaving_instance_are_announced_to_the_siblings(backend, postgres_url):
+    leaving, sibling = Database(postgres_url), Database(postgres_url)
+    await asyncio.gather(leaving.connect(), sibling.connect())
+    heard: list[str | None] = []
+    sibling.subscribe(heard.append)
+    try:
+        await leaving.instances.beat(BotInstance("leaving", 0.0, 10.0, 1, "h", None))
+        await _job(leaving, owner="leaving")
+        assert await leaving.jobs.release("nobody") == 0  # nothing handed back: nothing to announce
+        assert await leaving.jobs.release("leaving") == 1
+        await leaving.instances.leave("leaving")
+        async with asyncio.timeout(5):
+            while len(heard) < 2:  # noqa: ASYNC110 (delivered by the listening connection)
+                await asyncio.sleep(0.01)
+        assert heard == ["clone_claims:leaving", "clone_claims:leaving"]
+        assert await sibling.instances.get("leaving") is None
+    finally:
+        await asyncio.gather(leaving.close(), sibling.close())
+
+
 @pytest.mark.parametrize("backend", ["postgres"])  # two processes share a database only on PostgreSQL
 async def test_two_sweepers_racing_over_50_orphans_adopt_each_exactly_once(backend, postgres_url):
     """Two live processes (two pools) sweeping one PostgreSQL database at once, several times over: every

@@ -15,8 +15,10 @@ import logging
 
 import pytest
 
-from bot.cloning import LOST_AFTER_RESTART
+from bot.cloning import LOST_AFTER_RESTART, CloneHandedOver
+from bot.errors import UserFacingError
 from bot.instances import Instance
+from bot.storage import Database
 from tests.fakes.nanogpt import Step
 from tests.wire.test_clone_service import Env
 
@@ -33,9 +35,11 @@ class Process(Env):
         self.path = url
         self.config = dataclasses.replace(self.config, clone_daily_limit=10)
 
-    async def start(self):
-        service = await super().start()
-        service.sweep_interval = SWEEP
+    async def start(self, sweep=SWEEP, heartbeat=None):
+        service = await super().start()  # its poller task has not run yet: these hold from its first turn
+        service.sweep_interval = sweep
+        if heartbeat is not None:
+            service.heartbeat_interval = heartbeat
         return service
 
     async def die(self) -> None:
@@ -170,3 +174,110 @@ async def test_a_clean_stop_hands_the_jobs_to_a_sibling_at_once(two, fake_nanogp
     finish(fake_nanogpt, [job])
     done, notice = await b.events.wait()
     assert notice.outcome == "completed" and done.id == job.id and a.events.notices == []
+
+
+async def test_a_clean_stop_is_heard_by_the_sibling_which_adopts_at_once_not_at_its_next_sweep(two, fake_nanogpt):
+    """The hand-over is announced (NOTIFY): B sweeps when it hears it, long before its next sweep is due."""
+    a, b = two
+    fake_nanogpt.clone_script = PROCESSING
+    job = await a.clone("Handed", "qwen", seconds=4)
+    await b.start(sweep=3600.0, heartbeat=3600.0)  # B's periodic sweep would be an hour away
+    b.service.lease_seconds = 3600.0
+    await asyncio.sleep(0.3)  # B's start-up sweep is done (A is alive: the job stays A's)
+    assert (await b.job(job.id)).claimed_by == a.service.instance.id
+    loop = asyncio.get_running_loop()
+    stopped = loop.time()
+    await a.stop()
+
+    async def adopted():
+        return (await b.job(job.id)).claimed_by == b.service.instance.id
+
+    await _wait_for(adopted, seconds=5.0)
+    assert loop.time() - stopped < 1.0  # well under even the default 2 s sweep
+    finish(fake_nanogpt, [job])
+    done, notice = await b.events.wait()
+    assert notice.outcome == "completed" and done.id == job.id and a.events.notices == []
+
+
+async def _taken_for_dead_mid_submit(a, fake_nanogpt, answer_after):
+    """A sends a paid MiniMax clone answered after ``answer_after`` s, and loses its liveness lock meanwhile
+    (kept running: it does not notice before the answer). Returns A's submit task."""
+    a.service.heartbeat_interval = 3600.0
+    fake_nanogpt.clone_script = PROCESSING
+    fake_nanogpt.fail_next("/voice-clone/minimax", status=None, delay=answer_after)
+    submitting = asyncio.create_task(a.clone("Limbo", "minimax"))
+    await fake_nanogpt.wait_for("/voice-clone/minimax")
+    await a.db.backend.release_lock(Instance.lock_key(a.service.instance.id))
+    return submitting
+
+
+async def test_a_submit_answered_after_the_sibling_announced_the_loss_says_nothing_more(two, fake_nanogpt):
+    """B takes A for dead while A's paid submit is in flight, marks the job lost and tells the user. When the
+    run's answer reaches A, A settles the reservation at the run's real cost, records the run on the lost
+    row (still lost, still B's) and says nothing: the user gets one message."""
+    a, b = two
+    await b.start()
+    submitting = await _taken_for_dead_mid_submit(a, fake_nanogpt, answer_after=2.0)
+    job, notice = await b.events.wait()
+    assert notice.outcome == "lost" and notice.message == LOST_AFTER_RESTART and not submitting.done()
+    with pytest.raises(CloneHandedOver):
+        await submitting
+    await asyncio.sleep(0.5)
+    assert len(b.events.notices) == 1 and a.events.notices == [] and len(fake_nanogpt.submits) == 1
+    final = await b.job(job.id)
+    assert final.state == "lost" and final.claimed_by == b.service.instance.id and final.run_id is not None
+    assert final.cost_micros and final.notified_at is not None
+    assert await a.ledger() == [{"kind": "clone", "state": "charged", "amount_micros": final.cost_micros}]
+    assert fake_nanogpt.requests_to("/voice-clone/minimax/status") == []  # the run is not followed
+    assert await b.db.voices.list(1) == []  # the lost job is not revived
+
+
+async def test_a_submit_answered_before_the_sibling_told_the_user_speaks_and_the_sibling_does_not(two, fake_nanogpt):
+    """The notice goes to whoever claims it: here a sibling swept (job lost, claimed) but had not told the
+    user when A's answer came, so A tells the user (its submit's one sentence) and no sibling does."""
+    a, b = two
+    submitting = await _taken_for_dead_mid_submit(a, fake_nanogpt, answer_after=1.0)
+    sibling_db = await Database(a.path).connect()
+    sibling = Instance(sibling_db, a.clock)
+    try:
+        await sibling.register()
+        await sibling.reap(60.0)  # A holds no liveness lock: dead
+        now = a.clock.now()
+        _, lost = await sibling_db.jobs.adopt(sibling.id, now=now, lease_until=now + 60, lost_error=LOST_AFTER_RESTART)
+        assert len(lost) == 1
+        with pytest.raises(UserFacingError) as told:
+            await submitting
+        assert str(told.value) == LOST_AFTER_RESTART
+        await b.start()  # another process sweeping now finds nothing left to say
+        await asyncio.sleep(0.5)
+        assert a.events.notices == [] and b.events.notices == []
+        final = await sibling_db.jobs.get(lost[0])
+        assert final.state == "lost" and final.claimed_by == sibling.id and final.notified_at is not None
+        assert final.run_id is not None and final.cost_micros
+        assert await a.ledger() == [{"kind": "clone", "state": "charged", "amount_micros": final.cost_micros}]
+    finally:
+        await sibling.unregister()
+        await sibling_db.close()
+
+
+async def test_heartbeat_and_sweep_outlive_a_database_failure_and_log_it_once(two, caplog):
+    """The table the heartbeat and the sweep use is away for a second (as the database is after a restart):
+    both keep failing many times over; each logs one warning, then one line when it works again, and the
+    loop goes on beating."""
+    a, b = two
+    await a.stop()  # one process: each line below is B's
+    await b.start(heartbeat=0.1)
+    await asyncio.sleep(0.3)
+    with caplog.at_level(logging.INFO, logger="bot.cloning"):
+        await b.db.execute("ALTER TABLE bot_instances RENAME TO bot_instances_away")
+        await asyncio.sleep(1.0)  # about ten failed beats and sweeps
+        await b.db.execute("ALTER TABLE bot_instances_away RENAME TO bot_instances")
+        await asyncio.sleep(0.5)
+    messages = [r.getMessage() for r in caplog.records if r.name == "bot.cloning"]
+    assert sum("heartbeat failed" in m for m in messages) == 1
+    assert sum("orphan sweep failed" in m for m in messages) == 1
+    assert sum("heartbeat works again" in m for m in messages) == 1
+    assert sum("orphan sweep works again" in m for m in messages) == 1
+    beat = (await b.db.instances.get(b.service.instance.id)).heartbeat_at
+    await asyncio.sleep(0.3)
+    assert (await b.db.instances.get(b.service.instance.id)).heartbeat_at > beat  # still beating
