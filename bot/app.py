@@ -57,6 +57,9 @@ COMMAND_SYNC_SECTION = "command-sync"  # Database.exclusive: one process compare
 #: Discord allows one IDENTIFY per bucket (shard id % max_concurrency) per this many seconds, across every
 #: connection of the bot, whichever process opens it.
 IDENTIFY_INTERVAL = 5.0
+#: Held on top of it across processes: the hold starts before this process's IDENTIFY leaves, so without a
+#: margin the next one could reach Discord a little under 5 s after it (operating.md: held 5.25 s).
+IDENTIFY_MARGIN = 0.25
 HTTP_CONNECTIONS = 512  # NanoGPT calls (and downloads) in flight at once
 
 
@@ -179,7 +182,8 @@ class NanoVoice(commands.Bot):
         try:
             async with self.db.exclusive(f"identify:{self.application_id}:{bucket}"):
                 acquired.set_result(None)
-                await asyncio.sleep(IDENTIFY_INTERVAL)  # Discord's window is real time, not the bot's clock
+                # Discord's window is real time, not the bot's clock.
+                await asyncio.sleep(IDENTIFY_INTERVAL + IDENTIFY_MARGIN)
         except Exception as exc:
             if not acquired.done():
                 acquired.set_exception(exc)
