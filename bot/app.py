@@ -144,7 +144,7 @@ class NanoVoice(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.embeddings.start()
-        await self.blocks.load()
+        await self.blocks.start()  # on PostgreSQL it follows the blocks other processes give
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -154,6 +154,7 @@ class NanoVoice(commands.Bot):
         for slot in list(self._identify_slots):  # nothing more to identify: give the buckets back now
             slot.cancel()
         await asyncio.gather(*self._identify_slots, return_exceptions=True)
+        await self.blocks.close()
         await self.embeddings.close()  # its HTTP server; the session and the database are the caller's
 
     # -- IDENTIFY rate limit across processes ---------------------------------------------------

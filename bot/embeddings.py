@@ -270,7 +270,10 @@ class EmbeddingHost:
             log.warning("EMBEDDING_CHANNEL_ID is set but the Discord re-hosting is not ready")
             return None
         lock = self._locks.setdefault(file.id, asyncio.Lock())
-        async with lock:
+        # One re-host of a file at a time: in this process (so its waiters hold no database connection),
+        # then across every process sharing the database (two would each post a copy, and the one whose URL
+        # is overwritten would stay in the channel, never deleted, not even by /forget-me).
+        async with lock, self.db.exclusive(f"embedding-copy:{file.id}"):
             current = await self.db.files.get(file.id)
             if current is None:
                 return None

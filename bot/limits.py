@@ -1,4 +1,5 @@
-"""Spending limits: the daily clone limit, the guild's daily NanoGPT budget, the ledger, cooldowns.
+"""Spending limits: the daily clone limit, the guild's daily NanoGPT budget, the ledger, cooldowns (in memory,
+or in the database for processes sharing one).
 
 Every paid NanoGPT call goes through three steps:
 
@@ -306,7 +307,9 @@ def _budget_message(kind: str, budget: int, spent: int, estimate: int, resets_at
 
 
 class Cooldown:
-    """A per-key cooldown (e.g. ``SAY_COOLDOWN_SECONDS`` per user), in memory, on the injected clock."""
+    """A per-key cooldown (e.g. ``SAY_COOLDOWN_SECONDS`` per user), in memory, on the injected clock: the
+    ``/say`` cooldown of one process alone (SQLite). Processes sharing a database use :class:`SharedCooldown`;
+    both answer :meth:`claim` and :meth:`release`."""
 
     def __init__(self, seconds: float, clock: Clock) -> None:
         self.seconds = float(seconds)
@@ -332,12 +335,78 @@ class Cooldown:
         """Forget ``key``'s last use (e.g. the request was refused before any work was done)."""
         self._last.pop(key, None)
 
+    async def claim(self, user_id: int) -> float | None:
+        """:meth:`check` for one user."""
+        return self.check(user_id)
+
+    async def release(self, user_id: int) -> None:
+        """:meth:`reset` for one user."""
+        self.reset(user_id)
+
     def message(self, retry_after: float) -> str:
-        return f"You're speaking too fast; try again {discord_relative(self.clock.now() + retry_after)}."
+        return cooldown_message(self.clock, retry_after)
 
     def _prune(self, now: float) -> None:
         for key in [k for k, t in self._last.items() if t + self.seconds <= now]:
             del self._last[key]
+
+
+class SharedCooldown:
+    """The per-user cooldown in the database (``db.cooldowns``), for processes sharing one (PostgreSQL): a
+    user alternating between servers on different shards, or racing through several, gets one line per
+    cooldown. :meth:`claim` is one atomic round trip (two when the user is cooling down: when it ends)."""
+
+    def __init__(self, seconds: float, clock: Clock, db: Database) -> None:
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.db = db
+        self._claimed: dict[int, float] = {}  # this process's latest claim per user (released by it only)
+        self._pruned_at = clock.now()
+
+    async def claim(self, user_id: int) -> float | None:
+        """Seconds to wait if the user spoke less than :attr:`seconds` ago through any process; otherwise
+        record this line and return None."""
+        if self.seconds <= 0:
+            return None
+        for _ in range(3):  # a row released or expired between the claim and the read: claim again
+            now = self.clock.now()
+            if await self.db.cooldowns.claim(user_id, now, self.seconds):
+                self._claimed[user_id] = now
+                if len(self._claimed) > 1024:
+                    self._claimed = {u: t for u, t in self._claimed.items() if t + self.seconds > now}
+                await self._prune(now)
+                return None
+            last = await self.db.cooldowns.last(user_id)
+            if last is not None and last + self.seconds > now:
+                return min(last + self.seconds - now, self.seconds)  # another host's clock may run ahead
+        return None
+
+    async def release(self, user_id: int) -> None:
+        """Forget this process's claim for the user (the request was refused before any work was done);
+        a later claim, by another process, stays."""
+        claimed_at = self._claimed.pop(user_id, None)
+        if claimed_at is not None:
+            await self.db.cooldowns.release(user_id, claimed_at)
+
+    def message(self, retry_after: float) -> str:
+        return cooldown_message(self.clock, retry_after)
+
+    async def _prune(self, now: float) -> None:
+        """Every :data:`COOLDOWN_PRUNE_SECONDS`, delete the rows whose cooldown is over (any process's)."""
+        if now - self._pruned_at < COOLDOWN_PRUNE_SECONDS:
+            return
+        self._pruned_at = now
+        pruned = await self.db.cooldowns.prune(now - self.seconds)
+        log.debug("pruned %d finished /say cooldowns", pruned)
+
+
+#: How often a process deletes the finished cooldowns' rows (:class:`SharedCooldown`).
+COOLDOWN_PRUNE_SECONDS = 600.0
+
+
+def cooldown_message(clock: Clock, retry_after: float) -> str:
+    """The one sentence of a user still cooling down, with when they may speak again."""
+    return f"You're speaking too fast; try again {discord_relative(clock.now() + retry_after)}."
 
 
 __all__ = [
@@ -347,6 +416,7 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "Reservation",
+    "SharedCooldown",
     "Usage",
     "cost_to_micros",
     "discord_relative",

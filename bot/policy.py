@@ -13,7 +13,8 @@ A guild's settings override the environment defaults (README's configuration tab
   :func:`effective_settings` only describes it.
 
 Blocks (``/owner block``): :class:`Blocks` keeps every block in memory as well as in the database, so
-the gate in front of every interaction (``bot.app``) answers without a database read.
+the gate in front of every interaction (``bot.app``) answers without a database read; on PostgreSQL it
+follows the blocks other processes give (LISTEN/NOTIFY, or reading them again while it can't listen).
 
 Nothing here knows Discord: the clone flow passes the member's role ids, the admin cog renders
 :class:`EffectiveSettings`.
@@ -21,6 +22,8 @@ Nothing here knows Discord: the clone flow passes the member's role ids, the adm
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,11 +35,15 @@ from bot.limits import effective_guild_budget, format_usd
 from bot.storage import Block, Database
 from bot.text import shorten
 
+log = logging.getLogger(__name__)
+
 CLONES_DISABLED = "Voice cloning is turned off in this server."
 MAX_BUDGET_MICROS = 10_000 * 1_000_000  # $10,000 a day (with no operator ceiling): anything above is a typo
 MIN_BUDGET_MICROS = 10_000  # $0.01 a day
 USER_BLOCKED = "You can't use this bot."
 GUILD_BLOCKED = "This bot isn't available in this server."
+#: How often the blocks are read again while this process can't hear the other processes' changes.
+BLOCKS_POLL_SECONDS = 2.0
 _THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
 
 
@@ -152,15 +159,60 @@ def parse_budget(text: str, ceiling_micros: int = 0) -> int:
 
 
 class Blocks:
-    """The owner's blocks: stored by :class:`Database`, mirrored in memory for the interaction gate."""
+    """The owner's blocks: stored by :class:`Database`, mirrored in memory for the interaction gate.
 
-    def __init__(self, db: Database) -> None:
+    On a database other processes share (PostgreSQL) the mirror follows their changes: every block and
+    unblock is announced (:meth:`bot.storage.blocks.BlockRepository.watch`), and one background task reads the
+    blocks again when it hears of one, or every :data:`BLOCKS_POLL_SECONDS` while this process can't hear the
+    others (its listening connection is being restored). The gate itself never waits for the database.
+    """
+
+    def __init__(self, db: Database, *, poll_seconds: float = BLOCKS_POLL_SECONDS) -> None:
         self.db = db
+        self.poll_seconds = poll_seconds
         self._blocked: dict[tuple[str, int], Block] = {}
+        self._changed = asyncio.Event()
+        self._generation = 0  # bumped by this process's own changes: a read that raced one is read again
+        self._follower: asyncio.Task[None] | None = None
+        db.blocks.watch(self._changed.set)
 
     async def load(self) -> Blocks:
-        self._blocked = {(b.kind, b.target_id): b for b in await self.db.blocks.list()}
+        generation = self._generation
+        blocked = {(b.kind, b.target_id): b for b in await self.db.blocks.list()}
+        if generation == self._generation:
+            self._blocked = blocked
+        else:  # a block or unblock here raced the read: it may be missing from it
+            self._changed.set()
         return self
+
+    async def start(self) -> Blocks:
+        """Load the blocks and, on a shared database, follow the other processes' changes until :meth:`close`."""
+        await self.load()
+        if self.db.shared and self._follower is None:
+            self._follower = asyncio.create_task(self._follow(), name="nanovoice-blocks")
+        return self
+
+    async def close(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        while True:
+            timeout = None if self.db.caches_safely else self.poll_seconds
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except TimeoutError:
+                pass  # not listening: read them again anyway
+            self._changed.clear()
+            try:
+                await self.load()
+            except Exception as exc:  # the database did not answer: keep what we have, try again soon
+                log.warning("could not read the owner's blocks again (%s); retrying in %.0f s",
+                            type(exc).__name__, self.poll_seconds)
+                await asyncio.sleep(self.poll_seconds)
+                self._changed.set()
 
     def refusal(self, user_id: int | None, guild_id: int | None) -> str | None:
         """The sentence for a blocked user (first) or a blocked server; None when neither is blocked."""
@@ -176,11 +228,15 @@ class Blocks:
     async def block(self, kind: str, target_id: int, reason: str | None, blocked_by: int, now: float) -> Block:
         if kind not in ("user", "guild"):
             raise ValueError(f"unknown block kind {kind!r}")
+        self._generation += 1
         block = await self.db.blocks.add(kind, target_id, reason, blocked_by, now)
+        self._generation += 1
         self._blocked[(kind, target_id)] = block
         return block
 
     async def unblock(self, kind: str, target_id: int) -> bool:
+        self._generation += 1
         removed = await self.db.blocks.remove(kind, target_id)
+        self._generation += 1
         self._blocked.pop((kind, target_id), None)
         return removed

@@ -53,9 +53,10 @@ class Privacy:
         self._holders[name] = holder
 
     async def stored(self, user_id: int) -> dict[str, int]:
-        """Rows per repository that :meth:`forget` would delete (the ledger, detached instead, is not counted)."""
+        """Rows per repository that :meth:`forget` would delete (the ledger, detached instead, and short-lived
+        bookkeeping such as the /say cooldown, deleted too, are not counted)."""
         return {repo.data_name: await repo.count_user_data(user_id)
-                for repo in self.db.repositories() if repo.removes_rows}
+                for repo in self.db.repositories() if repo.removes_rows and repo.listed}
 
     async def forget(self, user_id: int) -> ForgetResult:
         """Every registered holder forgets ``user_id``, then every repository deletes (or detaches) their

@@ -40,6 +40,7 @@ from bot.limits import (
     Cooldown,
     Limits,
     Reservation,
+    SharedCooldown,
     cost_to_micros,
     estimate_tts_micros,
     format_usd,
@@ -195,7 +196,11 @@ class TTSService:
         self.clock = clock
         self.config = config
         self.embeddings = embeddings
-        self.cooldown = Cooldown(config.say_cooldown_seconds, clock)
+        # SAY_COOLDOWN_SECONDS per user: in the database when other processes share it (a user speaks through
+        # any shard's process), in memory for one process alone.
+        self.cooldown: Cooldown | SharedCooldown = (
+            SharedCooldown(config.say_cooldown_seconds, clock, db) if db.shared
+            else Cooldown(config.say_cooldown_seconds, clock))
         self.cache_max_bytes = TTS_CACHE_MAX_BYTES
         self._inflight: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._voice_messages: OrderedDict[str, audio.VoiceMessageAudio] = OrderedDict()
@@ -219,11 +224,19 @@ class TTSService:
         """:func:`prepare_text` with ``SAY_MAX_CHARS``."""
         return prepare_text(text or "", self.config.say_max_chars, names, what=what)
 
-    def check_cooldown(self, user_id: int) -> None:
-        """Raise the cooldown sentence (with when it resets) if ``user_id`` spoke too recently."""
-        retry_after = self.cooldown.check(user_id)
+    async def check_cooldown(self, user_id: int) -> None:
+        """Raise the cooldown sentence (with when it resets) if ``user_id`` spoke too recently; otherwise this
+        line starts their cooldown."""
+        retry_after = await self.cooldown.claim(user_id)
         if retry_after is not None:
             raise UserFacingError(self.cooldown.message(retry_after))
+
+    async def release_cooldown(self, user_id: int) -> None:
+        """The line was refused before anything was spoken: it does not count toward the cooldown."""
+        try:
+            await self.cooldown.release(user_id)
+        except Exception as exc:  # the refusal the user is about to see matters more
+            log.warning("could not release the /say cooldown of user %s (%s)", user_id, type(exc).__name__)
 
     # -- voices --------------------------------------------------------------------------------
 
@@ -455,7 +468,7 @@ class TTSService:
         dropped = 0
         for key in await self.db.cache.user_keys(user_id):
             dropped += self._voice_messages.pop(key, None) is not None
-        self.cooldown.reset(user_id)
+        await self.cooldown.release(user_id)  # this process's claim; the database's row goes with the rows
         return dropped
 
     # -- the operator --------------------------------------------------------------------------

@@ -190,7 +190,7 @@ class Say(commands.Cog):
         speed: app_commands.Range[float, 0.5, 2.0] | None = None,
         voice_message: bool | None = None,
     ) -> None:
-        self.tts.check_cooldown(interaction.user.id)
+        await self.tts.check_cooldown(interaction.user.id)
         try:
             # Checks that need no network (text, the voice's name: one SQLite read) come before the public
             # defer, so those refusals stay private to the user.
@@ -202,7 +202,7 @@ class Say(commands.Cog):
                 spoken = self.tts.prepare_text(text, names.names())
             await self._speak(interaction, spoken, resolved, speed, bool(voice_message))
         except UserFacingError:
-            self.tts.cooldown.reset(interaction.user.id)  # refused: nothing was spoken
+            await self.tts.release_cooldown(interaction.user.id)  # refused: nothing was spoken
             raise
 
     @say.autocomplete("voice")
@@ -212,7 +212,7 @@ class Say(commands.Cog):
         return [app_commands.Choice(name=name, value=value) for name, value in pairs]
 
     async def speak_this_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        self.tts.check_cooldown(interaction.user.id)
+        await self.tts.check_cooldown(interaction.user.id)
         try:
             if not (message.content or "").strip():
                 raise UserFacingError("That message has no text I can read out.")
@@ -224,7 +224,7 @@ class Say(commands.Cog):
                 spoken = self.tts.prepare_text(message.content, names.names(), what="message")
             await self._speak(interaction, spoken, resolved, None, False)
         except UserFacingError:
-            self.tts.cooldown.reset(interaction.user.id)
+            await self.tts.release_cooldown(interaction.user.id)
             raise
 
     # -- rendering -------------------------------------------------------------------------------

@@ -128,6 +128,13 @@ class World:
             if self._connect_task in done and self._connect_task.exception():
                 raise self._connect_task.exception()
             raise TimeoutError("the bot did not become ready against the emulator")
+        # The clone poller's start-up recovery adopts every job nobody claims: wait for it to end (its
+        # scheduler runs), so a job a test makes afterwards through the repositories is not taken for an
+        # orphan of a dead process (and marked lost) while the test completes it.
+        for _ in range(int(READY_TIMEOUT / 0.005)):
+            if bot.clones._scheduler.running:
+                break
+            await asyncio.sleep(0.005)
         return bot
 
     async def stop(self) -> None:

@@ -2,8 +2,8 @@
 repository per aggregate.
 
 All SQL lives in this package and is parameterised. ``db.voices``, ``db.user_settings``, ``db.jobs``,
-``db.ledger``, ``db.cache``, ``db.files``, ``db.guilds`` and ``db.blocks`` each hold one aggregate's
-queries; every one of them can count and delete a user's rows (``delete_user_data``, for /forget-me).
+``db.ledger``, ``db.cache``, ``db.files``, ``db.guilds``, ``db.blocks`` and ``db.cooldowns`` each hold one
+aggregate's queries; every one of them can count and delete a user's rows (``delete_user_data``, for /forget-me).
 ``db.instances`` (the running bot processes, for clone-job claims) holds no user data.
 """
 

@@ -78,6 +78,9 @@ class Repository:
     data_name: ClassVar[str]
     #: False where the user's rows are kept but detached from them (the ledger) instead of deleted.
     removes_rows: ClassVar[bool] = True
+    #: False for short-lived bookkeeping that /forget-me deletes without listing it as stored data (the /say
+    #: cooldown's row, gone within seconds anyway).
+    listed: ClassVar[bool] = True
 
     def __init__(self, db: Database) -> None:
         self._db = db

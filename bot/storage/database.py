@@ -30,6 +30,7 @@ from bot.storage.backends import (
 from bot.storage.base import Repository, Row, Transaction
 from bot.storage.blocks import BlockRepository
 from bot.storage.cache import TtsCacheRepository
+from bot.storage.cooldowns import CooldownRepository
 from bot.storage.files import StoredFileRepository
 from bot.storage.guilds import GuildSettingsRepository
 from bot.storage.instances import InstanceRepository
@@ -59,6 +60,7 @@ class Database:
         self.files = StoredFileRepository(self)
         self.guilds = GuildSettingsRepository(self)
         self.blocks = BlockRepository(self)
+        self.cooldowns = CooldownRepository(self)
         self.instances = InstanceRepository(self)  # no user data: not one of repositories()
 
     @classmethod
@@ -71,7 +73,7 @@ class Database:
         """Every repository of user data, for the privacy service (each one can delete a user's rows);
         ``db.instances`` (the running processes) holds none."""
         return (self.cache, self.user_settings, self.jobs, self.voices, self.files, self.ledger, self.guilds,
-                self.blocks)
+                self.blocks, self.cooldowns)
 
     @property
     def dialect(self) -> Dialect:

@@ -43,9 +43,6 @@ async def test_each_guild_is_answered_by_the_process_of_its_shard(cluster: Clust
     assert [r["text"] for r in cluster.nano.tts_requests] == ["hello shard 0", "hello shard 1"]
 
 
-
-@pytest.mark.xfail(strict=True, reason="known gap: bot.policy.Blocks is loaded once per process and never hears "
-                   "of a block given in another process (no LISTEN/NOTIFY, unlike the guild settings)")
 async def test_dms_go_to_the_process_of_shard_0_and_the_owners_block_holds_in_every_process(cluster: Cluster) -> None:
     """The owner's DM commands reach shard 0's process only; a block given there must hold on every shard."""
     emu = cluster.emu
@@ -66,8 +63,6 @@ async def test_dms_go_to_the_process_of_shard_0_and_the_owners_block_holds_in_ev
 
 
 @pytest.mark.env(SAY_COOLDOWN_SECONDS="60")
-@pytest.mark.xfail(strict=True, reason="known gap: the /say cooldown (bot.limits.Cooldown) is kept in each "
-                   "process's memory, so a user alternating between guilds on two shards is not slowed down")
 async def test_the_say_cooldown_of_a_user_holds_across_guilds_on_two_processes(cluster: Cluster) -> None:
     """SAY_COOLDOWN_SECONDS is per user: speaking in a guild on the other shard does not start a new one."""
     emu = cluster.emu

@@ -279,12 +279,12 @@ async def test_guild_budget_stops_speech(env):
 
 
 async def test_cooldown_says_when_it_resets(env):
-    env.svc.check_cooldown(ALICE)
+    await env.svc.check_cooldown(ALICE)
     with pytest.raises(UserFacingError, match=r"try again <t:\d+:R>"):
-        env.svc.check_cooldown(ALICE)
-    env.svc.check_cooldown(BOB)
+        await env.svc.check_cooldown(ALICE)
+    await env.svc.check_cooldown(BOB)
     env.clock.advance(3)
-    env.svc.check_cooldown(ALICE)
+    await env.svc.check_cooldown(ALICE)
 
 
 # -- voice messages ----------------------------------------------------------------------------------
