@@ -8,12 +8,9 @@ PostgreSQL-parametrised tests FAIL, saying what is missing (CI must run them); s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,8 +19,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-#: Where Debian's postgresql-15 package puts the server binaries (override: NANOVOICE_PG_BIN).
-PG_BIN = Path(os.environ.get("NANOVOICE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+from bot.storage import Database
+from tests.postgres_server import ThrowawayPostgres
+
 SKIP_VARIABLE = "NANOVOICE_SKIP_POSTGRES"
 
 #: Backends of the tests parametrised over both (``backend`` fixture overrides in those modules).
@@ -40,19 +38,6 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}" + (f"?{query}" if query else "")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    """initdb and the server refuse to run as root: run them as the ``postgres`` user then."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *command]
-    return command
-
-
 def _unavailable(reason: str) -> None:
     if os.environ.get(SKIP_VARIABLE) == "1":
         pytest.skip(f"PostgreSQL tests skipped ({SKIP_VARIABLE}=1): {reason}")
@@ -66,7 +51,7 @@ class _ServerHolder:
     def __init__(self) -> None:
         self.server: PostgresServer | None = None
         self.error: str | None = None
-        self._tmp: Path | None = None
+        self._throwaway: ThrowawayPostgres | None = None
 
     def get(self) -> PostgresServer:
         if self.server is None and self.error is None:
@@ -80,39 +65,15 @@ class _ServerHolder:
         return self.server
 
     def _start(self) -> PostgresServer:
-        initdb, pg_ctl = PG_BIN / "initdb", PG_BIN / "pg_ctl"
-        if not initdb.is_file() or not pg_ctl.is_file():
-            raise RuntimeError(f"{initdb} not found")
-        self._tmp = Path(tempfile.mkdtemp(prefix="nanovoice-pg-"))
-        data = self._tmp / "data"
-        data.mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(self._tmp, "postgres")
-            shutil.chown(data, "postgres")
-        done = subprocess.run(_as_postgres([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres",
-                                            "--no-sync", "-E", "UTF8", "--locale", "C"]),
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
-        port = _free_port()
-        options = (f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=200")
-        done = subprocess.run(_as_postgres([str(pg_ctl), "-D", str(data), "-w", "-l", str(data / "server.log"),
-                                            "-o", options, "start"]),
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            log = (data / "server.log").read_text(errors="replace")[-2000:] if (data / "server.log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} {log}")
-        return PostgresServer(port, data)
+        self._throwaway = ThrowawayPostgres().start()
+        assert self._throwaway.directory is not None
+        return PostgresServer(self._throwaway.port, self._throwaway.directory / "data")
 
     def stop(self) -> None:
-        if self.server is not None:
-            subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.server.directory), "-m", "immediate",
-                                         "-w", "stop"]), capture_output=True, timeout=60)
-            self.server = None
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        self.server = None
+        if self._throwaway is not None:
+            self._throwaway.stop()
+            self._throwaway = None
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +113,12 @@ async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A ``postgresql://`` URL on a fresh, empty schema of the session's server (dropped after the test)."""
     async with fresh_schema(postgres_server) as url:
         yield url
+
+
+@pytest.fixture
+async def two_processes(postgres_url):
+    """Two connection owners on one PostgreSQL schema, migrated at the same time."""
+    first, second = Database(postgres_url), Database(postgres_url)
+    await asyncio.gather(first.connect(), second.connect())
+    yield first, second
+    await asyncio.gather(first.close(), second.close())

@@ -12,14 +12,6 @@ import pytest
 from bot.storage import Database, DatabaseInUse
 
 
-@pytest.fixture
-async def two_pools(postgres_url):
-    first, second = Database(postgres_url), Database(postgres_url)
-    await asyncio.gather(first.connect(), second.connect())
-    yield first, second
-    await asyncio.gather(first.close(), second.close())
-
-
 async def _advisory_locks_held(url: str) -> int:
     """Session advisory locks granted on the server right now (any session)."""
     conn = await asyncpg.connect(url)
@@ -29,8 +21,8 @@ async def _advisory_locks_held(url: str) -> int:
         await conn.close()
 
 
-async def test_exclusive_section_excludes_across_two_pools(two_pools):
-    first, second = two_pools
+async def test_exclusive_section_excludes_across_two_processes(two_processes):
+    first, second = two_processes
     inside: list[str] = []
     overlaps: list[tuple[str, ...]] = []
 
@@ -48,8 +40,8 @@ async def test_exclusive_section_excludes_across_two_pools(two_pools):
     assert asyncio.get_running_loop().time() - started >= 6 * 0.2 - 0.05  # one after another
 
 
-async def test_different_names_do_not_exclude_each_other(two_pools):
-    first, second = two_pools
+async def test_different_names_do_not_exclude_each_other(two_processes):
+    first, second = two_processes
     async with first.exclusive("identify:1:0"):
         await asyncio.wait_for(_enter_and_leave(second, "identify:1:1"), 2)
         with pytest.raises(TimeoutError):
@@ -61,8 +53,8 @@ async def _enter_and_leave(db: Database, name: str) -> None:
         pass
 
 
-async def test_cancelled_holder_releases_for_the_other_process(two_pools, postgres_url):
-    first, second = two_pools
+async def test_cancelled_holder_releases_for_the_other_process(two_processes, postgres_url):
+    first, second = two_processes
     entered = asyncio.Event()
 
     async def holds_forever() -> None:
@@ -83,8 +75,8 @@ async def test_cancelled_holder_releases_for_the_other_process(two_pools, postgr
     await asyncio.wait_for(_enter_and_leave(first, "command-sync"), 5)
 
 
-async def test_cancelled_waiter_never_takes_the_lock_later(two_pools, postgres_url):
-    first, second = two_pools
+async def test_cancelled_waiter_never_takes_the_lock_later(two_processes, postgres_url):
+    first, second = two_processes
     async with first.exclusive("command-sync"):
         waiter = asyncio.create_task(_enter_and_leave(second, "command-sync"))
         await asyncio.sleep(0.2)  # waiting in pg_advisory_lock on the server
@@ -98,8 +90,8 @@ async def test_cancelled_waiter_never_takes_the_lock_later(two_pools, postgres_u
     assert await _advisory_locks_held(postgres_url) == 0
 
 
-async def test_an_error_inside_the_section_releases_it(two_pools):
-    first, second = two_pools
+async def test_an_error_inside_the_section_releases_it(two_processes):
+    first, second = two_processes
     with pytest.raises(RuntimeError, match="boom"):
         async with first.exclusive("command-sync"):
             raise RuntimeError("boom")

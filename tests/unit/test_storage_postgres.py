@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 
-import pytest
-
 from bot.clock import Clock
 from bot.limits import LimitExceeded, Limits
 from bot.storage import Database
@@ -16,15 +14,6 @@ from tests.fixtures_db import ledger_rows, make_config
 
 NOON = 1764072000.0  # 2025-11-25 12:00 UTC
 GUILD = 9001
-
-
-@pytest.fixture
-async def two_processes(postgres_url):
-    """Two connection owners on one PostgreSQL schema, migrated at the same time."""
-    first, second = Database(postgres_url), Database(postgres_url)
-    await asyncio.gather(first.connect(), second.connect())
-    yield first, second
-    await asyncio.gather(first.close(), second.close())
 
 
 async def test_concurrent_migrations_apply_each_once(two_processes):

@@ -15,7 +15,6 @@ from bot.embeddings import EmbeddingHost
 from bot.limits import Cooldown, SharedCooldown
 from bot.policy import USER_BLOCKED, Blocks
 from bot.privacy import Privacy
-from bot.storage import Database
 from tests.fixtures_db import add_qwen_voice, make_config
 from tests.fixtures_postgres import BACKENDS
 
@@ -28,15 +27,6 @@ OWNER = 1
 def backend(request: pytest.FixtureRequest) -> str:
     """The repository tests here run on SQLite and on PostgreSQL."""
     return request.param
-
-
-@pytest.fixture
-async def two_processes(postgres_url):
-    """Two connection owners on one PostgreSQL schema."""
-    first, second = Database(postgres_url), Database(postgres_url)
-    await asyncio.gather(first.connect(), second.connect())
-    yield first, second
-    await asyncio.gather(first.close(), second.close())
 
 
 async def _eventually(predicate, seconds: float = 2.0) -> bool:
