@@ -150,6 +150,10 @@ class NanoVoice(commands.Bot):
         await self.sync_commands()
 
     async def close(self) -> None:
+        # Paid clone submits already sent get their answer first, while every cog (and Discord's HTTP) is
+        # still there to refuse new clones in one sentence and update the cards (bot.__main__ did this
+        # already on a signal; a second call returns at once).
+        await self.clones.drain_submits()
         await super().close()  # unloads extensions (cogs cancel their tasks) and closes the gateway
         for slot in list(self._identify_slots):  # nothing more to identify: give the buckets back now
             slot.cancel()
