@@ -256,7 +256,7 @@ class CloneService:
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._cut_drain = asyncio.Event()
-        db.subscribe(self._on_notification)
+        db.subscribe(CLAIMS_TOPIC, self._on_notification)
 
     # -- checks ----------------------------------------------------------------------------------
 
@@ -571,14 +571,10 @@ class CloneService:
                      len(adopted) - still_open)
         return adopted
 
-    def _on_notification(self, payload: str | None) -> None:
+    def _on_notification(self, owner: str | None) -> None:
         """A sibling handed its jobs back or left (:data:`~bot.storage.jobs.CLAIMS_TOPIC`), or notifications
         may have been missed (None): sweep now rather than at the next ``sweep_interval``."""
-        if payload is None:
-            self._sweep_soon.set()
-            return
-        topic, _, owner = payload.partition(":")
-        if topic == CLAIMS_TOPIC and owner != self.instance.id:
+        if owner != self.instance.id:
             self._sweep_soon.set()
 
     async def _keep_claims(self) -> None:

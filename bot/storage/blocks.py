@@ -24,7 +24,7 @@ class BlockRepository(Repository):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._watchers: list[Callable[[], None]] = []
-        db.subscribe(self._on_notification)
+        db.subscribe(_TOPIC, self._on_notification)
 
     def watch(self, changed: Callable[[], None]) -> None:
         """Call ``changed()`` when a block may have been added or removed by any process sharing the database
@@ -32,10 +32,9 @@ class BlockRepository(Repository):
         Never on SQLite, whose one process makes every change itself."""
         self._watchers.append(changed)
 
-    def _on_notification(self, payload: str | None) -> None:
-        if payload is None or payload.partition(":")[0] == _TOPIC:
-            for changed in self._watchers:
-                changed()
+    def _on_notification(self, _text: str | None) -> None:
+        for changed in self._watchers:
+            changed()
 
     async def list(self) -> list[Block]:
         rows = await self._db.fetchall(

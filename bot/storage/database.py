@@ -10,6 +10,7 @@ reads with ``tx.lock(…)``, so it is atomic even with many coroutines and proce
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -41,6 +42,8 @@ from bot.storage.voices import UserSettingsRepository, VoiceRepository
 if TYPE_CHECKING:
     from bot.config import Config
 
+log = logging.getLogger(__name__)
+
 __all__ = ["MIN_SQLITE", "Database", "DatabaseInUse"]
 
 
@@ -52,6 +55,7 @@ class Database:
         check`` beside a running bot); the bot always claims it: a second bot on the file is refused."""
         self.backend: Backend = (PostgresBackend(target) if isinstance(target, str) and is_postgres_url(target)
                                  else SqliteBackend(target, process_lock=process_lock))
+        self._topics: dict[str, list[Callable[[str | None], None]]] = {}  # subscribe(): handlers per topic
         self.voices = VoiceRepository(self)
         self.user_settings = UserSettingsRepository(self)
         self.jobs = CloneJobRepository(self)
@@ -119,11 +123,27 @@ class Database:
         """One trivial query (the health check): raises when the database does not answer."""
         await self.fetchval("SELECT 1")
 
-    def subscribe(self, handler: Callable[[str | None], None]) -> None:
-        """``handler`` hears every ``tx.notify(topic, text)`` as ``"topic:text"`` once committed, from any
-        process sharing the database, and None when some may have been missed (PostgreSQL only; on SQLite
-        no other process writes, so it never fires)."""
-        self.backend.subscribe(handler)
+    def subscribe(self, topic: str, handler: Callable[[str | None], None]) -> None:
+        """``handler(text)`` hears every ``tx.notify(topic, text)`` of this topic once committed, from any
+        process sharing the database (this one's included), and ``handler(None)`` when some may have been
+        missed (PostgreSQL only; on SQLite no other process writes, so it never fires)."""
+        if not self._topics:
+            self.backend.subscribe(self._route)
+        self._topics.setdefault(topic, []).append(handler)
+
+    def _route(self, payload: str | None) -> None:
+        """One notification (``"topic:text"``, or None: some may have been missed) to its topic's handlers."""
+        text: str | None = None
+        if payload is None:
+            handlers = [h for hs in self._topics.values() for h in hs]
+        else:
+            topic, _, text = payload.partition(":")
+            handlers = list(self._topics.get(topic, ()))
+        for handler in handlers:
+            try:
+                handler(text)
+            except Exception:
+                log.exception("a database notification handler failed")
 
     @property
     def shared(self) -> bool:

@@ -28,7 +28,7 @@ class GuildSettingsRepository(Repository):
         super().__init__(db)
         self._cached: dict[int, GuildSettings] = {}
         self._generation = 0  # bumped by every invalidation: a read that raced one is not cached
-        db.subscribe(self._on_notification)
+        db.subscribe(_TOPIC, self._on_notification)
 
     async def get(self, guild_id: int) -> GuildSettings:
         """A guild's settings; cached, since every paid call reads them and only this class writes them."""
@@ -49,12 +49,10 @@ class GuildSettingsRepository(Repository):
         else:
             self._cached.pop(guild_id, None)
 
-    def _on_notification(self, payload: str | None) -> None:
-        if payload is None:  # notifications may have been missed
+    def _on_notification(self, text: str | None) -> None:
+        if text is None:  # notifications may have been missed
             self._invalidate(None)
-            return
-        topic, _, text = payload.partition(":")
-        if topic == _TOPIC and text.isdigit():
+        elif text.isdigit():
             self._invalidate(int(text))
 
     async def _load(self, guild_id: int) -> GuildSettings:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from bot.storage import BotInstance, Claim, Database, DuplicateVoiceName, LeaseLost
+from bot.storage.jobs import CLAIMS_TOPIC
 from tests.fixtures_db import add_qwen_voice
 from tests.fixtures_postgres import BACKENDS
 
@@ -190,7 +191,7 @@ async def test_a_hand_over_and_a_leaving_instance_are_announced_to_the_siblings(
     leaving, sibling = Database(postgres_url), Database(postgres_url)
     await asyncio.gather(leaving.connect(), sibling.connect())
     heard: list[str | None] = []
-    sibling.subscribe(heard.append)
+    sibling.subscribe(CLAIMS_TOPIC, heard.append)
     try:
         await leaving.instances.beat(BotInstance("leaving", 0.0, 10.0, 1, "h", None))
         await _job(leaving, owner="leaving")
@@ -200,7 +201,7 @@ async def test_a_hand_over_and_a_leaving_instance_are_announced_to_the_siblings(
         async with asyncio.timeout(5):
             while len(heard) < 2:  # noqa: ASYNC110 (delivered by the listening connection)
                 await asyncio.sleep(0.01)
-        assert heard == ["clone_claims:leaving", "clone_claims:leaving"]
+        assert heard == ["leaving", "leaving"]  # the release, then the leave
         assert await sibling.instances.get("leaving") is None
     finally:
         await asyncio.gather(leaving.close(), sibling.close())
