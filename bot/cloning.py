@@ -536,6 +536,10 @@ class CloneService:
         """Another process claimed the job (this one was taken for dead): forget it here, never notify."""
         if self._claims.pop(job_id, None) is not None:
             log.warning("clone job %s: another bot process follows it now; this one leaves it alone", job_id)
+        self._forget_job(job_id)
+
+    def _forget_job(self, job_id: int) -> None:
+        """Drop what this process keeps in memory about a job it no longer follows or has announced."""
         self._samples.pop(job_id, None)
         self._notice_failures.pop(job_id, None)
         self._progress_shown.pop(job_id, None)
@@ -835,9 +839,7 @@ class CloneService:
                             exc_info=True)
                 self._scheduler.schedule(job.id, self._backoff(failures))
             return
-        self._samples.pop(job.id, None)
-        self._notice_failures.pop(job.id, None)
-        self._progress_shown.pop(job.id, None)
+        self._forget_job(job.id)
 
     async def forget_user(self, user_id: int) -> int:
         """For /forget-me (:mod:`bot.privacy`, before the rows go): drop the notice samples (speech in the
